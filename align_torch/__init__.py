@@ -1,0 +1,1 @@
+"""align_torch: ALIGN (EfficientNet + BERT) in native PyTorch."""
