@@ -1,1 +1,18 @@
-"""align_torch: ALIGN (EfficientNet + BERT) in native PyTorch."""
+"""align_torch: ALIGN (EfficientNet + BERT, contrastive image-text) in native PyTorch."""
+
+from .config import AlignConfig, Stage, TextConfig, VisionConfig, preset
+from .model import AlignModel, AlignOutput
+from .weights import CheckpointError, LoadReport
+
+__all__ = [
+    "AlignConfig",
+    "AlignModel",
+    "AlignOutput",
+    "CheckpointError",
+    "LoadReport",
+    "Stage",
+    "TextConfig",
+    "VisionConfig",
+    "preset",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,26 @@
+"""align-torch convert SRC DST [--to native|hf]"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert a checkpoint between the Hugging Face layout and align_torch's native format"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="model folder (native or Hugging Face layout) or Hub repo id")
+    p.add_argument("dst", help="output folder (written atomically; replaced if it exists)")
+    p.add_argument(
+        "--to",
+        choices=("native", "hf"),
+        default="native",
+        help="output layout: native (default) or hf (loadable by transformers' AlignModel)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..weights import convert
+
+    out = convert(args.src, args.dst, to=args.to)
+    print(f"wrote {args.to} checkpoint to {out}")
+    return 0

@@ -1,0 +1,176 @@
+"""Frozen dataclass configs for the two towers and the joint model, with presets. Nothing else lives here."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class Stage(NamedTuple):
+    """One EfficientNet stage before width/depth scaling: `repeats` MBConv blocks."""
+
+    kernel: int
+    stride: int
+    expand: int
+    in_ch: int
+    out_ch: int
+    repeats: int
+
+
+# The EfficientNet-B0 stage table (Tan & Le 2019, table 1); B1-B7 only rescale it.
+EFFICIENTNET_STAGES: tuple[Stage, ...] = (
+    Stage(kernel=3, stride=1, expand=1, in_ch=32, out_ch=16, repeats=1),
+    Stage(kernel=3, stride=2, expand=6, in_ch=16, out_ch=24, repeats=2),
+    Stage(kernel=5, stride=2, expand=6, in_ch=24, out_ch=40, repeats=2),
+    Stage(kernel=3, stride=2, expand=6, in_ch=40, out_ch=80, repeats=3),
+    Stage(kernel=5, stride=1, expand=6, in_ch=80, out_ch=112, repeats=3),
+    Stage(kernel=5, stride=2, expand=6, in_ch=112, out_ch=192, repeats=4),
+    Stage(kernel=3, stride=1, expand=6, in_ch=192, out_ch=320, repeats=1),
+)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """EfficientNet as ALIGN uses it: no top conv, the image embedding is the pooled last block."""
+
+    image_size: int = 289
+    in_chans: int = 3
+    width_mult: float = 2.0
+    depth_mult: float = 3.1
+    divisor: int = 8
+    stem_ch: int = 32  # before width scaling
+    stages: tuple[Stage, ...] = EFFICIENTNET_STAGES
+    se_ratio: float = 0.25  # of the block's *input* channels, as in the original
+    act: str = "silu"
+    bn_eps: float = 1e-3
+    # PyTorch convention (weight of the new batch): 0.01 == TensorFlow decay 0.99 of the original.
+    bn_momentum: float = 0.01
+    # Per-sample stochastic depth, linearly increased: block i drops with drop_path_rate * i / num_blocks.
+    drop_path_rate: float = 0.2
+    # Blocks whose stride-2 depthwise conv pads symmetrically instead of (k//2 - 1, k//2).
+    depthwise_padding: tuple[int, ...] = ()
+    pooling: str = "mean"  # "mean" or "max" over the final feature map
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(Stage(*s) for s in self.stages))
+        object.__setattr__(self, "depthwise_padding", tuple(int(i) for i in self.depthwise_padding))
+        if self.pooling not in ("mean", "max"):
+            raise ValueError(f"VisionConfig.pooling must be 'mean' or 'max', got {self.pooling!r}")
+        for s in self.stages:
+            if s.stride not in (1, 2):
+                raise ValueError(f"stage strides must be 1 or 2, got {s.stride} in {s}")
+            if s.kernel % 2 != 1:
+                raise ValueError(f"depthwise kernels must be odd, got {s.kernel} in {s}")
+
+    def channels(self, ch: int) -> int:
+        """Scale a channel count by `width_mult`, rounded to `divisor` but never down by more than 10%."""
+        scaled = ch * self.width_mult
+        rounded = max(self.divisor, int(scaled + self.divisor / 2) // self.divisor * self.divisor)
+        if rounded < 0.9 * scaled:
+            rounded += self.divisor
+        return int(rounded)
+
+    def repeats(self, n: int) -> int:
+        return int(math.ceil(self.depth_mult * n))
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.repeats(s.repeats) for s in self.stages)
+
+    @property
+    def num_features(self) -> int:
+        return self.channels(self.stages[-1].out_ch)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """BERT encoder (post-LayerNorm)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    act: str = "gelu"  # exact (erf) GELU, as BERT
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"TextConfig.hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """The joint model: two towers, a projection of the text [CLS] state, a learnable temperature."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    projection_dim: int = 640
+    temperature_init: float = 1.0
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            object.__setattr__(self, "vision", VisionConfig(**self.vision))
+        if isinstance(self.text, dict):
+            object.__setattr__(self, "text", TextConfig(**self.text))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["vision"]["stages"] = [list(s) for s in self.vision.stages]
+        d["vision"]["depthwise_padding"] = list(self.vision.depthwise_padding)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlignConfig:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown AlignConfig fields: {sorted(unknown)}")
+        vision = dict(d.pop("vision", {}))
+        text = dict(d.pop("text", {}))
+        for name, sub, sub_cls in (("vision", vision, VisionConfig), ("text", text, TextConfig)):
+            bad = set(sub) - {f.name for f in dataclasses.fields(sub_cls)}
+            if bad:
+                raise ValueError(f"unknown {name} config fields: {sorted(bad)}")
+        return cls(vision=VisionConfig(**vision), text=TextConfig(**text), **d)
+
+    def replace(self, **changes: Any) -> AlignConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def align_base() -> AlignConfig:
+    """kakaobrain/align-base: EfficientNet-B7 scaling (55 blocks, 640 channels) + BERT-base, 640-d space."""
+    return AlignConfig()
+
+
+def align_tiny() -> AlignConfig:
+    """A few-block, few-layer model for fast tests; same code paths as align-base."""
+    return AlignConfig(
+        vision=VisionConfig(image_size=64, width_mult=0.25, depth_mult=0.5),
+        text=TextConfig(
+            vocab_size=1000, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64
+        ),
+        projection_dim=24,
+    )
+
+
+PRESETS = {"align-base": align_base, "align-tiny": align_tiny}
+
+
+def preset(name: str) -> AlignConfig:
+    """A config by preset name (see `PRESETS`)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

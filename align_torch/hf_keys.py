@@ -1,0 +1,239 @@
+"""The one map between Hugging Face `AlignModel` names and ours, used in both directions, plus the config
+translation. Only this file and weights.py know about Hugging Face's layout."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from .config import AlignConfig, Stage, TextConfig, VisionConfig
+
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+# HF name -> native name; `{}` is a block or layer index.
+_HF_TO_NATIVE: dict[str, str] = {
+    "temperature": "temperature",
+    "text_projection.weight": "text_projection.weight",
+    "text_projection.bias": "text_projection.bias",
+    "vision_model.embeddings.convolution.weight": "vision_model.stem.conv.weight",
+    **{f"vision_model.embeddings.batchnorm.{p}": f"vision_model.stem.bn.{p}" for p in _BN},
+    "vision_model.encoder.blocks.{}.expansion.expand_conv.weight": "vision_model.blocks.{}.expand_conv.weight",
+    **{
+        f"vision_model.encoder.blocks.{{}}.expansion.expand_bn.{p}": f"vision_model.blocks.{{}}.expand_bn.{p}"
+        for p in _BN
+    },
+    "vision_model.encoder.blocks.{}.depthwise_conv.depthwise_conv.weight": "vision_model.blocks.{}.dw_conv.weight",
+    **{
+        f"vision_model.encoder.blocks.{{}}.depthwise_conv.depthwise_norm.{p}": f"vision_model.blocks.{{}}.dw_bn.{p}"
+        for p in _BN
+    },
+    **{
+        f"vision_model.encoder.blocks.{{}}.squeeze_excite.{conv}.{p}": f"vision_model.blocks.{{}}.se.{conv}.{p}"
+        for conv in ("reduce", "expand")
+        for p in ("weight", "bias")
+    },
+    "vision_model.encoder.blocks.{}.projection.project_conv.weight": "vision_model.blocks.{}.project_conv.weight",
+    **{
+        f"vision_model.encoder.blocks.{{}}.projection.project_bn.{p}": f"vision_model.blocks.{{}}.project_bn.{p}"
+        for p in _BN
+    },
+    "text_model.embeddings.word_embeddings.weight": "text_model.embeddings.word_embeddings.weight",
+    "text_model.embeddings.position_embeddings.weight": "text_model.embeddings.position_embeddings.weight",
+    "text_model.embeddings.token_type_embeddings.weight": "text_model.embeddings.token_type_embeddings.weight",
+    "text_model.embeddings.LayerNorm.weight": "text_model.embeddings.norm.weight",
+    "text_model.embeddings.LayerNorm.bias": "text_model.embeddings.norm.bias",
+    **{
+        f"text_model.encoder.layer.{{}}.attention.self.{hf}.{p}": f"text_model.layers.{{}}.attn.{ours}.{p}"
+        for hf, ours in (("query", "q"), ("key", "k"), ("value", "v"))
+        for p in ("weight", "bias")
+    },
+    **{
+        f"text_model.encoder.layer.{{}}.{hf}.{p}": f"text_model.layers.{{}}.{ours}.{p}"
+        for hf, ours in (
+            ("attention.output.dense", "attn.out"),
+            ("attention.output.LayerNorm", "attn_norm"),
+            ("intermediate.dense", "mlp.fc1"),
+            ("output.dense", "mlp.fc2"),
+            ("output.LayerNorm", "mlp_norm"),
+        )
+        for p in ("weight", "bias")
+    },
+    "text_model.pooler.dense.weight": "text_model.pooler.weight",
+    "text_model.pooler.dense.bias": "text_model.pooler.bias",
+}
+_NATIVE_TO_HF = {v: k for k, v in _HF_TO_NATIVE.items()}
+
+# In HF checkpoints but deliberately not ours: a constant arange(512) buffer. Regenerated on export,
+# because kakaobrain/align-base's pytorch_model.bin carries it.
+DROPPED_HF_KEYS = ("text_model.embeddings.position_ids",)
+
+_INDEX = re.compile(r"\.(\d+)\.")
+
+
+class KeyMapError(KeyError):
+    """A state-dict key that the map does not know."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
+        return str(self.args[0])
+
+
+def _convert_key(key: str, table: dict[str, str]) -> str:
+    m = _INDEX.search(key)
+    template = key if m is None else key[: m.start()] + ".{}." + key[m.end() :]
+    if template not in table:
+        raise KeyMapError(key)
+    return table[template] if m is None else table[template].format(m.group(1))
+
+
+def hf_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an HF AlignModel state dict to native names. Unknown keys raise, naming all of them."""
+    out, unknown = {}, []
+    for k, v in state_dict.items():
+        if k in DROPPED_HF_KEYS:
+            continue
+        try:
+            out[_convert_key(k, _HF_TO_NATIVE)] = v
+        except KeyMapError:
+            unknown.append(k)
+    if unknown:
+        raise KeyMapError(f"{len(unknown)} checkpoint keys are not part of an ALIGN model: {_names(unknown)}")
+    return out
+
+
+def native_to_hf(state_dict: dict[str, torch.Tensor], max_positions: int | None = None) -> dict[str, torch.Tensor]:
+    """Rename a native state dict to HF names (and add back `position_ids` when `max_positions` is given)."""
+    out, unknown = {}, []
+    for k, v in state_dict.items():
+        try:
+            out[_convert_key(k, _NATIVE_TO_HF)] = v
+        except KeyMapError:
+            unknown.append(k)
+    if unknown:
+        raise KeyMapError(f"{len(unknown)} keys have no Hugging Face name: {_names(unknown)}")
+    if max_positions is not None:
+        out["text_model.embeddings.position_ids"] = torch.arange(max_positions).expand((1, -1))
+    return out
+
+
+def _names(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# --- configs ------------------------------------------------------------------------------------------
+_ACTS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu"}
+
+
+def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
+    """transformers' AlignConfig dict (config.json) -> AlignConfig. Absent fields take transformers' defaults."""
+    if hf.get("model_type") not in (None, "align"):
+        raise ValueError(f"config.json is for model_type {hf.get('model_type')!r}, not 'align'")
+    v = hf.get("vision_config") or {}
+    t = hf.get("text_config") or {}
+    d = VisionConfig()
+    table = {
+        name: v.get(key, default)
+        for name, key, default in (
+            ("kernel", "kernel_sizes", [s.kernel for s in d.stages]),
+            ("stride", "strides", [s.stride for s in d.stages]),
+            ("expand", "expand_ratios", [s.expand for s in d.stages]),
+            ("in_ch", "in_channels", [s.in_ch for s in d.stages]),
+            ("out_ch", "out_channels", [s.out_ch for s in d.stages]),
+            ("repeats", "num_block_repeats", [s.repeats for s in d.stages]),
+        )
+    }
+    if len({len(col) for col in table.values()}) != 1:
+        raise ValueError(f"vision_config stage lists differ in length: { {k: len(c) for k, c in table.items()} }")
+    stages = tuple(Stage(*row) for row in zip(*table.values(), strict=True))
+    act = v.get("hidden_act", "swish")
+    if act not in _ACTS:
+        raise ValueError(f"vision_config.hidden_act {act!r} is not supported; expected one of {sorted(_ACTS)}")
+    image_size = v.get("image_size", 600)
+    vision = VisionConfig(
+        image_size=image_size[0] if isinstance(image_size, (list, tuple)) else int(image_size),
+        in_chans=v.get("num_channels", 3),
+        width_mult=v.get("width_coefficient", 2.0),
+        depth_mult=v.get("depth_coefficient", 3.1),
+        divisor=v.get("depth_divisor", 8),
+        stages=stages,
+        se_ratio=v.get("squeeze_expansion_ratio", 0.25),
+        act=_ACTS[act],
+        bn_eps=v.get("batch_norm_eps", 1e-3),
+        # batch_norm_momentum is deliberately not read: transformers stores the TF decay (0.99) and passes it
+        # to PyTorch, where it means the opposite. We keep the original's behaviour (0.01 in PyTorch terms).
+        drop_path_rate=v.get("drop_connect_rate", 0.2),
+        depthwise_padding=tuple(v.get("depthwise_padding", ())),
+        pooling=v.get("pooling_type", "mean"),
+    )
+    text = TextConfig(
+        vocab_size=t.get("vocab_size", 30522),
+        hidden_size=t.get("hidden_size", 768),
+        num_layers=t.get("num_hidden_layers", 12),
+        num_heads=t.get("num_attention_heads", 12),
+        intermediate_size=t.get("intermediate_size", 3072),
+        max_position_embeddings=t.get("max_position_embeddings", 512),
+        type_vocab_size=t.get("type_vocab_size", 2),
+        layer_norm_eps=t.get("layer_norm_eps", 1e-12),
+        hidden_dropout=t.get("hidden_dropout_prob", 0.1),
+        attention_dropout=t.get("attention_probs_dropout_prob", 0.1),
+        act=t.get("hidden_act", "gelu"),
+        pad_token_id=t.get("pad_token_id", 0) if t.get("pad_token_id", 0) is not None else 0,
+    )
+    return AlignConfig(
+        vision=vision,
+        text=text,
+        projection_dim=hf.get("projection_dim", 640),
+        temperature_init=hf.get("temperature_init_value", 1.0),
+    )
+
+
+def config_to_hf(cfg: AlignConfig) -> dict[str, Any]:
+    """AlignConfig -> a config.json that transformers' AlignModel.from_pretrained reads."""
+    v, t = cfg.vision, cfg.text
+    return {
+        "architectures": ["AlignModel"],
+        "model_type": "align",
+        "projection_dim": cfg.projection_dim,
+        "temperature_init_value": cfg.temperature_init,
+        "initializer_range": 0.02,
+        "vision_config": {
+            "model_type": "align_vision_model",
+            "num_channels": v.in_chans,
+            "image_size": v.image_size,
+            "width_coefficient": v.width_mult,
+            "depth_coefficient": v.depth_mult,
+            "depth_divisor": v.divisor,
+            "kernel_sizes": [s.kernel for s in v.stages],
+            "in_channels": [s.in_ch for s in v.stages],
+            "out_channels": [s.out_ch for s in v.stages],
+            "depthwise_padding": list(v.depthwise_padding),
+            "strides": [s.stride for s in v.stages],
+            "num_block_repeats": [s.repeats for s in v.stages],
+            "expand_ratios": [s.expand for s in v.stages],
+            "squeeze_expansion_ratio": v.se_ratio,
+            "hidden_act": "swish" if v.act == "silu" else v.act,
+            # transformers uses hidden_dim as the AvgPool2d kernel; any value >= the final map size is the mean.
+            "hidden_dim": max(v.num_features, 640),
+            "pooling_type": v.pooling,
+            "batch_norm_eps": v.bn_eps,
+            "batch_norm_momentum": 1.0 - v.bn_momentum,  # back to the TF decay transformers stores
+            "drop_connect_rate": v.drop_path_rate,
+        },
+        "text_config": {
+            "model_type": "align_text_model",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "num_hidden_layers": t.num_layers,
+            "num_attention_heads": t.num_heads,
+            "intermediate_size": t.intermediate_size,
+            "hidden_act": t.act,
+            "hidden_dropout_prob": t.hidden_dropout,
+            "attention_probs_dropout_prob": t.attention_dropout,
+            "max_position_embeddings": t.max_position_embeddings,
+            "type_vocab_size": t.type_vocab_size,
+            "layer_norm_eps": t.layer_norm_eps,
+            "pad_token_id": t.pad_token_id,
+        },
+    }

@@ -1,0 +1,160 @@
+"""AlignModel: the two towers, the text projection, the temperature and the logits. The only file that
+joins the image and text towers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bert import Bert
+from .config import AlignConfig
+from .efficientnet import EfficientNet
+from .loss import contrastive_loss
+
+
+@dataclass
+class AlignOutput:
+    """What `AlignModel.forward` returns; the field names are transformers' `AlignOutput`'s."""
+
+    logits_per_image: torch.Tensor | None  # (B_image, B_text)
+    logits_per_text: torch.Tensor | None  # (B_text, B_image)
+    text_embeds: torch.Tensor | None  # (B_text, projection_dim), L2-normalised
+    image_embeds: torch.Tensor | None  # (B_image, num_features), L2-normalised
+    loss: torch.Tensor | None = None
+
+    def __getitem__(self, key: str) -> torch.Tensor | None:
+        if not isinstance(key, str):
+            raise TypeError("index AlignOutput by field name, e.g. outputs['logits_per_image']")
+        return getattr(self, key)
+
+
+class AlignModel(nn.Module):
+    """ALIGN: EfficientNet image tower + BERT text tower in one embedding space.
+
+    Call it like transformers' AlignModel: `model(input_ids=..., attention_mask=..., pixel_values=...)`.
+    """
+
+    def __init__(self, config: AlignConfig | None = None):
+        super().__init__()
+        config = config or AlignConfig()
+        self.config = config
+        self.vision_model = EfficientNet(config.vision)
+        self.text_model = Bert(config.text)
+        if self.vision_model.num_features != config.projection_dim:
+            # ALIGN has no image projection: the pooled map *is* the embedding, so the widths must agree.
+            raise ValueError(
+                f"the image tower ends with {self.vision_model.num_features} channels but projection_dim is "
+                f"{config.projection_dim}; ALIGN has no image projection, so they must be equal"
+            )
+        self.text_projection = nn.Linear(config.text.hidden_size, config.projection_dim)
+        self.temperature = nn.Parameter(torch.tensor(float(config.temperature_init)))
+        self.load_report = None  # set by from_pretrained(strict=False)
+
+    # --- features -------------------------------------------------------------------------------------
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, projection_dim) image embeddings."""
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        x = self.vision_model(pixel_values)  # (B, C)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """(B, T) token ids -> (B, projection_dim): the projected last hidden state at [CLS] (not the pooler)."""
+        h = self.text_model(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
+        x = self.text_projection(h[:, 0])  # (B, P)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def get_image_features(self, pixel_values: torch.Tensor, **_: object) -> torch.Tensor:
+        """transformers' name: un-normalised (B, projection_dim) image embeddings."""
+        return self.encode_image(pixel_values)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """transformers' name: un-normalised (B, projection_dim) text embeddings."""
+        return self.encode_text(input_ids, attention_mask, token_type_ids)
+
+    def logits(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Normalised (B_text, P) and (B_image, P) -> (B_text, B_image) cosine similarity / temperature."""
+        return text_embeds @ image_embeds.t() / self.temperature
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+        **_: object,
+    ) -> AlignOutput:
+        """Image-text logits and normalised embeddings; with `return_loss`, ALIGN's contrastive loss."""
+        if input_ids is None or pixel_values is None:
+            raise ValueError(
+                "AlignModel needs both input_ids and pixel_values; for one modality use "
+                "get_text_features / get_image_features (or encode_text / encode_image)"
+            )
+        image_embeds = self.encode_image(pixel_values, normalize=True)
+        text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)
+        logits_per_text = self.logits(text_embeds, image_embeds)
+        loss = contrastive_loss(logits_per_text, self.config.label_smoothing) if return_loss else None
+        return AlignOutput(
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            loss=loss,
+        )
+
+    # --- training helpers -----------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vision_model.set_grad_checkpointing(enable)
+        self.text_model.set_grad_checkpointing(enable)
+
+    # --- loading and saving ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: AlignConfig | None = None,
+        strict: bool = True,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        **kwargs: object,
+    ) -> AlignModel:
+        """Load a native folder, a Hugging Face-layout folder (converted in memory) or a Hub repo id.
+
+        `config` overrides the checkpoint's (a changed architecture); with `strict=False` what matches is
+        loaded and `model.load_report` lists what did not. The model is returned in eval mode.
+        """
+        from .weights import load_pretrained
+
+        dtype = dtype or kwargs.pop("torch_dtype", None)  # transformers' spelling
+        if kwargs:
+            raise TypeError(f"from_pretrained got unexpected arguments: {sorted(kwargs)}")
+        model = load_pretrained(cls, name_or_path, config=config, strict=strict, revision=revision, cache_dir=cache_dir)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write the native format (config.json + model.safetensors) atomically."""
+        from .weights import save_native
+
+        save_native(self, save_directory)

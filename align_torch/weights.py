@@ -1,0 +1,255 @@
+"""Reading and writing checkpoints: the native format (config.json + model.safetensors with our names) and
+the Hugging Face layout (config.json + model.safetensors / pytorch_model.bin / sharded), converted through
+hf_keys. Loading is strict and loud: nothing is ever left silently at random init."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import AlignConfig
+from .fileio import atomic_dir
+from .hf_keys import config_from_hf, config_to_hf, hf_to_native, native_to_hf
+from .hub import resolve_model_dir
+
+if TYPE_CHECKING:
+    from .model import AlignModel
+
+NATIVE_FORMAT = "align_torch"
+NATIVE_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# Files that travel with a model folder so the processor loads from the same place.
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "tokenizer.json",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked: unreadable, incomplete, or not matching the config."""
+
+
+@dataclass
+class LoadReport:
+    """What did not load. Empty lists mean every model tensor came from the checkpoint."""
+
+    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        parts = []
+        for what, keys in (
+            ("missing from the checkpoint", self.missing),
+            ("unexpected in the checkpoint", self.unexpected),
+            ("with the wrong shape", self.mismatched),
+        ):
+            if keys:
+                shown = "; ".join(keys[:10]) + (f"; ... ({len(keys) - 10} more)" if len(keys) > 10 else "")
+                parts.append(f"{len(keys)} keys {what}: {shown}")
+        return "\n".join(parts) or "all keys matched"
+
+
+# --- reading tensors ----------------------------------------------------------------------------------
+def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """One `.safetensors` or `.bin` file -> {name: tensor} on the CPU. `.bin` is unpickled with
+    `weights_only=True` only: a pickle holding anything but tensors is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            sd = load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"could not read {str(path)!r} (truncated or not a safetensors file): {e}") from e
+    elif path.suffix in (".bin", ".pt", ".pth"):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it holds objects other than tensors, and .bin checkpoints are "
+                f"only read with torch.load(weights_only=True). Details: {str(e).splitlines()[0]}"
+            ) from e
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise CheckpointError(f"could not read {str(path)!r} (truncated or corrupt): {e}") from e
+    else:
+        raise CheckpointError(f"unknown weights format {path.suffix!r} for {str(path)!r}")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise CheckpointError(f"{str(path)!r} is not a state dict (a mapping of names to tensors)")
+    return sd
+
+
+def read_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of an HF-layout folder: safetensors first, then `.bin`, single file or sharded."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (folder / single).is_file():
+            return read_tensor_file(folder / single)
+        if (folder / index).is_file():
+            return _read_sharded(folder, folder / index)
+    raise CheckpointError(
+        f"no weights in {str(folder)!r}: expected model.safetensors, pytorch_model.bin or a sharded *.index.json"
+    )
+
+
+def _read_sharded(folder: Path, index_path: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{str(index_path)!r} is not a valid shard index (needs a 'weight_map')") from e
+    sd: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        sd.update(read_tensor_file(folder / shard))
+    absent = sorted(set(weight_map) - set(sd))
+    if absent:
+        raise CheckpointError(f"shard index lists {len(absent)} keys that no shard holds: {absent[:10]}")
+    return sd
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from e
+
+
+def is_native(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() and _read_json(folder / CONFIG_FILE).get("format") == NATIVE_FORMAT
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[AlignConfig, dict[str, torch.Tensor]]:
+    """A local native or HF-layout folder -> (config, native state dict)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{str(folder)!r} has no {CONFIG_FILE}; it is not a model folder")
+    raw = _read_json(folder / CONFIG_FILE)
+    if raw.get("format") == NATIVE_FORMAT:
+        try:
+            config = AlignConfig.from_dict(raw["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"bad native config in {str(folder / CONFIG_FILE)!r}: {e}") from e
+        return config, read_tensor_file(folder / WEIGHTS_FILE)
+    try:
+        config = config_from_hf(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"bad Hugging Face config in {str(folder / CONFIG_FILE)!r}: {e}") from e
+    try:
+        return config, hf_to_native(read_hf_state_dict(folder))
+    except KeyError as e:
+        raise CheckpointError(f"{str(folder)!r}: {e}") from e
+
+
+# --- into a model -------------------------------------------------------------------------------------
+def load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> LoadReport:
+    """Copy `sd` into `model`. Strict: any missing, unexpected or mis-shaped key raises, naming them.
+    Non-strict: loads what matches and returns the rest in a LoadReport."""
+    own = model.state_dict()
+    report = LoadReport(
+        missing=sorted(set(own) - set(sd)),
+        unexpected=sorted(set(sd) - set(own)),
+        mismatched=[
+            f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(sd))
+            if sd[k].shape != own[k].shape
+        ],
+    )
+    if strict and not report.ok:
+        raise CheckpointError(f"checkpoint does not match the model's config:\n{report}")
+    bad = {m.split(":")[0] for m in report.mismatched}
+    with torch.no_grad():
+        for k, v in sd.items():
+            if k in own and k not in bad:
+                own[k].copy_(v)
+    return report
+
+
+def load_pretrained(
+    cls: type[AlignModel],
+    name_or_path: str | os.PathLike,
+    *,
+    config: AlignConfig | None = None,
+    strict: bool = True,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> AlignModel:
+    folder = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+    ckpt_config, sd = read_checkpoint(folder)
+    model = cls(config or ckpt_config)
+    report = load_state_dict(model, sd, strict=strict)
+    model.load_report = report
+    if not report.ok:
+        import warnings
+
+        warnings.warn(f"{name_or_path}: partial load (strict=False):\n{report}", stacklevel=3)
+    return model
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def _copy_processor_files(src: Path | None, dst: Path) -> None:
+    if src is None:
+        return
+    for name in PROCESSOR_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def save_native(model: AlignModel, folder: str | os.PathLike, processor_from: Path | None = None) -> None:
+    """Write config.json + model.safetensors (native names) atomically; copy processor files if given."""
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    config = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "config": model.config.to_dict()}
+    with atomic_dir(folder) as tmp:
+        save_file(sd, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        _copy_processor_files(processor_from, tmp)
+
+
+def save_hf(
+    config: AlignConfig, sd: dict[str, torch.Tensor], folder: str | os.PathLike, processor_from: Path | None = None
+) -> None:
+    """Write an HF-layout folder (config.json + model.safetensors) that transformers' AlignModel loads."""
+    hf_sd = native_to_hf(sd, max_positions=config.text.max_position_embeddings)
+    hf_sd = {k: v.detach().contiguous().cpu() for k, v in hf_sd.items()}
+    with atomic_dir(folder) as tmp:
+        save_file(hf_sd, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+        _copy_processor_files(processor_from, tmp)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "native") -> Path:
+    """Convert a checkpoint folder (native or HF layout, or a Hub id) to `to` ("native" or "hf") at `dst`.
+
+    The state dict is checked against its config before anything is written."""
+    if to not in ("native", "hf"):
+        raise ValueError(f"convert: to must be 'native' or 'hf', got {to!r}")
+    folder = resolve_model_dir(src)
+    config, sd = read_checkpoint(folder)
+    from .model import AlignModel
+
+    model = AlignModel(config)
+    load_state_dict(model, sd, strict=True)
+    if Path(dst).resolve() == folder.resolve():
+        raise ValueError("convert: destination is the source folder; choose another")
+    if to == "native":
+        save_native(model, dst, processor_from=folder)
+    else:
+        save_hf(config, model.state_dict(), dst, processor_from=folder)
+    return Path(dst)

@@ -1,0 +1,14 @@
+"""Convert an ALIGN checkpoint between the Hugging Face layout and align_torch's native format.
+
+    python convert/convert_align_hf.py kakaobrain/align-base ./align-base-native
+    python convert/convert_align_hf.py ./align-base-native ./align-base-hf --to hf
+
+Same as `align-torch convert`; the key map lives in align_torch/hf_keys.py.
+"""
+
+import sys
+
+from align_torch.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["convert", *sys.argv[1:]]))
