@@ -161,7 +161,7 @@ def align_tiny() -> AlignConfig:
         text=TextConfig(
             vocab_size=1000, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64
         ),
-        projection_dim=24,
+        projection_dim=80,  # = the tiny tower's final width: ALIGN has no image projection
     )
 
 

@@ -1,0 +1,60 @@
+"""Shared fixtures. Full-size models are built once per session: building and converting align-base
+costs seconds, running it costs more, so every parity test shares them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import tiny_hf_checkpoint, write_hf_checkpoint  # noqa: E402
+from hf_reference import hf_align_model  # noqa: E402
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def hf_full():
+    """transformers' AlignModel at align-base size, random weights, randomised BN/LN, temperature != 1."""
+    return hf_align_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def hf_full_dir(hf_full, tmp_path_factory) -> Path:
+    """hf_full saved as kakaobrain/align-base ships it: config.json + pytorch_model.bin + processor files."""
+    from _proc_data import ALIGN_BASE_PREPROCESSOR
+
+    return write_hf_checkpoint(
+        tmp_path_factory.mktemp("hf_full"), hf_full, fmt="bin", preprocessor=ALIGN_BASE_PREPROCESSOR
+    )
+
+
+@pytest.fixture(scope="session")
+def native_full(hf_full_dir):
+    """Our AlignModel loaded from hf_full's HF-layout folder (converted in memory)."""
+    from align_torch import AlignModel
+
+    return AlignModel.from_pretrained(hf_full_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """(folder, transformers model): a tiny random HF-layout checkpoint with processor files."""
+    return tiny_hf_checkpoint(tmp_path_factory.mktemp("tiny_hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tiny_hf) -> Path:
+    return tiny_hf[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_native_dir(tiny_hf_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint converted to the native format (with processor files)."""
+    from align_torch.weights import convert
+
+    return convert(tiny_hf_dir, tmp_path_factory.mktemp("tiny_native") / "model")
