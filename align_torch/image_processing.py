@@ -1,0 +1,271 @@
+"""Image preprocessing for ALIGN: pixel-identical to transformers' PIL-backend EfficientNet image processor.
+
+align-base's recipe (preprocessor_config.json): convert to RGB, resize the uint8 image to 346×346 with
+PIL bilinear, centre-crop 289×289, x / 127.5 − 1, channels first, float32. Every step, including the
+float64 intermediate in the rescale and the crop offsets for odd sizes, follows transformers 5
+(`EfficientNetImageProcessorPil` with `do_convert_rgb=True`) so the pixels agree to the last bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+# One image as users pass it; a list of these, or a 4-D array/tensor, is a batch.
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
+
+# transformers' rule for telling CHW from HWC: a 1, 3 or 4 first dimension wins, even when the last one
+# would also fit (a 3×H×4 array is read as three channels).
+_CHANNEL_COUNTS = (1, 3, 4)
+
+
+class BatchFeature(dict):
+    """Model inputs: a dict whose keys are also attributes, so `model(**batch)` and `batch.pixel_values` work."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> BatchFeature:
+        """Move every tensor to `device`; cast only floating-point tensors (pixels) to `dtype`, never the ids."""
+        out = BatchFeature()
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+            out[key] = value
+        return out
+
+
+def _size_hw(size: Any, name: str) -> tuple[int, int]:
+    """Read a size as preprocessor_config.json writes it: {"height", "width"} or one int for a square."""
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    raise ValueError(f"{name} must be an int or a dict with 'height' and 'width', got {size!r}")
+
+
+@dataclass
+class AlignImageProcessor:
+    """Turns images into `pixel_values` (N, 3, H, W) float32, as configured by a preprocessor_config.json."""
+
+    do_resize: bool = True
+    size: tuple[int, int] = (346, 346)  # (height, width)
+    resample: int = PIL.Image.Resampling.BILINEAR
+    do_center_crop: bool = True
+    crop_size: tuple[int, int] = (289, 289)  # (height, width)
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 127.5
+    rescale_offset: bool = True  # after rescaling subtract 1: [0, 255] → [-1, 1]
+    do_normalize: bool = False
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    include_top: bool = False  # EfficientNet's classifier input: divide once more by image_std
+    # The file as read, so save_pretrained keeps keys this class does not use (image_processor_type, ...).
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> AlignImageProcessor:
+        """Build from the contents of preprocessor_config.json; keys not given keep align-base's values."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in config.items() if k in names}
+        if "size" in kwargs:
+            kwargs["size"] = _size_hw(kwargs["size"], "size")
+        if "crop_size" in kwargs:
+            kwargs["crop_size"] = _size_hw(kwargs["crop_size"], "crop_size")
+        for key in ("image_mean", "image_std"):
+            if key in kwargs:
+                value = kwargs[key]
+                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else (float(value),) * 3
+        return cls(**kwargs, extra=dict(config))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The preprocessor_config.json contents: the loaded file with this processor's values written in."""
+        config = dict(self.extra)
+        config.setdefault("image_processor_type", "EfficientNetImageProcessor")
+        for f in fields(self):
+            if f.name != "extra":
+                config[f.name] = getattr(self, f.name)
+        config["size"] = {"height": self.size[0], "width": self.size[1]}
+        config["crop_size"] = {"height": self.crop_size[0], "width": self.crop_size[1]}
+        config["resample"] = int(self.resample)
+        config["image_mean"] = list(self.image_mean)
+        config["image_std"] = list(self.image_std)
+        return config
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> BatchFeature:
+        """Preprocess one image or a batch into {"pixel_values": (N, 3, H, W) float32}.
+
+        `return_tensors="pt"` gives a torch tensor, "np" (or None) a numpy array.
+        """
+        pixels = [self.preprocess_one(image) for image in _as_list(images)]
+        shapes = {p.shape for p in pixels}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"images came out in different sizes {sorted(shapes)}; enable do_resize or do_center_crop "
+                "to batch images of different sizes"
+            )
+        batch = np.stack(pixels).astype(np.float32, copy=False)  # (N, 3, H, W)
+        if return_tensors == "pt":
+            return BatchFeature(pixel_values=torch.from_numpy(batch))
+        if return_tensors in ("np", None):
+            return BatchFeature(pixel_values=batch)
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+
+    def preprocess_one(self, image: ImageInput) -> np.ndarray:
+        """One image → (3, H, W) array, in the order transformers applies the steps."""
+        x = to_rgb_chw(image)  # (3, h, w), dtype as given (uint8 for PIL)
+        if self.do_resize:
+            x = _pil_resize(x, self.size, self.resample)
+        if self.do_center_crop:
+            x = center_crop(x, self.crop_size)
+        if self.do_rescale:
+            # float64 product then float32, as transformers does, so the result matches it bit for bit.
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+            if self.rescale_offset:
+                x -= 1
+        if self.do_normalize:
+            x = _normalize(x, self.image_mean, self.image_std)
+        if self.include_top:
+            x = _normalize(x, (0.0,) * len(self.image_std), self.image_std)
+        return x
+
+
+def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """A single image, a list/tuple of images, or a 4-D array/tensor (a batch) → list of single images."""
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("images is an empty list; pass at least one image")
+        flat: list[ImageInput] = []
+        for image in images:
+            is_batch = isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4
+            flat.extend(list(image) if is_batch else [image])
+        return flat
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        if len(images) == 0:
+            raise ValueError("images is an empty batch; pass at least one image")
+        return list(images)
+    return [images]
+
+
+def to_rgb_chw(image: ImageInput) -> np.ndarray:
+    """Any supported image → (3, H, W) numpy array, converted to RGB the way transformers' convert_to_rgb does.
+
+    PIL images of any mode go through PIL's own conversion; transparency (an alpha band, or a palette's
+    `transparency`) is composited onto white. Arrays and tensors may be HWC or CHW with 1, 3 or 4 channels
+    (or 2-D grayscale); 1 channel is repeated, 4 channels (RGBA) are composited onto white.
+    """
+    if isinstance(image, PIL.Image.Image):
+        has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+        if has_alpha:
+            rgba = image.convert("RGBA")
+            white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            rgb = PIL.Image.alpha_composite(white, rgba).convert("RGB")
+        else:
+            rgb = image.convert("RGB")
+        return np.moveaxis(np.asarray(rgb), -1, 0)  # (H, W, 3) → (3, H, W)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        # numpy has no bfloat16.
+        image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"an image must be a PIL.Image.Image, numpy array or torch tensor, got {type(image).__name__}")
+    if image.size == 0:
+        raise ValueError(f"image has shape {image.shape}, with no pixels")
+    if image.ndim == 2:
+        image = image[None]  # (H, W) → (1, H, W)
+    if image.ndim != 3:
+        raise ValueError(
+            f"an image array must have 2 or 3 dimensions (H, W), (C, H, W) or (H, W, C), got shape {image.shape}"
+        )
+    if image.shape[0] in _CHANNEL_COUNTS:
+        hwc = np.moveaxis(image, 0, -1)
+    elif image.shape[-1] in _CHANNEL_COUNTS:
+        hwc = image
+    else:
+        raise ValueError(
+            f"cannot find the channel axis of an image of shape {image.shape}: "
+            "expected 1, 3 or 4 channels first (C, H, W) or last (H, W, C)"
+        )
+    channels = hwc.shape[-1]
+    if channels == 1:
+        hwc = np.repeat(hwc, 3, axis=-1)
+    elif channels == 4:
+        hwc = _composite_on_white(hwc)
+    return np.moveaxis(hwc, -1, 0)
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) → (H, W, 3): blend onto white, alpha in [0, 255] for integers and [0, 1] for floats."""
+    is_int = np.issubdtype(rgba.dtype, np.integer)
+    if not is_int and (rgba.min() < 0.0 or rgba.max() > 1.0):
+        raise ValueError(f"a float RGBA image must have values in [0, 1], got [{rgba.min()}, {rgba.max()}]")
+    white = 255 if is_int else 1.0
+    alpha = rgba[..., 3:4] / white
+    blended = alpha * rgba[..., :3] + (1 - alpha) * white
+    return np.round(blended).astype(rgba.dtype) if is_int else blended.astype(rgba.dtype)
+
+
+def _pil_resize(chw: np.ndarray, size_hw: tuple[int, int], resample: int) -> np.ndarray:
+    """Resize through PIL on uint8 pixels, as transformers does; float input comes back scaled as it went in.
+
+    Floats holding whole numbers in [0, 255] are cast to uint8; other floats in [0, 1] are scaled by 255 and
+    truncated to uint8 (not rounded), then the result is divided by 255 again.
+    """
+    scaled_to_unit = False
+    if chw.dtype != np.uint8:
+        if np.allclose(chw, chw.astype(int)):
+            if chw.min() < 0 or chw.max() > 255:
+                raise ValueError(f"image values must lie in [0, 255] to resize, got [{chw.min()}, {chw.max()}]")
+        elif chw.min() >= 0 and chw.max() <= 1:
+            scaled_to_unit = True
+            chw = (chw.astype(np.float64) * 255).astype(np.float32)
+        else:
+            raise ValueError(
+                f"float image values must lie in [0, 1] or be whole numbers in [0, 255] to resize, "
+                f"got [{chw.min()}, {chw.max()}]"
+            )
+    pil = PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(chw, 0, -1)).astype(np.uint8))
+    height, width = size_hw
+    resized = np.moveaxis(np.asarray(pil.resize((width, height), resample=resample)), -1, 0)  # (3, H, W)
+    if scaled_to_unit:
+        resized = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
+    return resized
+
+
+def center_crop(chw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Crop the centre (3, h, w) → (3, H, W); an image smaller than the crop is zero-padded first.
+
+    The offsets are transformers': top = (h − H) // 2 (so an odd margin leaves the extra row at the
+    bottom), and padding puts ceil(margin / 2) before the image.
+    """
+    crop_h, crop_w = size_hw
+    h, w = chw.shape[-2:]
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    if top >= 0 and left >= 0:
+        return chw[:, top : top + crop_h, left : left + crop_w]
+    new_h, new_w = max(crop_h, h), max(crop_w, w)
+    pad_top, pad_left = math.ceil((new_h - h) / 2), math.ceil((new_w - w) / 2)
+    padded = np.zeros((chw.shape[0], new_h, new_w), dtype=chw.dtype)
+    padded[:, pad_top : pad_top + h, pad_left : pad_left + w] = chw
+    top, left = top + pad_top, left + pad_left
+    return padded[:, max(0, top) : min(new_h, top + crop_h), max(0, left) : min(new_w, left + crop_w)]
+
+
+def _normalize(chw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(x − mean) / std per channel, in the image's float dtype (float32 for integer images)."""
+    if len(mean) != chw.shape[0] or len(std) != chw.shape[0]:
+        raise ValueError(f"image_mean/image_std need {chw.shape[0]} values, got {list(mean)} / {list(std)}")
+    if not np.issubdtype(chw.dtype, np.floating):
+        chw = chw.astype(np.float32)
+    mean_arr = np.asarray(mean, dtype=chw.dtype)[:, None, None]
+    std_arr = np.asarray(std, dtype=chw.dtype)[:, None, None]
+    return (chw - mean_arr) / std_arr
