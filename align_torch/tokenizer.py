@@ -1,0 +1,267 @@
+"""BERT WordPiece tokenizer for ALIGN, built with the `tokenizers` library (no transformers import).
+
+The pipeline is the one transformers 5's `BertTokenizer` assembles from vocab.txt, so the ids match it:
+BertNormalizer (clean text, space around CJK characters, lowercase, accents stripped when lowercasing
+unless strip_accents says otherwise), BertPreTokenizer, WordPiece (`##`, words over 100 characters become
+[UNK]), `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]`, and the five special tokens registered un-normalised so
+a literal "[CLS]" in a caption stays one token (while "[cls]" does not).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+from .image_processing import BatchFeature
+
+SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+DEFAULT_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+# transformers writes a huge number when a checkpoint sets no limit; ALIGN was trained on 64 tokens.
+DEFAULT_MAX_LENGTH = 64
+_NO_LIMIT = 10**12
+
+
+def read_vocab(path: str | Path) -> dict[str, int]:
+    """vocab.txt → {token: line number}, reading lines as transformers does (only the newline stripped)."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last token; it is not an empty token
+    return {token: index for index, token in enumerate(lines)}
+
+
+def _special_token(value: Any) -> str:
+    # special_tokens_map.json may store a token as a string or as an AddedToken dict {"content": ...}.
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+class AlignTokenizer:
+    """Texts → `input_ids`, `attention_mask`, `token_type_ids`; padded and truncated to 64 tokens by default."""
+
+    def __init__(
+        self,
+        vocab: dict[str, int] | None = None,
+        *,
+        tokenizer: Tokenizer | None = None,
+        do_lower_case: bool = True,
+        strip_accents: bool | None = None,
+        tokenize_chinese_chars: bool = True,
+        model_max_length: int = DEFAULT_MAX_LENGTH,
+        special_tokens: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """Build from a WordPiece `vocab`, or wrap a ready `tokenizer` (a tokenizer.json) as it is.
+
+        `config` is the tokenizer_config.json as read; it is kept so save_pretrained writes back its other keys.
+        """
+        self.special_tokens = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
+        self.do_lower_case = do_lower_case
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = tokenize_chinese_chars
+        self.model_max_length = model_max_length if model_max_length < _NO_LIMIT else DEFAULT_MAX_LENGTH
+        self.config = dict(config or {})
+        self.from_tokenizer_json = tokenizer is not None
+        if tokenizer is None:
+            if vocab is None:
+                raise ValueError("AlignTokenizer needs a vocab or a tokenizers.Tokenizer")
+            tokenizer = self._build(vocab)
+        self._tokenizer = tokenizer
+        for key in ("pad_token", "cls_token", "sep_token", "unk_token"):
+            if tokenizer.token_to_id(self.special_tokens[key]) is None:
+                raise ValueError(f"{key} {self.special_tokens[key]!r} is not in the vocabulary")
+        self.pad_token_id: int = tokenizer.token_to_id(self.special_tokens["pad_token"])
+        self.cls_token_id: int = tokenizer.token_to_id(self.special_tokens["cls_token"])
+        self.sep_token_id: int = tokenizer.token_to_id(self.special_tokens["sep_token"])
+
+    def _build(self, vocab: dict[str, int]) -> Tokenizer:
+        unk, cls, sep = (self.special_tokens[k] for k in ("unk_token", "cls_token", "sep_token"))
+        for token in (unk, cls, sep):
+            if token not in vocab:
+                raise ValueError(f"special token {token!r} is not in the vocabulary")
+        tok = Tokenizer(WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=self.tokenize_chinese_chars,
+            strip_accents=self.strip_accents,  # None: follow lowercase, as original BERT
+            lowercase=self.do_lower_case,
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0",
+            pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+        )
+        # Matched on the raw text before normalisation: "[CLS]" is one token, "[cls]" is "[", "cl", ...
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in self.special_tokens.values()])
+        return tok
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> AlignTokenizer:
+        """Load from a checkpoint folder: tokenizer.json if present, else vocab.txt, with tokenizer_config.json."""
+        folder = Path(folder)
+        config = _read_json(folder / "tokenizer_config.json")
+        special = {k: _special_token(v) for k, v in config.items() if k in SPECIAL_TOKEN_KEYS and v is not None}
+        special |= {
+            k: _special_token(v)
+            for k, v in _read_json(folder / "special_tokens_map.json").items()
+            if k in SPECIAL_TOKEN_KEYS
+        }
+        options = dict(
+            do_lower_case=config.get("do_lower_case", True),
+            strip_accents=config.get("strip_accents"),
+            tokenize_chinese_chars=config.get("tokenize_chinese_chars", True),
+            model_max_length=config.get("model_max_length", DEFAULT_MAX_LENGTH),
+            special_tokens=special,
+            config=config,
+        )
+        if (folder / "tokenizer.json").is_file():
+            return cls(tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")), **options)
+        if not (folder / "vocab.txt").is_file():
+            raise FileNotFoundError(f"{folder} has neither tokenizer.json nor vocab.txt")
+        return cls(read_vocab(folder / "vocab.txt"), **options)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (padding/truncation are set per call by __call__)."""
+        return self._tokenizer
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        padding: bool | str = "max_length",
+        truncation: bool | str = True,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """Tokenize one text or a batch; each output is (N, L) int64.
+
+        padding: "max_length" (default, pads to max_length = model_max_length = 64), True/"longest" (pads
+        to the longest text in the batch), False/"do_not_pad". truncation: True (default; transformers'
+        AlignProcessor does not truncate unless asked) cuts each text to max_length tokens including
+        [CLS]/[SEP], longest sequence first for pairs; False keeps every token.
+        """
+        texts = _as_texts(text, "text")
+        pairs = None if text_pair is None else _as_texts(text_pair, "text_pair")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} text_pairs")
+        encodings = self._encode(texts, pairs, padding, truncation, max_length)
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+        }
+        if return_tensors is None:
+            return BatchFeature(columns)
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        lengths = {len(ids) for ids in columns["input_ids"]}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"texts have different lengths {sorted(lengths)} and cannot form one tensor; "
+                "use padding=True or 'max_length', or return_tensors=None"
+            )
+        return BatchFeature({k: torch.tensor(v, dtype=torch.int64) for k, v in columns.items()})
+
+    def _encode(
+        self,
+        texts: list[str],
+        pairs: list[str] | None,
+        padding: bool | str,
+        truncation: bool | str,
+        max_length: int | None,
+    ) -> list[Encoding]:
+        limit = self.model_max_length if max_length is None else max_length
+        tok = self._tokenizer
+        if truncation in (True, "longest_first", "only_first", "only_second"):
+            strategy = "longest_first" if truncation is True else truncation
+            tok.enable_truncation(limit, strategy=strategy)
+        elif truncation in (False, "do_not_truncate", None):
+            tok.no_truncation()
+        else:
+            raise ValueError(f"truncation must be True, False or a strategy name, got {truncation!r}")
+        pad = dict(pad_id=self.pad_token_id, pad_token=self.special_tokens["pad_token"], pad_type_id=0)
+        if padding == "max_length":
+            tok.enable_padding(length=limit, **pad)
+        elif padding in (True, "longest"):
+            tok.enable_padding(length=None, **pad)
+        elif padding in (False, "do_not_pad", None):
+            tok.no_padding()
+        else:
+            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+        inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
+        return tok.encode_batch(inputs)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """One text → ids, without padding or truncation."""
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        """ids → text (lowercased, accents gone: the normaliser is not undone)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(
+        self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+    ) -> list[str]:
+        """Rows of ids → texts."""
+        if isinstance(batch, torch.Tensor):
+            batch = batch.tolist()
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in batch]
+
+    def to_files(self) -> dict[str, str]:
+        """{file name: contents} for tokenizer_config.json, special_tokens_map.json, vocab.txt (and tokenizer.json)."""
+        config = dict(self.config)
+        config.setdefault("tokenizer_class", "BertTokenizer")
+        config.update(
+            do_lower_case=self.do_lower_case,
+            strip_accents=self.strip_accents,
+            tokenize_chinese_chars=self.tokenize_chinese_chars,
+            model_max_length=self.model_max_length,
+            **self.special_tokens,
+        )
+        vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        files = {
+            "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+            "special_tokens_map.json": json.dumps(self.special_tokens, indent=2, ensure_ascii=False) + "\n",
+            "vocab.txt": "".join(token + "\n" for token in sorted(vocab, key=vocab.__getitem__)),
+        }
+        if self.from_tokenizer_json:
+            self._tokenizer.no_padding()
+            self._tokenizer.no_truncation()
+            files["tokenizer.json"] = self._tokenizer.to_str(pretty=True)
+        return files
+
+
+def _as_texts(text: str | Sequence[str], name: str) -> list[str]:
+    if isinstance(text, str):
+        return [text]
+    if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
+        if len(text) == 0:
+            raise ValueError(f"{name} is an empty list; pass at least one string")
+        return list(text)
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(text).__name__}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
