@@ -1,0 +1,157 @@
+"""The inference fast path: `fuse_for_inference(model)` turns a loaded AlignModel into an inference-only one.
+
+What it does, and why each step is exact (fp32 outputs agree with the unfused model to float rounding):
+- every BatchNorm is folded into the convolution before it (in eval mode BN is a per-channel affine map,
+  so `bn(conv(x)) == conv'(x)` with `w' = w * g / sqrt(v + eps)`, `b' = b - m * g / sqrt(v + eps)`); the BN
+  module becomes `nn.Identity`, so every block's `forward`, its hooks and `forward_intermediates` still work;
+- the image tower moves to channels_last (oneDNN and cuDNN run depthwise and 1x1 convs faster in NHWC);
+- texts padded to a fixed length (the processor pads to 64) are cut to the longest real text before the
+  text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
+  change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
+  runs only in eager mode; call `trim_padding` yourself before a compiled text tower.
+
+A fused model refuses to train: `model.train()`, a forward in training mode and asking for gradients of the
+folded weights all raise, because the folded weights are no longer the checkpoint's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .model import AlignModel
+
+FUSED_ERROR = "fused for inference; reload the model to train"
+
+
+class FusedConv2d(nn.Conv2d):
+    """A convolution with the following BatchNorm folded in. Inference only: training it raises."""
+
+    def train(self, mode: bool = True) -> FusedConv2d:
+        if mode:
+            raise RuntimeError(f"this model was {FUSED_ERROR}")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError(f"forward in training mode: this model was {FUSED_ERROR}")
+        if self.weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"gradients for folded weights requested: this model was {FUSED_ERROR}")
+        return super().forward(x)
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FusedConv2d:
+    """A FusedConv2d computing `bn(conv(x))` with `bn`'s running statistics (eval-mode BatchNorm)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"conv has {conv.out_channels} output channels but the BatchNorm {bn.num_features}")
+    fused = FusedConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    with torch.no_grad():
+        # Fold in float64 so the folded weights round once, not twice.
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)  # (C_out,)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        fused.weight.copy_(conv.weight.double() * scale[:, None, None, None])
+        fused.bias.copy_((bias - bn.running_mean.double()) * scale + bn.bias.double())
+    fused.weight.requires_grad_(False)
+    fused.bias.requires_grad_(False)
+    return fused.eval()
+
+
+# (conv attribute, BatchNorm attribute) pairs of the stem and of each MBConv block.
+_STEM_PAIRS = (("conv", "bn"),)
+_BLOCK_PAIRS = (("expand_conv", "expand_bn"), ("dw_conv", "dw_bn"), ("project_conv", "project_bn"))
+
+
+def _fold_pairs(module: nn.Module, pairs: tuple[tuple[str, str], ...]) -> None:
+    for conv_name, bn_name in pairs:
+        conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+        if conv is None or not isinstance(bn, nn.BatchNorm2d):
+            continue  # a block without an expand conv, or already folded
+        setattr(module, conv_name, fold_bn(conv, bn))
+        setattr(module, bn_name, nn.Identity())
+
+
+def trim_padding(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Cut (B, T) text inputs to the longest real text (B, T'), T' = the last position any mask marks.
+
+    Exact for ALIGN's [CLS] embedding: masked trailing pads are never attended. When every remaining
+    position is real the mask is dropped (None), which lets SDPA pick its unmasked kernels. Eager only:
+    T' depends on the mask's values.
+    """
+    if attention_mask is None:
+        return input_ids, None, token_type_ids
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    keep = attention_mask.bool()
+    # Trailing columns where no text has a real token can go; a column is kept if any row still needs it.
+    real = keep.any(dim=0)  # (T,)
+    length = int(real.nonzero().max()) + 1 if bool(real.any()) else 1
+    input_ids = input_ids[:, :length]  # (B, T')
+    keep = keep[:, :length]  # (B, T')
+    if token_type_ids is not None:
+        token_type_ids = token_type_ids[:, :length]  # (B, T')
+    mask = None if bool(keep.all()) else attention_mask[:, :length]
+    return input_ids, mask, token_type_ids
+
+
+def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+    """Forward pre-hook on the text tower: trim its inputs in eager mode, step aside under torch.compile."""
+    if torch.compiler.is_compiling():
+        return None
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    given = dict(zip(names, args, strict=False))
+    if any(k in kwargs for k in given):
+        raise TypeError(f"text tower got {sorted(set(given) & set(kwargs))} both by position and by name")
+    given.update({k: kwargs.pop(k) for k in names if k in kwargs})
+    if "input_ids" not in given:
+        return None  # let the tower report the missing argument
+    ids, mask, types = trim_padding(given["input_ids"], given.get("attention_mask"), given.get("token_type_ids"))
+    return (ids, mask, types) + tuple(args[3:]), kwargs
+
+
+def is_fused(model: nn.Module) -> bool:
+    """True if `model` (or the tower passed) has been through `fuse_for_inference`."""
+    return any(isinstance(m, FusedConv2d) for m in model.modules())
+
+
+def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text: bool = True) -> AlignModel:
+    """Make `model` an inference-only fast model, in place, and return it (see the module docstring).
+
+    `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
+    them). `trim_text` cuts padded text batches to their longest real text in eager mode. Fusing a fused
+    model does nothing more. Reload the model to train it again.
+    """
+    vision = model.vision_model
+    if is_fused(vision):
+        return model.eval()
+    model.eval()
+    _fold_pairs(vision.stem, _STEM_PAIRS)
+    for block in vision.blocks:
+        _fold_pairs(block, _BLOCK_PAIRS)
+    if channels_last:
+        vision.to(memory_format=torch.channels_last)
+    if trim_text:
+        model.text_model.register_forward_pre_hook(_trim_hook, with_kwargs=True)
+    return model.eval()
