@@ -6,6 +6,9 @@ order as transformers' `vision_model.encoder.blocks`, so "block 17" means the sa
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -177,7 +180,8 @@ class EfficientNet(nn.Module):
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
+            contexts = functools.partial(_checkpoint_contexts, block)
+            return checkpoint(block, x, use_reentrant=False, context_fn=contexts)
         return block(x)
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -214,6 +218,31 @@ class EfficientNet(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(pixel_values))
+
+
+def _checkpoint_contexts(
+    block: nn.Module,
+) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """(forward context, recompute context) for torch.utils.checkpoint."""
+    return contextlib.nullcontext(), _keep_bn_stats(block)
+
+
+@contextlib.contextmanager
+def _keep_bn_stats(block: nn.Module) -> Iterator[None]:
+    """Checkpointing recomputes the block's forward in the backward pass, still in train mode, so its
+    BatchNorms would update their running statistics a second time; restore them after the recompute."""
+    saved = [
+        (buf, buf.clone())
+        for m in block.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf in m.buffers()
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
 
 
 def _bad_index(i: int, n: int) -> int:
