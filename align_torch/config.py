@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -100,8 +101,12 @@ class TextConfig:
     attention_dropout: float = 0.1
     act: str = "gelu"  # exact (erf) GELU, as BERT
     pad_token_id: int = 0
+    # How the text embedding is read off the last hidden states: "cls" (ALIGN) or "mean" over real tokens.
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"TextConfig.pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(
                 f"TextConfig.hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
@@ -110,7 +115,11 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """The joint model: two towers, a projection of the text [CLS] state, a learnable temperature."""
+    """The joint model: two towers, a projection of the pooled text state, a learnable temperature.
+
+    ALIGN has no image projection: the pooled image map is the embedding. When `projection_dim` differs from
+    the image tower's width, AlignModel adds a linear `image_projection` (a key align-base does not have).
+    """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -165,7 +174,65 @@ def align_tiny() -> AlignConfig:
     )
 
 
-PRESETS = {"align-base": align_base, "align-tiny": align_tiny}
+# EfficientNet compound scaling (Tan & Le 2019): name -> (width_mult, depth_mult, resolution).
+EFFICIENTNET_SCALING: dict[str, tuple[float, float, int]] = {
+    "b0": (1.0, 1.0, 224),
+    "b1": (1.0, 1.1, 240),
+    "b2": (1.1, 1.2, 260),
+    "b3": (1.2, 1.4, 300),
+    "b4": (1.4, 1.8, 380),
+    "b5": (1.6, 2.2, 456),
+    "b6": (1.8, 2.6, 528),
+    "b7": (2.0, 3.1, 600),
+}
+
+# BERT sizes of Turc et al. 2019 ("Well-Read Students Learn Better"): name -> (layers, hidden size).
+# Heads are hidden / 64 and the MLP is 4 x hidden, as in BERT-base.
+BERT_SIZES: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+}
+
+
+def efficientnet(name: str, **overrides: Any) -> VisionConfig:
+    """An EfficientNet-B0..B7 image tower ("b0".."b7") at the paper's width, depth and resolution.
+
+    ALIGN's towers end at the last MBConv stage: the paper's 1x1 top conv to 1280 x width channels is not
+    there, so the tower's width is round(320 x width). `overrides` replace any VisionConfig field.
+    """
+    try:
+        width, depth, resolution = EFFICIENTNET_SCALING[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown EfficientNet {name!r}; choose from {sorted(EFFICIENTNET_SCALING)}") from None
+    return VisionConfig(**{"image_size": resolution, "width_mult": width, "depth_mult": depth, **overrides})
+
+
+def bert(name: str, **overrides: Any) -> TextConfig:
+    """A BERT text tower by size name ("tiny", "mini", "small", "medium", "base"); `overrides` replace any
+    TextConfig field (e.g. vocab_size)."""
+    try:
+        layers, hidden = BERT_SIZES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown BERT size {name!r}; choose from {sorted(BERT_SIZES)}") from None
+    sizes = {"num_layers": layers, "hidden_size": hidden, "num_heads": hidden // 64, "intermediate_size": 4 * hidden}
+    return TextConfig(**{**sizes, **overrides})
+
+
+def align_efficientnet(name: str, text: str = "base") -> AlignConfig:
+    """EfficientNet-`name` + BERT-`text`, embedding in the image tower's width as ALIGN does (so no image
+    projection, only the text projection to that width)."""
+    vision = efficientnet(name)
+    return AlignConfig(vision=vision, text=bert(text), projection_dim=vision.num_features)
+
+
+PRESETS = {
+    "align-base": align_base,
+    "align-tiny": align_tiny,
+    **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING},
+}
 
 
 def preset(name: str) -> AlignConfig:
