@@ -2,12 +2,14 @@
 
 from .config import AlignConfig, Stage, TextConfig, VisionConfig, preset
 from .model import AlignModel, AlignOutput
+from .processor import AlignProcessor
 from .weights import CheckpointError, LoadReport
 
 __all__ = [
     "AlignConfig",
     "AlignModel",
     "AlignOutput",
+    "AlignProcessor",
     "CheckpointError",
     "LoadReport",
     "Stage",
