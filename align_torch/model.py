@@ -4,7 +4,9 @@ joins the image and text towers."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,9 @@ from .bert import Bert
 from .config import AlignConfig
 from .efficientnet import EfficientNet
 from .loss import contrastive_loss
+
+if TYPE_CHECKING:
+    from .intermediates import AlignIntermediates
 
 
 @dataclass
@@ -44,12 +49,13 @@ class AlignModel(nn.Module):
         self.config = config
         self.vision_model = EfficientNet(config.vision)
         self.text_model = Bert(config.text)
-        if self.vision_model.num_features != config.projection_dim:
-            # ALIGN has no image projection: the pooled map *is* the embedding, so the widths must agree.
-            raise ValueError(
-                f"the image tower ends with {self.vision_model.num_features} channels but projection_dim is "
-                f"{config.projection_dim}; ALIGN has no image projection, so they must be equal"
-            )
+        # ALIGN has no image projection: the pooled map *is* the embedding. Only a config whose
+        # projection_dim differs from the tower's width gets one, so align-base keeps its checkpoint's keys.
+        self.image_projection = (
+            nn.Linear(self.vision_model.num_features, config.projection_dim)
+            if self.vision_model.num_features != config.projection_dim
+            else None
+        )
         self.text_projection = nn.Linear(config.text.hidden_size, config.projection_dim)
         self.temperature = nn.Parameter(torch.tensor(float(config.temperature_init)))
         self.load_report = None  # set by from_pretrained(strict=False)
@@ -59,8 +65,23 @@ class AlignModel(nn.Module):
         """(B, 3, H, W) -> (B, projection_dim) image embeddings."""
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        x = self.vision_model(pixel_values)  # (B, C)
+        x = self.project_image(self.vision_model(pixel_values))  # (B, P)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C) pooled image features -> (B, projection_dim); the identity for ALIGN's own configs."""
+        return pooled if self.image_projection is None else self.image_projection(pooled)
+
+    def pool_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) last hidden states -> (B, D): the [CLS] state (ALIGN) or, with `TextConfig.pooling`
+        "mean", the mean over the tokens the attention mask keeps."""
+        if self.config.text.pooling == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        # The fast path may have cut trailing padding off the hidden states; the mask's head still lines up.
+        keep = attention_mask[:, : hidden.shape[1], None].to(hidden.dtype)  # (B, T, 1)
+        return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
 
     def encode_text(
         self,
@@ -69,9 +90,10 @@ class AlignModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         normalize: bool = False,
     ) -> torch.Tensor:
-        """(B, T) token ids -> (B, projection_dim): the projected last hidden state at [CLS] (not the pooler)."""
+        """(B, T) token ids -> (B, projection_dim): the projected pooled last hidden state ([CLS] for ALIGN,
+        not the BERT pooler)."""
         h = self.text_model(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
-        x = self.text_projection(h[:, 0])  # (B, P)
+        x = self.text_projection(self.pool_text(h, attention_mask))  # (B, P)
         return F.normalize(x, dim=-1) if normalize else x
 
     def get_image_features(self, pixel_values: torch.Tensor, **_: object) -> torch.Tensor:
@@ -117,6 +139,41 @@ class AlignModel(nn.Module):
             text_embeds=text_embeds,
             image_embeds=image_embeds,
             loss=loss,
+        )
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        image_indices: Sequence[int] | None = None,
+        image_stages: Sequence[int] | None = None,
+        text_indices: Sequence[int] | None = None,
+        output_attentions: bool = True,
+        stop_early: bool = False,
+    ) -> AlignIntermediates:
+        """Hidden states of both towers (either alone works), text attention probabilities, embeddings.
+
+        `image_indices` pick image positions (0 = stem, i + 1 = block i; negatives count from the end) and
+        `image_stages` add the last block of those stages; `text_indices` pick text positions (0 =
+        embeddings, i + 1 = layer i). None everywhere selects everything. With `stop_early`, nothing after
+        the last selected position runs (and that tower's embedding is None). See align_torch.intermediates.
+        """
+        from .intermediates import forward_intermediates
+
+        return forward_intermediates(
+            self,
+            pixel_values,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            image_indices=image_indices,
+            image_stages=image_stages,
+            text_indices=text_indices,
+            output_attentions=output_attentions,
+            stop_early=stop_early,
         )
 
     # --- training helpers -----------------------------------------------------------------------------
