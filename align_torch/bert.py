@@ -127,6 +127,15 @@ class Bert(nn.Module):
         """Recompute each layer in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
+    def forward_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) token ids -> the (B, T, hidden_size) last hidden states (timm's name for the tower output)."""
+        return self(input_ids, attention_mask, token_type_ids).last_hidden_state
+
     def forward(
         self,
         input_ids: torch.Tensor,
