@@ -1,0 +1,168 @@
+"""Image files for batch jobs: loading with EXIF orientation, listing folders and globs, and a Dataset that
+reports unreadable files instead of raising, so one bad file never stops a long run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from torch.utils.data import Dataset
+
+from .image_processing import to_rgb_chw
+
+# Suffixes picked up when listing a folder (case-insensitive). Files named explicitly or matched by a glob
+# are taken whatever their suffix.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+_GLOB_CHARS = frozenset("*?[")
+
+
+class ImageLoadError(ValueError):
+    """A file that cannot be read as an image (missing, empty, truncated, not an image); names the path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+def load_image(path: str | os.PathLike) -> PIL.Image.Image:
+    """Read an image file fully, apply its EXIF orientation, and return it as RGB (transparency on white).
+
+    Raises ImageLoadError for a missing, empty, truncated or non-image file. The whole file is decoded here
+    (PIL otherwise decodes lazily), so a truncated JPEG fails now rather than as grey pixels later.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "no such file" if not path.exists() else "not a file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(path, "empty file (0 bytes)")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            image = PIL.ImageOps.exif_transpose(image)
+            # The same RGB conversion as the processor's, so a loaded file and the PIL image give equal pixels.
+            rgb = to_rgb_chw(image)  # (3, H, W) uint8
+    except PIL.UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+        # OSError covers truncated data ("image file is truncated"); SyntaxError and ValueError are what
+        # some PIL decoders raise on corrupt headers.
+        raise ImageLoadError(path, f"unreadable image ({type(e).__name__}: {e})") from None
+    return PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)))  # (H, W, 3)
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    # Dotfiles include macOS "._name.jpg" metadata files, which carry an image suffix but hold no image.
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _list_folder(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, folder)
+    )
+
+
+def list_images(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand image files, folders and glob patterns into a list of files, in order, without duplicates.
+
+    A folder is searched recursively for files with an image suffix (IMAGE_EXTENSIONS), skipping hidden
+    files and folders; a glob (`photos/**/*.jpg`, recursive with `**`) and a file named explicitly are taken
+    as they are. A path that does not exist, or a glob or folder that matches nothing, raises.
+    """
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    files: list[Path] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = _list_folder(path)
+            if not found:
+                raise FileNotFoundError(f"no image files (suffixes {', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
+        elif path.exists():
+            found = [path]
+        elif _GLOB_CHARS & set(str(spec)):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(str(spec)), recursive=True))
+            found = [p for p in found if p.is_file()]
+            if not found:
+                raise FileNotFoundError(f"no files match {str(spec)!r}")
+        else:
+            raise FileNotFoundError(f"no such file or folder: {str(spec)!r}")
+        files.extend(found)
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+@dataclass
+class ImageItem:
+    """One Dataset item: the preprocessed pixels, or the reason the file could not be used."""
+
+    index: int
+    pixels: torch.Tensor | None  # (3, H, W)
+    error: str | None = None
+
+
+@dataclass
+class ImageBatch:
+    """A collated batch: the good images stacked, the bad ones as (index, reason)."""
+
+    indices: list[int]
+    pixel_values: torch.Tensor | None  # (B, 3, H, W); None when every image of the batch was bad
+    failures: list[tuple[int, str]]
+
+
+class ImageFileDataset(Dataset):
+    """Image files -> ImageItem(index, pixels) for a DataLoader; unreadable files become ImageItem(index,
+    None, reason) instead of raising, so a worker never dies on a bad file. Collate with `collate_images`.
+
+    `transform` maps a PIL RGB image to a (3, H, W) array or tensor, e.g. `processor.image_processor.preprocess_one`.
+    """
+
+    def __init__(
+        self, paths: Sequence[str | os.PathLike], transform: Callable[[PIL.Image.Image], np.ndarray | torch.Tensor]
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> ImageItem:
+        try:
+            image = load_image(self.paths[index])
+        except ImageLoadError as e:
+            return ImageItem(index, None, e.reason)
+        try:
+            pixels = self.transform(image)
+            # np.array copies: a read-only array would give a tensor PyTorch warns about.
+            pixels = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.array(pixels))
+        except Exception as e:  # a failure on one file is reported for that file, never fatal to the run
+            return ImageItem(index, None, f"preprocessing failed ({type(e).__name__}: {e})")
+        return ImageItem(index, pixels)
+
+
+def collate_images(items: list[ImageItem]) -> ImageBatch:
+    """DataLoader collate_fn for ImageFileDataset: stack the good images, keep the bad ones' reasons."""
+    good = [item for item in items if item.pixels is not None]
+    return ImageBatch(
+        indices=[item.index for item in good],
+        pixel_values=torch.stack([item.pixels for item in good]) if good else None,
+        failures=[(item.index, item.error or "unreadable") for item in items if item.pixels is None],
+    )
