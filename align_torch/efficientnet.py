@@ -89,6 +89,7 @@ class MBConv(nn.Module):
         expand: int,
         drop_path: float,
         symmetric_pad: bool = False,
+        first_in_stage: bool = False,
     ):
         super().__init__()
         mid = in_ch * expand
@@ -117,7 +118,9 @@ class MBConv(nn.Module):
         self.project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self.project_bn = nn.BatchNorm2d(out_ch, **bn)
 
-        self.has_residual = stride == 1 and in_ch == out_ch
+        # As transformers: a stage's first block never adds its input, even where width rounding makes its
+        # in and out channels equal (tiny configs; never at B0-B7 widths, where the original would add it).
+        self.has_residual = stride == 1 and in_ch == out_ch and not first_in_stage
         self.drop_path = DropPath(drop_path) if self.has_residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +169,7 @@ class EfficientNet(nn.Module):
                         expand=stage.expand,
                         drop_path=cfg.drop_path_rate * i / n,
                         symmetric_pad=i in cfg.depthwise_padding,
+                        first_in_stage=j == 0,
                     )
                 )
             stage_ends.append(len(blocks) - 1)
