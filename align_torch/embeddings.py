@@ -1,0 +1,134 @@
+"""Embedding many images or texts in batches: normalised float32 vectors, one row per input, in input order.
+
+Images are read by DataLoader workers through ImageFileDataset, so decoding overlaps the forward passes and a
+file that cannot be read is reported (by path) and skipped rather than ending the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .image_processing import AlignImageProcessor
+from .images import ImageFileDataset, ImageLoadError, collate_images
+from .model import AlignModel
+from .tokenizer import AlignTokenizer
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (no dropout, BatchNorm running statistics) and restore the previous mode after,
+    so a model in the middle of fine-tuning can be evaluated without touching its BatchNorm statistics."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+@torch.no_grad()
+def embed_texts(
+    model: AlignModel,
+    tokenizer: AlignTokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Texts -> (N, projection_dim) float32 L2-normalised embeddings on the CPU.
+
+    Each batch is padded to its longest text (not to 64): the mask makes the padding irrelevant to the
+    result, and short prompts run several times faster.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    if len(texts) == 0:
+        raise ValueError("no texts to embed")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device, _ = _model_device_dtype(model)
+    chunks = []
+    with eval_mode(model), tqdm(total=len(texts), unit="text", file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            chunks.append(model.encode_text(**batch, normalize=True).float().cpu())  # (b, P)
+            bar.update(len(batch["input_ids"]))
+    return torch.cat(chunks)
+
+
+@dataclass
+class ImageEmbeddings:
+    """What embed_images returns: one row per readable image, and the files that could not be used."""
+
+    vectors: torch.Tensor  # (N_good, projection_dim) float32, L2-normalised, on the CPU
+    paths: list[Path]  # the N_good embedded files, in input order
+    failures: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason), in input order
+
+
+@torch.no_grad()
+def embed_images(
+    model: AlignModel,
+    image_processor: AlignImageProcessor,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    strict: bool = False,
+    on_failure: Callable[[Path, str], None] | None = None,
+    progress: bool = False,
+) -> ImageEmbeddings:
+    """Embed image files in batches, loading them in `workers` DataLoader processes (0: in this process).
+
+    A file that cannot be read (missing, empty, truncated, not an image) is passed to `on_failure(path,
+    reason)` as soon as it is found and left out of the result; with `strict=True` the first such file
+    raises ImageLoadError instead. Images are loaded with their EXIF orientation applied (load_image).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    dataset = ImageFileDataset(paths, image_processor.preprocess_one)
+    device, dtype = _model_device_dtype(model)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_images,
+        pin_memory=device.type == "cuda",
+    )
+    chunks: list[torch.Tensor] = []
+    good: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    with eval_mode(model), tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=not progress) as bar:
+        for batch in loader:
+            for index, reason in batch.failures:
+                path = dataset.paths[index]
+                if strict:
+                    raise ImageLoadError(path, reason)
+                failures.append((path, reason))
+                if on_failure is not None:
+                    on_failure(path, reason)
+            if batch.pixel_values is not None:
+                pixels = batch.pixel_values.to(device=device, dtype=dtype, non_blocking=True)
+                chunks.append(model.encode_image(pixels, normalize=True).float().cpu())  # (b, P)
+                good.extend(dataset.paths[i] for i in batch.indices)
+            bar.update(len(batch.indices) + len(batch.failures))
+    dim = model.config.projection_dim
+    vectors = torch.cat(chunks) if chunks else torch.empty(0, dim)
+    return ImageEmbeddings(vectors=vectors, paths=good, failures=failures)
