@@ -9,6 +9,10 @@ import sys
 # subcommand -> module under align_torch.commands
 COMMANDS = {
     "convert": "convert",
+    "zero-shot": "zero_shot",
+    "embed": "embed",
+    "embed-text": "embed_text",
+    "search": "search",
 }
 
 

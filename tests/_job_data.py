@@ -47,3 +47,31 @@ def write_collection(folder: Path) -> dict[str, list[Path]]:
     (folder / "._chelsea.jpg").write_bytes(b"\x00\x05\x16\x07")
     (folder / "notes.txt").write_text("not listed\n")
     return {"good": [*good, exif_jpeg, by_hand], "bad": [truncated, text, empty], "rotated": [exif_jpeg, by_hand]}
+
+
+def input_sensitive_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of checkpoint `src` whose BatchNorm statistics are measured on real photos, in native format
+    with its processor files.
+
+    The tiny test checkpoints' random running statistics swamp the input: every photo gets the same image
+    embedding (cosine 1.0000 between a cat and a cup), so a test comparing two images' embeddings would
+    pass for any two images. With measured statistics the same photos are far apart (cosine < 0.9).
+    """
+    import torch
+
+    from align_torch import AlignModel, AlignProcessor
+
+    model = AlignModel.from_pretrained(src)
+    processor = AlignProcessor.from_pretrained(src)
+    pixels = processor(images=[photo(n) for n in ("chelsea", "coffee", "astronaut", "rocket")])["pixel_values"]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: after one batch, exactly that batch's statistics
+        bn.train()  # only the norms: no drop-path while measuring
+    with torch.no_grad():
+        model.encode_image(pixels)
+    model.eval()
+    model.save_pretrained(dst)
+    processor.save_pretrained(dst)
+    return dst

@@ -1,0 +1,96 @@
+"""Options and steps shared by the everyday-job commands (zero-shot, embed, embed-text, search)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+DEFAULT_MODEL = "kakaobrain/align-base"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
+    """--model (default_model None: the command finds the model itself) and --device."""
+    default = default_model or "the model recorded in the embeddings file"
+    p.add_argument(
+        "--model",
+        default=default_model,
+        help=f"model folder (native or Hugging Face layout) or Hub repo id (default: {default})",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where to run the model; auto picks cuda, then mps, then cpu (default: auto)",
+    )
+
+
+def add_batch_arguments(p: argparse.ArgumentParser, batch_size: int, images: bool) -> None:
+    """--batch-size, --quiet and, for image jobs, --workers and --strict."""
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=batch_size, help=f"inputs per batch (default: {batch_size})"
+    )
+    if images:
+        workers = min(4, os.cpu_count() or 1)
+        p.add_argument(
+            "--workers",
+            type=_non_negative_int,
+            default=workers,
+            help=f"image-loading processes; 0 loads in the main process (default: {workers})",
+        )
+        p.add_argument(
+            "--strict",
+            action="store_true",
+            help="stop with exit status 1 at the first unreadable image (default: report it and go on)",
+        )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; a named device must be available."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose from {DEVICES}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for but this PyTorch has no MPS (Apple GPU) support")
+    return torch.device(name)
+
+
+def load_model_and_processor(model: str, device: str):
+    """The model (eval mode, on the device) and its processor, from one folder or Hub repo id."""
+    from ..model import AlignModel
+    from ..processor import AlignProcessor
+
+    processor = AlignProcessor.from_pretrained(model)
+    return AlignModel.from_pretrained(model, device=resolve_device(device)), processor
+
+
+def report_skipped(command: str, path: Path | str, reason: str) -> None:
+    """One line on stderr per unreadable input; through tqdm so a progress bar stays intact."""
+    tqdm.write(f"align-torch {command}: skipped {path}: {reason}", file=sys.stderr)

@@ -1,0 +1,47 @@
+"""align-torch embed-text TEXTFILE --out FILE: embed one text per line (blank lines skipped; "-" reads stdin).
+
+The output has the same format as `align-torch embed` (see align_torch.embedding_index) with the texts as
+items, so `align-torch search` finds texts for a query just as it finds images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor
+
+HELP = "embed the lines of a text file into an embeddings file for `align-torch search`"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("textfile", help="UTF-8 text file, one text per line; '-' for standard input")
+    p.add_argument("--out", required=True, help="output embeddings file (.safetensors; replaced if it exists)")
+    add_model_arguments(p)
+    add_batch_arguments(p, batch_size=256, images=False)
+
+
+def read_lines(source: str) -> list[str]:
+    """The non-blank lines of a UTF-8 file (or stdin for '-'), stripped of surrounding whitespace."""
+    try:
+        raw = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source!r} is not UTF-8 text: {e}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{source!r} is a folder; expected a text file with one text per line") from None
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..embedding_index import EmbeddingIndex
+    from ..embeddings import embed_texts
+
+    texts = read_lines(args.textfile)
+    if not texts:
+        raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
+    model, processor = load_model_and_processor(args.model, args.device)
+    vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
+    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=str(args.model)).save(args.out)
+    print(f"embedded {len(texts)} texts -> {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,85 @@
+"""align-torch zero-shot IMAGE... --labels "a cat" "a dog": rank free-text labels for each image.
+
+Labels are used as written by default (--templates none), which gives the model's own probabilities for
+those sentences; with bare class names ("cat", "dog"), --templates imagenet averages the CLIP paper's 80
+prompts per class and --templates simple uses "a photo of a {}.". An unreadable image is reported on stderr
+and skipped; with --strict the first one stops the run with exit status 1.
+
+--json prints {"model", "templates", "labels", "results": [{"image", "predictions": [{"label", "prob",
+"logit"}, ...]}], "skipped": [{"image", "error"}]} with predictions best first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..templates import TEMPLATE_SETS
+from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
+
+HELP = "classify images against free-text labels (zero-shot), printing labels ranked by probability"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--labels", nargs="+", required=True, help='candidate labels, e.g. --labels "a cat" "a dog"')
+    p.add_argument(
+        "--templates",
+        choices=sorted(TEMPLATE_SETS),
+        default="none",
+        help="prompt templates around each label: none (label as written; default), simple, imagenet (80 prompts)",
+    )
+    p.add_argument("-k", "--top-k", dest="k", type=int, default=None, help="show only the k best labels per image")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_model_arguments(p)
+    add_batch_arguments(p, batch_size=32, images=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..embeddings import embed_images
+    from ..images import ImageLoadError, list_images
+    from ..zero_shot import build_classifier, classify_embeddings
+
+    if args.k is not None and args.k < 1:
+        raise ValueError(f"-k must be at least 1, got {args.k}")
+    paths = list_images(args.images)
+    model, processor = load_model_and_processor(args.model, args.device)
+    classifier = build_classifier(model, processor, args.labels, args.templates)  # (C, P)
+    try:
+        images = embed_images(
+            model,
+            processor.image_processor,
+            paths,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            strict=args.strict,
+            on_failure=lambda path, reason: report_skipped("zero-shot", path, reason),
+            progress=not args.quiet and len(paths) > 1,
+        )
+    except ImageLoadError as e:
+        print(f"align-torch zero-shot: error: {e} (--strict)", file=sys.stderr)
+        return 1
+    ranked = classify_embeddings(model, classifier, images.vectors).ranked(args.labels, args.k) if images.paths else []
+    if args.json:
+        payload = {
+            "model": str(args.model),
+            "templates": args.templates,
+            "labels": args.labels,
+            "results": [
+                {"image": str(path), "predictions": [p._asdict() for p in preds]}
+                for path, preds in zip(images.paths, ranked, strict=True)
+            ],
+            "skipped": [{"image": str(p), "error": reason} for p, reason in images.failures],
+        }
+        json.dump(payload, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        for path, preds in zip(images.paths, ranked, strict=True):
+            print(path)
+            for p in preds:
+                print(f"  {p.prob:.4f}  {p.label}")
+    if not images.paths:
+        print(f"align-torch zero-shot: error: none of the {len(paths)} images could be read", file=sys.stderr)
+        return 1
+    return 0

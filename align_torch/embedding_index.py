@@ -1,0 +1,132 @@
+"""The embeddings file written by `align-torch embed` / `embed-text` and searched by `align-torch search`.
+
+Format: one safetensors file (readable without align_torch) holding
+- tensor "embeddings": (N, D) float32, each row L2-normalised, so a dot product is a cosine similarity;
+- string metadata: "format" = "align_torch.embeddings", "version" = "1", "kind" = "image" or "text",
+  "model" = the model name or folder that produced them, "items" = a JSON list of the N items in row
+  order (image file paths as listed on the command line, or the texts), "skipped" = a JSON list of
+  {"item", "error"} for inputs that could not be embedded.
+
+Read it with `EmbeddingIndex.load(path)`, or with safetensors alone:
+`safe_open(path, "pt")` -> `.get_tensor("embeddings")`, `json.loads(.metadata()["items"])`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .fileio import atomic_file
+
+FORMAT = "align_torch.embeddings"
+VERSION = "1"
+KINDS = ("image", "text")
+
+
+class EmbeddingsFileError(ValueError):
+    """A file that is not a readable align_torch embeddings file; names the file and what is wrong."""
+
+
+@dataclass
+class SearchHit:
+    """One search result: the item's row, the item (path or text) and its cosine similarity to the query."""
+
+    rank: int
+    index: int
+    item: str
+    score: float
+
+
+@dataclass
+class EmbeddingIndex:
+    """N normalised embeddings and the items they belong to, searchable by cosine similarity."""
+
+    vectors: torch.Tensor  # (N, D) float32, L2-normalised
+    items: list[str]
+    kind: str  # "image" or "text"
+    model: str
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"item", "error"}
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.vectors.ndim != 2:
+            raise ValueError(f"vectors must be (N, D), got shape {tuple(self.vectors.shape)}")
+        if len(self.items) != len(self.vectors):
+            raise ValueError(f"{len(self.items)} items for {len(self.vectors)} embeddings; they must match")
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the file atomically: a reader sees the old file or the complete new one, never a part."""
+        metadata = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.kind,
+            "model": self.model,
+            "items": json.dumps(self.items, ensure_ascii=False),
+            "skipped": json.dumps(self.skipped, ensure_ascii=False),
+        }
+        path = Path(path)
+        with atomic_file(path) as tmp:
+            save_file({"embeddings": self.vectors.float().contiguous()}, tmp, metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
+        """Read a file written by `save`; raises EmbeddingsFileError naming what is wrong."""
+        path = Path(path)
+        if not path.is_file():
+            raise EmbeddingsFileError(f"embeddings file {str(path)!r} does not exist")
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+                if metadata.get("format") != FORMAT:
+                    raise EmbeddingsFileError(
+                        f"{str(path)!r} is a safetensors file but not an align_torch embeddings file "
+                        "(write one with `align-torch embed` or `align-torch embed-text`)"
+                    )
+                if "embeddings" not in f.keys():
+                    raise EmbeddingsFileError(f"{str(path)!r} has no 'embeddings' tensor")
+                vectors = f.get_tensor("embeddings")
+        except (SafetensorError, OSError) as e:
+            raise EmbeddingsFileError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
+        if metadata.get("version") != VERSION:
+            raise EmbeddingsFileError(
+                f"{str(path)!r} has embeddings format version {metadata.get('version')!r}; this align_torch reads {VERSION!r}"
+            )
+        try:
+            return cls(
+                vectors=vectors,
+                items=json.loads(metadata["items"]),
+                kind=metadata["kind"],
+                model=metadata["model"],
+                skipped=json.loads(metadata.get("skipped", "[]")),
+            )
+        except (KeyError, json.JSONDecodeError, ValueError) as e:
+            raise EmbeddingsFileError(f"{str(path)!r} has broken metadata: {e}") from e
+
+    def search(self, query: torch.Tensor, k: int = 10) -> list[SearchHit]:
+        """The k rows most similar to `query` ((D,), normalised here), best first."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        query = query.reshape(-1).float()
+        if query.shape[0] != self.dim:
+            raise ValueError(
+                f"the query embedding has {query.shape[0]} dimensions but the file's have {self.dim}: "
+                f"were they made by a different model? The file was made with {self.model!r}"
+            )
+        scores = self.vectors.float() @ torch.nn.functional.normalize(query, dim=0)  # (N,)
+        top = torch.topk(scores, min(k, len(scores)))
+        return [
+            SearchHit(rank=r + 1, index=int(i), item=self.items[int(i)], score=float(s))
+            for r, (s, i) in enumerate(zip(top.values, top.indices, strict=True))
+        ]
