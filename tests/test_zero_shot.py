@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _job_data import photo
+from _job_data import input_sensitive_checkpoint, photo
 
 from align_torch import AlignModel, AlignProcessor
 from align_torch.embeddings import embed_texts
@@ -16,8 +16,14 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_native_dir):
-    return AlignModel.from_pretrained(tiny_native_dir), AlignProcessor.from_pretrained(tiny_native_dir)
+def model_dir(tiny_native_dir, tmp_path_factory):
+    """The tiny checkpoint, with BatchNorm statistics that let different photos give different embeddings."""
+    return input_sensitive_checkpoint(tiny_native_dir, tmp_path_factory.mktemp("zero_shot_model") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(model_dir):
+    return AlignModel.from_pretrained(model_dir), AlignProcessor.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +74,7 @@ def test_with_labels_as_written_the_probabilities_are_the_models(tiny, pixels):
     torch.testing.assert_close(result.logits, out.logits_per_image, rtol=0, atol=TOL)
     torch.testing.assert_close(result.probs, out.logits_per_image.softmax(dim=1), rtol=0, atol=TOL)
     assert model.temperature.item() == pytest.approx(0.0734)  # the scores use the learned temperature
+    assert (result.logits[0] - result.logits[1]).abs().min() > 0.1  # the photos are told apart
 
 
 def test_ranked_orders_by_probability(tiny, pixels):
@@ -87,9 +94,9 @@ def test_ranked_orders_by_probability(tiny, pixels):
         result.ranked(labels[:2])
 
 
-def test_classify_leaves_a_training_model_as_it_was(tiny_native_dir, pixels):
-    model = AlignModel.from_pretrained(tiny_native_dir).train()
-    processor = AlignProcessor.from_pretrained(tiny_native_dir)
+def test_classify_leaves_a_training_model_as_it_was(model_dir, pixels):
+    model = AlignModel.from_pretrained(model_dir).train()
+    processor = AlignProcessor.from_pretrained(model_dir)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     classifier = build_classifier(model, processor, ["cat", "dog"], "simple")
     first = classify(model, classifier, pixels)
