@@ -136,22 +136,29 @@ def is_native(folder: Path) -> bool:
     return (folder / CONFIG_FILE).is_file() and _read_json(folder / CONFIG_FILE).get("format") == NATIVE_FORMAT
 
 
-def read_checkpoint(folder: str | os.PathLike) -> tuple[AlignConfig, dict[str, torch.Tensor]]:
-    """A local native or HF-layout folder -> (config, native state dict)."""
+def read_config(folder: str | os.PathLike) -> AlignConfig:
+    """The AlignConfig of a local native or HF-layout folder, without reading its weights."""
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file():
         raise CheckpointError(f"{str(folder)!r} has no {CONFIG_FILE}; it is not a model folder")
     raw = _read_json(folder / CONFIG_FILE)
     if raw.get("format") == NATIVE_FORMAT:
         try:
-            config = AlignConfig.from_dict(raw["config"])
+            return AlignConfig.from_dict(raw["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"bad native config in {str(folder / CONFIG_FILE)!r}: {e}") from e
-        return config, read_tensor_file(folder / WEIGHTS_FILE)
     try:
-        config = config_from_hf(raw)
+        return config_from_hf(raw)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"bad Hugging Face config in {str(folder / CONFIG_FILE)!r}: {e}") from e
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[AlignConfig, dict[str, torch.Tensor]]:
+    """A local native or HF-layout folder -> (config, native state dict)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    if is_native(folder):
+        return config, read_tensor_file(folder / WEIGHTS_FILE)
     try:
         return config, hf_to_native(read_hf_state_dict(folder))
     except KeyError as e:
