@@ -1,0 +1,43 @@
+"""align-torch summary --model PATH_OR_ID_OR_PRESET [--image-size N] [--tokens N] [--stages-only] [--json]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "parameters, FLOPs and output shapes per stage and block of a model or preset (no weights are read)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="kakaobrain/align-base",
+        help="preset name (align-base, align-tiny, align-b0 .. align-b7), model folder or Hub repo id "
+        "(only its config.json is read; default: kakaobrain/align-base)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="image side in px (default: the config's)")
+    p.add_argument("--tokens", type=int, default=64, help="text length in tokens (default: 64)")
+    p.add_argument("--stages-only", action="store_true", help="one row per stage, no per-block rows")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import PRESETS, preset
+    from ..hub import resolve_model_dir
+    from ..summary import summarize
+    from ..weights import read_config
+
+    if args.model in PRESETS:
+        config = preset(args.model)
+    elif "/" not in args.model and not Path(args.model).exists():
+        # Neither a preset nor a folder, and not shaped like a Hub id (owner/name): most likely a typo.
+        raise ValueError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a model folder")
+    else:
+        config = read_config(resolve_model_dir(args.model, weights=False))
+    summary = summarize(config, image_size=args.image_size, text_tokens=args.tokens)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(summary.table(blocks=not args.stages_only))
+    return 0

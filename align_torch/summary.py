@@ -1,0 +1,203 @@
+"""Parameters, FLOPs and output shapes per stage and per block, for any config, without weights.
+
+The model is built on PyTorch's "meta" device, so nothing is allocated or initialised and an align-base
+summary costs well under a second. FLOPs are 2 x multiply-adds of every convolution, linear layer and
+attention matmul (QK^T and PV), for one image at the config's resolution and one text of `text_tokens`;
+normalisation, activations, pooling and squeeze-excite gating are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bert import Attention
+from .config import AlignConfig
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One stem/block/layer, or one stage (group of them), of one tower; one sample."""
+
+    tower: str  # "vision", "text" or "joint"
+    name: str  # e.g. "stem", "block 12", "stage 3", "embeddings", "layer 4", "text_projection"
+    params: int
+    flops: int
+    output_shape: tuple[int, ...]  # without the batch dimension
+    stage: str | None = None  # for a block or layer: the name of the stage row it belongs to
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    image_size: int
+    text_tokens: int
+    stages: list[SummaryRow]  # vision stem + stages, text embeddings + encoder (+ pooler), joint heads
+    blocks: list[SummaryRow]  # every stem/block/embeddings/layer/head row
+    vision_params: int
+    text_params: int
+    joint_params: int  # projections and temperature
+    vision_flops: int
+    text_flops: int
+
+    @property
+    def total_params(self) -> int:
+        return self.vision_params + self.text_params + self.joint_params
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_params"] = self.total_params
+        return d
+
+    def table(self, blocks: bool = True) -> str:
+        """A plain-text table: each stage, then (with `blocks`) its blocks indented under it."""
+        lines = [f"{'':34}{'params':>14}{'GFLOP':>10}  output"]
+        for stage in self.stages:
+            lines.append(_line(stage, indent=0))
+            if blocks:
+                lines += [_line(r, indent=2) for r in self.blocks if (r.tower, r.stage) == (stage.tower, stage.name)]
+        lines.append("")
+        lines.append(
+            f"vision: {self.vision_params / 1e6:.1f}M params, {self.vision_flops / 1e9:.2f} GFLOP at {self.image_size} px"
+        )
+        lines.append(
+            f"text:   {self.text_params / 1e6:.1f}M params, {self.text_flops / 1e9:.2f} GFLOP at {self.text_tokens} tokens"
+        )
+        lines.append(
+            f"total:  {self.total_params / 1e6:.1f}M params (projections and temperature: {self.joint_params:,})"
+        )
+        return "\n".join(lines)
+
+
+def _line(row: SummaryRow, indent: int) -> str:
+    label = f"{' ' * indent}{row.tower} {row.name}"
+    shape = "x".join(str(s) for s in row.output_shape)
+    return f"{label:34}{row.params:>14,}{row.flops / 1e9:>10.3f}  {shape}"
+
+
+def _conv_flops(m: nn.Conv2d, out: torch.Tensor) -> int:
+    per_output = (m.in_channels // m.groups) * math.prod(m.kernel_size)
+    return 2 * out[0].numel() * per_output
+
+
+def _linear_flops(m: nn.Linear, out: torch.Tensor) -> int:
+    return 2 * (out[0].numel() // m.out_features) * m.in_features * m.out_features
+
+
+def _attention_flops(m: Attention, x: torch.Tensor) -> int:
+    T, D = x.shape[1], x.shape[2]
+    return 2 * 2 * T * T * D  # QK^T (T x T x head_dim per head) and PV, over all heads
+
+
+def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: int = 64) -> ModelSummary:
+    """Per-stage and per-block parameters, FLOPs and output shapes of `config` (one image, one text)."""
+    from .model import AlignModel
+
+    image_size = image_size or config.vision.image_size
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+    if not 1 <= text_tokens <= config.text.max_position_embeddings:
+        raise ValueError(
+            f"text length must be 1..{config.text.max_position_embeddings} tokens (the model's positions), "
+            f"got {text_tokens}"
+        )
+    with torch.device("meta"):
+        model = AlignModel(config).eval()
+
+    flops: dict[nn.Module, int] = {}
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def count(m: nn.Module, args: tuple, out: Any) -> None:
+        if isinstance(m, nn.Conv2d):
+            flops[m] = flops.get(m, 0) + _conv_flops(m, out)
+        elif isinstance(m, nn.Linear):
+            flops[m] = flops.get(m, 0) + _linear_flops(m, out)
+        elif isinstance(m, Attention):
+            flops[m] = flops.get(m, 0) + _attention_flops(m, args[0])
+
+    def record_shape(m: nn.Module, args: tuple, out: Any) -> None:
+        out = out[0] if isinstance(out, tuple) else out  # a BERT layer returns (hidden, probs)
+        shapes[m] = tuple(out.shape[1:])
+
+    vision, text = model.vision_model, model.text_model
+    vision_rows = [("stem", vision.stem)] + [(f"block {i}", b) for i, b in enumerate(vision.blocks)]
+    text_rows = [("embeddings", text.embeddings)] + [(f"layer {i}", layer) for i, layer in enumerate(text.layers)]
+    text_rows.append(("pooler (unused by ALIGN)", text.pooler))
+    joint_rows = [("text_projection", model.text_projection)]
+    if model.image_projection is not None:
+        joint_rows.insert(0, ("image_projection", model.image_projection))
+
+    handles = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, Attention))
+    ]
+    handles += [m.register_forward_hook(record_shape) for _, m in vision_rows + text_rows + joint_rows]
+    try:
+        with torch.no_grad():
+            fmap = vision.forward_features(
+                torch.zeros(1, config.vision.in_chans, image_size, image_size, device="meta")
+            )
+            hidden = text.forward_features(torch.zeros(1, text_tokens, dtype=torch.long, device="meta"))
+            model.text_projection(model.pool_text(hidden))
+            model.project_image(vision.pool(fmap))
+    finally:
+        for h in handles:
+            h.remove()
+    shapes[text.pooler] = (text.pooler.out_features,)  # listed for its parameters; ALIGN never runs it
+
+    def row(tower: str, name: str, module: nn.Module) -> SummaryRow:
+        return SummaryRow(
+            tower=tower,
+            name=name,
+            params=sum(p.numel() for p in module.parameters()),
+            flops=sum(flops.get(m, 0) for m in module.modules()),
+            output_shape=shapes[module],
+        )
+
+    blocks = [row("vision", n, m) for n, m in vision_rows]
+    blocks += [row("text", n, m) for n, m in text_rows]
+    blocks += [row("joint", n, m) for n, m in joint_rows]
+
+    # Stage rows: the stem, each EfficientNet stage, the text embeddings, the encoder, the pooler, the heads.
+    stages = [blocks[0]]
+    start = 0
+    for s, end in enumerate(vision.stage_ends):
+        name = f"stage {s} (blocks {start}-{end})"
+        blocks[1 + start : 2 + end] = [
+            replace(r, stage=name) for r in blocks[1 + start : 2 + end]
+        ]  # block i: row i + 1
+        stages.append(_group("vision", name, blocks[1 + start : 2 + end]))
+        start = end + 1
+    first_layer, n_text = len(vision_rows) + 1, len(text.layers)
+    name = f"encoder (layers 0-{n_text - 1})"
+    layers = blocks[first_layer : first_layer + n_text] = [
+        replace(r, stage=name) for r in blocks[first_layer : first_layer + n_text]
+    ]
+    stages += [blocks[first_layer - 1], _group("text", name, layers)]
+    stages += blocks[first_layer + n_text :]  # pooler and the joint heads stand alone
+
+    return ModelSummary(
+        image_size=image_size,
+        text_tokens=text_tokens,
+        stages=stages,
+        blocks=blocks,
+        vision_params=sum(p.numel() for p in vision.parameters()),
+        text_params=sum(p.numel() for p in text.parameters()),
+        joint_params=sum(
+            p.numel() for n, p in model.named_parameters() if not n.startswith(("vision_model.", "text_model."))
+        ),
+        vision_flops=sum(r.flops for r in blocks if r.tower == "vision"),
+        text_flops=sum(r.flops for r in blocks if r.tower == "text"),
+    )
+
+
+def _group(tower: str, name: str, members: list[SummaryRow]) -> SummaryRow:
+    return SummaryRow(
+        tower=tower,
+        name=name,
+        params=sum(r.params for r in members),
+        flops=sum(r.flops for r in members),
+        output_shape=members[-1].output_shape,
+    )
