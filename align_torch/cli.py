@@ -13,6 +13,7 @@ COMMANDS = {
     "embed": "embed",
     "embed-text": "embed_text",
     "search": "search",
+    "summary": "summary",
 }
 
 
