@@ -1,0 +1,197 @@
+"""The inference fast path: fused models compute what the reference computes, and refuse to train."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from align_torch import AlignModel
+from align_torch.fast import FusedConv2d, fold_bn, fuse_for_inference, is_fused, trim_padding
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_native_dir) -> AlignModel:
+    """The tiny checkpoint (randomised BN statistics), never fused itself: tests fuse copies."""
+    return AlignModel.from_pretrained(tiny_native_dir)
+
+
+def _inputs(vocab: int, batch: int = 3, length: int = 16, pad_to: int = 24, seed: int = 0):
+    """Pixels and texts padded to `pad_to` the way the processor pads: real lengths `length`, 9 and 4."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch, 3, 64, 64, generator=g)
+    ids = torch.randint(1, vocab, (batch, pad_to), generator=g)
+    mask = torch.zeros(batch, pad_to, dtype=torch.long)
+    for row, n in enumerate([length, 9, 4][:batch]):
+        mask[row, :n] = 1
+    ids = ids * mask  # pad id 0 after each text
+    return pixels, ids, mask
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_equals_reference(tiny, channels_last):
+    pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
+    fused = copy.deepcopy(tiny).fuse_for_inference(channels_last=channels_last)
+    with torch.no_grad():
+        ref = tiny(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        out = fused(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    torch.testing.assert_close(out.image_embeds, ref.image_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.text_embeds, ref.text_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits_per_image, ref.logits_per_image, atol=1e-4, rtol=1e-5)
+    first = fused.vision_model.stem.conv.weight
+    assert first.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_fused_keeps_blocks_hooks_and_intermediates(tiny):
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    fused = copy.deepcopy(tiny)
+    seen: list[tuple[int, ...]] = []
+    fused.vision_model.blocks[3].register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    fuse_for_inference(fused)
+    assert is_fused(fused) and not is_fused(tiny)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.vision_model.modules())
+    assert not any("bn" in k for k in fused.vision_model.state_dict())
+    with torch.no_grad():
+        ref = tiny.vision_model.forward_intermediates(pixels)
+        out = fused.vision_model.forward_intermediates(pixels)
+    assert len(seen) == 1, "a hook registered before fusing must still fire"
+    assert len(out.hidden_states) == len(tiny.vision_model.blocks) + 1
+    for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states, strict=True)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"hidden state {i}")
+
+
+def test_fusing_twice_changes_nothing(tiny):
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    once = copy.deepcopy(tiny).fuse_for_inference()
+    with torch.no_grad():
+        a = once.encode_image(pixels)
+        b = once.fuse_for_inference().encode_image(pixels)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert len(once.text_model._forward_pre_hooks) == 1
+
+
+def test_fused_model_refuses_to_train(tiny):
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    for module in (fused, fused.vision_model, fused.vision_model.blocks[0]):
+        with pytest.raises(RuntimeError, match="fused for inference; reload the model to train"):
+            module.train()
+    fused.eval()
+    fused.vision_model.stem.conv.training = True  # set behind train()'s back
+    with pytest.raises(RuntimeError, match="training mode"):
+        fused.encode_image(pixels)
+    fused.eval()
+    fused.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="gradients for folded weights"):
+        fused.encode_image(pixels)
+
+
+def test_fused_model_still_gives_input_gradients(tiny):
+    """Saliency maps need d(embedding)/d(pixels) even from a fused model."""
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    pixels.requires_grad_(True)
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused.encode_image(pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_fold_bn_matches_conv_then_bn():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+    bn = nn.BatchNorm2d(6, eps=1e-3)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    bn.eval()
+    x = torch.randn(2, 6, 9, 9)
+    fused = fold_bn(conv, bn)
+    assert isinstance(fused, FusedConv2d) and fused.bias is not None
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), bn(conv(x)), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="output channels"):
+        fold_bn(conv, nn.BatchNorm2d(5))
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_bn(conv, nn.BatchNorm2d(6, track_running_stats=False))
+
+
+def test_trim_padding_cuts_to_longest_text():
+    ids = torch.tensor([[101, 5, 6, 102, 0, 0], [101, 7, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    types = torch.zeros_like(ids)
+    t_ids, t_mask, t_types = trim_padding(ids, mask, types)
+    assert t_ids.tolist() == [[101, 5, 6, 102], [101, 7, 102, 0]]
+    assert t_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert t_types.shape == (2, 4)
+    # All texts equally long: nothing left to mask, so the mask is dropped.
+    same_ids, same_mask, _ = trim_padding(ids[:1], mask[:1])
+    assert same_ids.tolist() == [[101, 5, 6, 102]] and same_mask is None
+    assert trim_padding(ids, None)[0] is ids
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        trim_padding(ids, mask[:, :3])
+
+
+def test_trimmed_text_gives_identical_embeddings(tiny):
+    _, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    lengths: list[int] = []
+    fused.text_model.embeddings.register_forward_hook(lambda _m, _i, out: lengths.append(out.shape[1]))
+    with torch.no_grad():
+        ref = tiny.encode_text(ids, mask)
+        out = fused.encode_text(ids, mask, torch.zeros_like(ids))
+        by_name = fused.text_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+    assert lengths[0] == 16, "the padded batch must be cut to its longest real text"
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fused.text_projection(by_name), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_autocast_stays_close(tiny):
+    pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    with torch.no_grad():
+        ref_img, ref_txt = tiny.encode_image(pixels), tiny.encode_text(ids, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img, txt = fused.encode_image(pixels), fused.encode_text(ids, mask)
+    assert img.dtype == torch.bfloat16, "autocast must reach the convolutions"
+    assert F.cosine_similarity(img.float(), ref_img).min() >= 0.999
+    assert F.cosine_similarity(txt.float(), ref_txt).min() >= 0.999
+
+
+def test_fused_towers_compile_without_graph_breaks(tiny):
+    """fullgraph=True fails on any graph break; the eager backend checks tracing without inductor's
+    minutes of C++ compilation on a small CPU (bench/bench.py --compile runs inductor)."""
+    pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    torch._dynamo.reset()
+    vision = torch.compile(fused.vision_model, fullgraph=True, backend="eager")
+    text = torch.compile(fused.text_model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        # Under compile the trimming hook steps aside, so trim in eager mode first.
+        img = vision(pixels)
+        cls = text(*trim_padding(ids, mask)).last_hidden_state[:, 0]
+        torch.testing.assert_close(img, tiny.encode_image(pixels), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused.text_projection(cls), tiny.encode_text(ids, mask), atol=1e-6, rtol=1e-6)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_fused_full_size_matches_reference(native_full):
+    """align-base size, randomised BN: the fused fp32 model within 1e-4 relative of the unfused one."""
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(2, 3, 289, 289, generator=g)
+    ids = torch.randint(1000, 30000, (2, 64), generator=g)
+    mask = torch.zeros_like(ids)
+    mask[0, :17], mask[1, :9] = 1, 1
+    ids = ids * mask
+    fused = copy.deepcopy(native_full).fuse_for_inference()
+    with torch.no_grad():
+        ref = native_full(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        out = fused(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    for name in ("image_embeds", "text_embeds", "logits_per_image"):
+        a, b = getattr(out, name), getattr(ref, name)
+        rel = ((a - b).abs().max() / b.abs().max()).item()
+        assert rel <= 1e-4, f"{name}: max difference {rel:.2e} of the largest value"
