@@ -54,9 +54,9 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
             rgb = to_rgb_chw(image)  # (3, H, W) uint8
     except PIL.UnidentifiedImageError:
         raise ImageLoadError(path, "not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
-        # OSError covers truncated data ("image file is truncated"); SyntaxError and ValueError are what
-        # some PIL decoders raise on corrupt headers.
+    except Exception as e:
+        # Truncated data raises OSError ("image file is truncated"), but PIL's decoders raise many other
+        # types on malformed files (SyntaxError, struct.error, IndexError, DecompressionBombError...).
         raise ImageLoadError(path, f"unreadable image ({type(e).__name__}: {e})") from None
     return PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)))  # (H, W, 3)
 

@@ -161,7 +161,7 @@ def test_zero_shot_json_ranks_labels_with_the_models_probabilities(collection, t
 
 def test_zero_shot_text_output_and_strict(collection, model_dir):
     folder, _ = collection
-    args = ("--labels", "cat", "dog", "--templates", "imagenet", "-k", "1", "--model", model_dir)
+    args = ("--labels", "cat", "dog", "--templates", "imagenet", "-k", "1", "--model", model_dir, "--workers", 0)
     status, stdout, _ = run_cli("zero-shot", folder / "chelsea.jpg", *args)
     lines = stdout.splitlines()
     assert status == 0 and lines[0] == str(folder / "chelsea.jpg") and len(lines) == 2
@@ -230,6 +230,8 @@ def test_missing_inputs_are_usage_errors(tmp_path, model_dir):
     status, _, stderr = run_cli("embed-text", tmp_path / "blank.txt", "--out", tmp_path / "e.safetensors")
     assert status == 2 and "no non-blank lines" in stderr
     assert not (tmp_path / "e.safetensors").exists()
+    status, _, stderr = run_cli("embed-text", tmp_path / "blank.txt", "--out", tmp_path)
+    assert status == 2 and "is a folder" in stderr
 
 
 def test_device_resolution():

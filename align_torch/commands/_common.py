@@ -6,9 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from ..model import AlignModel
+    from ..processor import AlignProcessor
 
 DEFAULT_MODEL = "kakaobrain/align-base"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -82,7 +87,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model_and_processor(model: str, device: str):
+def output_file(path: str) -> Path:
+    """The --out path, refused early (before any model runs) when it names a folder."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ValueError(f"--out {path!r} is a folder; give a file name such as embeddings.safetensors")
+    return out
+
+
+def load_model_and_processor(model: str, device: str) -> tuple[AlignModel, AlignProcessor]:
     """The model (eval mode, on the device) and its processor, from one folder or Hub repo id."""
     from ..model import AlignModel
     from ..processor import AlignProcessor

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
+from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, output_file, report_skipped
 
 HELP = "embed images (files, folders, globs) into an embeddings file for `align-torch search`"
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..embeddings import embed_images
     from ..images import ImageLoadError, list_images
 
+    out = output_file(args.out)
     paths = list_images(args.images)
     model, processor = load_model_and_processor(args.model, args.device)
     try:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         model=str(args.model),
         skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
     )
-    index.save(args.out)
+    index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
-    print(f"embedded {len(result.paths)} images{skipped} -> {args.out}", file=sys.stderr)
+    print(f"embedded {len(result.paths)} images{skipped} -> {out}", file=sys.stderr)
     return 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor
+from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, output_file
 
 HELP = "embed the lines of a text file into an embeddings file for `align-torch search`"
 
@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from ..embedding_index import EmbeddingIndex
     from ..embeddings import embed_texts
 
+    out = output_file(args.out)
     texts = read_lines(args.textfile)
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
     model, processor = load_model_and_processor(args.model, args.device)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=str(args.model)).save(args.out)
-    print(f"embedded {len(texts)} texts -> {args.out}", file=sys.stderr)
+    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=str(args.model)).save(out)
+    print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0
