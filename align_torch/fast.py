@@ -19,9 +19,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
+    from .bert import Bert
     from .model import AlignModel
 
 FUSED_ERROR = "fused for inference; reload the model to train"
@@ -114,6 +116,71 @@ def trim_padding(
         token_type_ids = token_type_ids[:, :length]  # (B, T')
     mask = None if bool(keep.all()) else attention_mask[:, :length]
     return input_ids, mask, token_type_ids
+
+
+def _to_heads(t: torch.Tensor, keep: torch.Tensor, heads: int) -> torch.Tensor:
+    """Packed (N, D) tokens -> zero-padded (B, heads, T', D / heads) for attention."""
+    B, T = keep.shape
+    out = t.new_zeros(B, T, t.shape[-1])
+    out[keep] = t  # (B, T', D)
+    return out.view(B, T, heads, -1).transpose(1, 2)  # (B, H, T', hd)
+
+
+def packed_cls_states(
+    bert: Bert,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, T) padded texts -> (B, D) last-layer [CLS] states, with every per-token op run on real tokens only.
+
+    Padding-free ("packed") BERT: embeddings, projections, MLPs and LayerNorms see the N real tokens as one
+    (N, D) matrix; only attention goes back to a padded (B, T') layout. In the last layer only [CLS] rows are
+    computed past the keys and values, since nothing else is read. Mirrors `bert.Layer.forward` (post-LN)
+    op for op, so it agrees with the padded tower to float rounding. Eager and inference only.
+    """
+    if bert.training:
+        raise RuntimeError("packed_cls_states is for inference; call .eval() first")
+    ids, mask, types = trim_padding(input_ids, attention_mask, token_type_ids)
+    if mask is None:  # nothing to pack
+        return bert(ids, None, types).last_hidden_state[:, 0]
+    keep = mask.bool()  # (B, T')
+    if not bool(keep[:, 0].all()):
+        raise ValueError("every text must start with a real token ([CLS]) to be packed; pad on the right")
+    B, T = ids.shape
+    lengths = keep.sum(dim=1)  # (B,)
+    cls_rows = lengths.cumsum(0) - lengths  # (B,) where each text's [CLS] sits among the packed tokens
+    attn_mask = keep[:, None, None, :]  # (B, 1, 1, T')
+    x = bert.embeddings(ids, types)[keep]  # (N, D)
+    for i, layer in enumerate(bert.layers):
+        attn = layer.attn
+        H, hd = attn.num_heads, attn.head_dim
+        last = i == len(bert.layers) - 1
+        k, v = _to_heads(attn.k(x), keep, H), _to_heads(attn.v(x), keep, H)
+        if last:
+            x = x[cls_rows]  # (B, D): only [CLS] is read after the last layer
+            q = attn.q(x).view(B, 1, H, hd).transpose(1, 2)  # (B, H, 1, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, 1, hd)
+            y = y.transpose(1, 2).reshape(B, H * hd)  # (B, D)
+        else:
+            q = _to_heads(attn.q(x), keep, H)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T', hd)
+            y = y.transpose(1, 2).reshape(B, T, H * hd)[keep]  # (N, D)
+        x = layer.attn_norm(x + attn.out(y))
+        x = layer.mlp_norm(x + layer.mlp(x))
+    return x if len(bert.layers) else x[cls_rows]
+
+
+def encode_text_packed(
+    model: AlignModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """`model.encode_text` through `packed_cls_states`: the fastest exact text path for padded captions."""
+    x = model.text_projection(packed_cls_states(model.text_model, input_ids, attention_mask, token_type_ids))
+    return F.normalize(x, dim=-1) if normalize else x  # (B, P)
 
 
 def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
