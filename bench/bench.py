@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' randomised transformers models
 
 from align_torch import AlignModel  # noqa: E402
-from align_torch.fast import trim_padding  # noqa: E402
+from align_torch.fast import encode_text_packed, trim_padding  # noqa: E402
 from align_torch.hf_keys import config_from_hf, hf_to_native  # noqa: E402
 from align_torch.weights import load_state_dict  # noqa: E402
 
@@ -267,6 +267,7 @@ def text_variants(hf, ours: AlignModel, batch: dict, args: argparse.Namespace, d
         Variant("transformers fp32, 64 tokens", lambda: _features(hf.get_text_features(**batch)), True),
         Variant("align_torch fp32, 64 tokens", lambda: ours.encode_text(**batch)),
         Variant("align_torch fused, trimmed", lambda: fused.encode_text(**batch)),
+        Variant("align_torch fused, packed", lambda: encode_text_packed(fused, **batch)),
     ]
     if args.bf16:
 
@@ -414,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--groups", nargs="+", default=["image", "text", "train"], choices=["image", "text", "train"])
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -447,19 +449,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"models built in {time.time() - t0:.0f} s", file=sys.stderr)
 
     results: list[Result] = []
-    variants = image_variants(hf, ours, args, device)
-    r, outs = run_group("image", variants, args.batch_images, args.iters, device)
-    compare(r, outs, variants)
-    results += r
-    del variants, outs
-    for group, full in (("text 64 real tokens", True), ("text captions padded to 64", False)):
+    if "image" in args.groups:
+        variants = image_variants(hf, ours, args, device)
+        r, outs = run_group("image", variants, args.batch_images, args.iters, device)
+        compare(r, outs, variants)
+        results += r
+        del variants, outs
+    text_inputs = (("text 64 real tokens", True), ("text captions padded to 64", False))
+    for group, full in text_inputs if "text" in args.groups else ():
         batch = make_texts(args.batch_texts, ours.config.text.vocab_size, full, device)
         variants = text_variants(hf, ours, batch, args, device)
         r, outs = run_group(group, variants, args.batch_texts, args.iters, device)
         compare(r, outs, variants)
         results += r
         del variants, outs
-    if not args.skip_train:
+    if "train" in args.groups and not args.skip_train:
         results += train_results(hf, ours, args, device)
 
     report = {
