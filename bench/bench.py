@@ -414,6 +414,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--groups", nargs="+", default=["image", "text", "train"], choices=["image", "text", "train"])
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -440,6 +441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
         torch.backends.cudnn.allow_tf32 = False
