@@ -8,7 +8,9 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
 - texts padded to a fixed length (the processor pads to 64) are cut to the longest real text before the
   text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
   change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
-  runs only in eager mode; call `trim_padding` yourself before a compiled text tower.
+  runs only in eager mode; call `trim_padding` yourself before a compiled text tower;
+- `encode_text_packed` goes further for batches of captions of mixed lengths: every per-token op runs on the
+  real tokens only (no padding at all outside attention), and the last layer on [CLS] only.
 
 A fused model refuses to train: `model.train()`, a forward in training mode and asking for gradients of the
 folded weights all raise, because the folded weights are no longer the checkpoint's parameters.
