@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = image_variants(hf, ours, args, device)
         r, outs = run_group("image", variants, args.batch_images, args.iters, device)
         compare(r, outs, variants)
+        print(table(r), file=sys.stderr, flush=True)  # each group as soon as it is done
         results += r
         del variants, outs
     text_inputs = (("text 64 real tokens", True), ("text captions padded to 64", False))
@@ -464,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = text_variants(hf, ours, batch, args, device)
         r, outs = run_group(group, variants, args.batch_texts, args.iters, device)
         compare(r, outs, variants)
+        print(table(r), file=sys.stderr, flush=True)  # each group as soon as it is done
         results += r
         del variants, outs
     if "train" in args.groups and not args.skip_train:
