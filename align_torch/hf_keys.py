@@ -192,6 +192,9 @@ def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
 def config_to_hf(cfg: AlignConfig) -> dict[str, Any]:
     """AlignConfig -> a config.json that transformers' AlignModel.from_pretrained reads."""
     v, t = cfg.vision, cfg.text
+    if t.pooling != "cls":
+        # transformers always projects the [CLS] state; writing this config would silently change the model.
+        raise ValueError(f"text pooling {t.pooling!r} has no Hugging Face equivalent (transformers pools [CLS])")
     return {
         "architectures": ["AlignModel"],
         "model_type": "align",
