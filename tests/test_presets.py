@@ -12,7 +12,7 @@ from align_torch import AlignConfig, AlignModel, CheckpointError, preset
 from align_torch.bert import Bert
 from align_torch.config import BERT_SIZES, EFFICIENTNET_SCALING, PRESETS, bert, efficientnet
 from align_torch.efficientnet import EfficientNet
-from align_torch.hf_keys import native_to_hf
+from align_torch.hf_keys import config_to_hf, native_to_hf
 
 # EfficientNet paper (Tan & Le 2019): MBConv blocks and last-stage width of each variant. ALIGN's tower
 # stops there: the paper's extra 1x1 top conv to 1280 x width channels is not part of it.
@@ -138,6 +138,8 @@ def test_mean_text_pooling_averages_real_tokens_only():
     assert torch.allclose(short, long, atol=1e-5), "padding changes a mean-pooled embedding"
     assert torch.allclose(short, model.text_projection(h.mean(dim=1)), atol=1e-6)
     assert not torch.allclose(short, model.text_projection(h[:, 0]), atol=1e-3)
+    with pytest.raises(ValueError, match="text pooling 'mean' has no Hugging Face equivalent"):
+        config_to_hf(model.config)  # transformers would silently pool [CLS] instead
 
 
 def test_strict_false_loads_what_matches_and_reports_the_rest(tiny_native_dir):
