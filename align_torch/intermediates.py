@@ -49,7 +49,7 @@ def _positions(indices: Sequence[int] | None, n: int, what: str) -> set[int]:
     return out
 
 
-def image_positions(
+def _image_positions(
     model: AlignModel, indices: Sequence[int] | None, stages: Sequence[int] | None
 ) -> tuple[set[int], list[int]]:
     """(selected hidden-state positions, the position of each stage's output) for the image tower."""
@@ -86,7 +86,7 @@ def forward_intermediates(
     if pixel_values is not None:
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        wanted, stage_pos = image_positions(model, image_indices, image_stages)
+        wanted, stage_pos = _image_positions(model, image_indices, image_stages)
         out = model.vision_model.forward_intermediates(pixel_values, indices=sorted(wanted), stop_early=stop_early)
         image_hidden = out.hidden_states
         image_stages_out = [image_hidden[p] for p in stage_pos]
