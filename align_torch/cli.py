@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args._run(args)
-    except (CheckpointError, HubError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (CheckpointError, HubError, OSError, ValueError) as e:
         print(f"align-torch {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
