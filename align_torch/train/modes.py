@@ -1,0 +1,80 @@
+"""What is trained and how: BatchNorm freezing, locked towers (LiT), and ALIGN's BN momentum and drop-path.
+
+`model.train()` would put a frozen BatchNorm or a locked tower back into train mode; the helpers here
+register a forward pre-hook that puts the module back in eval mode before every forward, so the freeze
+survives any number of `.train()` calls (the trainer's, an evaluation's, a user's).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..efficientnet import DropPath, EfficientNet
+from ..model import AlignModel
+
+
+def _stay_in_eval(module: nn.Module, _args: tuple) -> None:
+    if module.training:
+        module.eval()
+
+
+def hold_eval(module: nn.Module) -> RemovableHandle:
+    """Put `module` (and its children) in eval mode now and before each of its forwards."""
+    module.eval()
+    return module.register_forward_pre_hook(_stay_in_eval)
+
+
+def freeze_batchnorm(model: nn.Module) -> list[RemovableHandle]:
+    """Every BatchNorm normalises with its running statistics and never updates them, even in train mode.
+
+    Its affine weight and bias still train. Returns the hooks; `handle.remove()` undoes the freeze."""
+    return [hold_eval(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def lock_tower(tower: nn.Module) -> RemovableHandle:
+    """LiT: no gradients for the tower's parameters, and eval mode (no dropout, BN statistics untouched)."""
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    return hold_eval(tower)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Momentum of every BatchNorm, in PyTorch's convention (weight of the new batch's statistics)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def set_drop_path_rate(tower: EfficientNet, rate: float) -> None:
+    """Per-sample stochastic depth on the residual blocks: block i drops with probability rate * i / N."""
+    n = len(tower.blocks)
+    for i, block in enumerate(tower.blocks):
+        if isinstance(block.drop_path, DropPath):
+            block.drop_path.p = rate * i / n
+
+
+def prepare_model(
+    model: AlignModel,
+    *,
+    bn_momentum: float = 0.01,
+    drop_path_rate: float = 0.2,
+    freeze_bn: bool = False,
+    lock_image: bool = False,
+    lock_text: bool = False,
+    grad_checkpointing: bool = False,
+) -> list[RemovableHandle]:
+    """Apply a run's training semantics to a model in place; returns the hooks that hold modules in eval."""
+    set_bn_momentum(model, bn_momentum)
+    set_drop_path_rate(model.vision_model, drop_path_rate)
+    model.set_grad_checkpointing(grad_checkpointing)
+    # ALIGN embeds text from the [CLS] state, never the BERT pooler: a parameter without a gradient would
+    # stall DDP, so the pooler is frozen (it is still saved, so checkpoints round-trip).
+    model.text_model.pooler.requires_grad_(False)
+    handles = freeze_batchnorm(model) if freeze_bn else []
+    if lock_image:
+        handles.append(lock_tower(model.vision_model))
+    if lock_text:
+        handles.append(lock_tower(model.text_model))
+        model.text_projection.requires_grad_(False)
+    return handles

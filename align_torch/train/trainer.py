@@ -1,0 +1,368 @@
+"""The fine-tuning loop: one process or DDP, gradient accumulation, clipping, bf16 autocast, periodic
+atomic checkpoints with exact resume, evaluation each epoch, and a clean stop on NaN or Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..evaluate import retrieval_recall, zero_shot_accuracy
+from ..fileio import atomic_dir
+from ..loss import global_contrastive_loss
+from ..model import AlignModel
+from ..processor import AlignProcessor
+from ..weights import save_native
+from .config import RESUME_FIXED, TrainConfig
+from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
+from .distributed import all_reduce_, barrier, gather_objects, setup_distributed
+from .metrics import MetricsLogger
+from .modes import prepare_model
+from .optim import build_optimizer, build_scheduler
+from .state import CHECKPOINT_FILE, Progress, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+FINAL_DIR = "final"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; nothing was written after the last good checkpoint."""
+
+
+@dataclass
+class StepRecord:
+    """What one optimiser step did; passed to callbacks and written (every log_every steps) to metrics.jsonl."""
+
+    step: int
+    epoch: int
+    loss: float  # mean over the step's micro-batches, of the loss over the global batch
+    lr: float
+    temperature: float
+    pairs_per_s: float
+    skipped_images: int
+
+
+@dataclass
+class TrainResult:
+    progress: Progress
+    losses: list[float] = field(default_factory=list)  # one per optimiser step run in this call
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    final_dir: Path | None = None
+
+
+def forward_loss(
+    model: torch.nn.Module, batch: Batch, temperature: torch.Tensor, label_smoothing: float, precision: str = "fp32"
+) -> torch.Tensor:
+    """This rank's share of ALIGN's loss over the global batch (see global_contrastive_loss). `model` may be
+    DDP-wrapped; the loss itself is computed in float32 outside autocast."""
+    with torch.autocast(batch.pixel_values.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(
+            input_ids=batch.input_ids,
+            pixel_values=batch.pixel_values,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+        )
+    return global_contrastive_loss(
+        out.text_embeds.float(), out.image_embeds.float(), temperature.float(), label_smoothing
+    )
+
+
+class Trainer:
+    """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model`.
+
+    `callbacks` are called as `callback(trainer, record)` after every optimiser step. With `resume=True` the
+    run continues from `cfg.out/checkpoint.pt` exactly where it stopped (same batches, RNG, schedule).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        model: AlignModel | None = None,
+        processor: AlignProcessor | None = None,
+        callbacks: Sequence[Callable[[Trainer, StepRecord], None]] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.model = model
+        self.processor = processor
+        self.callbacks = list(callbacks)
+        self.out = Path(cfg.out)
+        self.checkpoint_path = self.out / CHECKPOINT_FILE
+        self.progress = Progress()
+        self._saved_step: int | None = None
+
+    # --- setup ----------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.dist, self.device = setup_distributed(cfg.device)
+        if not self.resume and self.checkpoint_path.exists():
+            raise FileExistsError(
+                f"{self.checkpoint_path} exists: pass --resume to continue that run, or choose another --out"
+            )
+        if cfg.val is not None and not cfg.val.endswith(MANIFEST_SUFFIXES):
+            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {cfg.val!r}")
+        seed = cfg.seed + self.dist.rank
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        self.model = self.model or AlignModel.from_pretrained(cfg.model)
+        self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
+        self._hooks = prepare_model(
+            self.model,
+            bn_momentum=cfg.bn_momentum,
+            drop_path_rate=cfg.drop_path_rate,
+            freeze_bn=cfg.freeze_bn,
+            lock_image=cfg.lock_image,
+            lock_text=cfg.lock_text,
+            grad_checkpointing=cfg.grad_checkpointing,
+        )
+        self.model.to(self.device).train()
+
+        pairs = read_pairs(cfg.train)
+        self.val_pairs: list[Pair] = read_pairs(cfg.val).pairs if cfg.val else []
+        image_processor = self.processor.image_processor
+        crop = tuple(image_processor.crop_size if image_processor.do_center_crop else image_processor.size)
+        transform = TrainTransform(image_processor, size=crop, scale=cfg.crop_scale, hflip=cfg.hflip)
+        self.dataset = PairDataset(pairs.pairs, image_processor, transform, seed=cfg.seed)
+        self.collate = Collate(self.processor.tokenizer, cfg.max_length, crop)
+        self.skipped_empty_captions = pairs.skipped_empty_captions
+        batches = EpochBatches.per_epoch(len(self.dataset), cfg.batch_size, self.dist.world)
+        self.steps_per_epoch = batches // cfg.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.dataset)} training pairs give no full optimiser step: batch {cfg.batch_size} x "
+                f"{self.dist.world} ranks x {cfg.grad_accum} accumulation"
+            )
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        if self.resume:
+            self._load()
+        self.ddp = None
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.logger = MetricsLogger(self.out) if self.dist.is_main else None
+
+    def _load(self) -> None:
+        payload = load_checkpoint(self.checkpoint_path)
+        saved = payload["train_config"]
+        changed = [k for k in RESUME_FIXED if saved.get(k) != getattr(self.cfg, k)]
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.progress = Progress(**payload["progress"])
+        self._saved_step = self.progress.step
+        rng = payload["rng"]
+        if len(rng) == self.dist.world:
+            set_rng_state(rng[self.dist.rank])
+        else:
+            warnings.warn(
+                f"checkpoint has RNG states for {len(rng)} ranks, this run has {self.dist.world}: drop-path and "
+                "dropout masks are reseeded (the data order is unaffected)",
+                stacklevel=2,
+            )
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def save(self, all_ranks: bool = True) -> None:
+        """Write checkpoint.pt (rank 0). `all_ranks=False` skips gathering other ranks' RNG states (used on
+        Ctrl-C, when the ranks may not be at the same point)."""
+        states = gather_objects(rng_state()) if all_ranks else [rng_state()]
+        if self.dist.is_main:
+            save_checkpoint(
+                self.checkpoint_path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                progress=self.progress,
+                train_config=self.cfg.to_dict(),
+                rng_states=states,
+            )
+        self._saved_step = self.progress.step
+        if all_ranks:
+            barrier()
+
+    def save_final(self) -> Path:
+        """The trained model in native format with the processor files, at out/final (rank 0)."""
+        final = self.out / FINAL_DIR
+        if self.dist.is_main:
+            with atomic_dir(final) as tmp:
+                save_native(self.model, tmp)
+                self.processor.save_pretrained(tmp)
+        barrier()
+        return final
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train to the end (epochs or max_steps), evaluating each epoch; returns what happened."""
+        self._setup()
+        result = TrainResult(progress=self.progress)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.progress.step,
+            unit="step",
+            file=sys.stderr,
+            disable=not (self.dist.is_main and self.cfg.progress),
+        )
+        try:
+            while self.progress.step < self.total_steps:
+                self._run_epoch(result, bar)
+            if not result.evaluations or result.evaluations[-1]["step"] != self.progress.step:
+                self._evaluate(result)
+            self.save()
+            result.final_dir = self.save_final()
+        except KeyboardInterrupt:
+            self.save(all_ranks=False)
+            bar.write(f"interrupted: checkpoint at step {self.progress.step} saved to {self.checkpoint_path}")
+            raise
+        finally:
+            bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        result.progress = self.progress
+        return result
+
+    def _loader(self) -> DataLoader:
+        p, cfg = self.progress, self.cfg
+        sampler = EpochBatches(
+            len(self.dataset), cfg.batch_size, p.epoch, cfg.seed, self.dist.rank, self.dist.world, start=p.batch
+        )
+        # Its own generator, so creating the iterator draws nothing from the global RNG (drop-path, dropout).
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + p.epoch)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=cfg.workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _run_epoch(self, result: TrainResult, bar: tqdm) -> None:
+        cfg, p = self.cfg, self.progress
+        batches = iter(self._loader())
+        while p.batch < self.steps_per_epoch * cfg.grad_accum and p.step < self.total_steps:
+            record = self._step(batches)
+            if record is not None:
+                result.losses.append(record.loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record.loss:.4f}", epoch=p.epoch + 1)
+                if self.logger is not None and (record.step % cfg.log_every == 0 or record.step == 1):
+                    self.logger.log({"type": "train", **asdict(record)})
+                for callback in self.callbacks:
+                    callback(self, record)
+                if p.step % cfg.save_every == 0:
+                    self.save()
+        if p.batch >= self.steps_per_epoch * cfg.grad_accum:
+            p.epoch, p.batch = p.epoch + 1, 0
+            self._evaluate(result)
+            self.save()
+
+    def _step(self, batches) -> StepRecord | None:
+        """One optimiser step over grad_accum micro-batches; None when every micro-batch was empty."""
+        cfg, p = self.cfg, self.progress
+        model = self.ddp or self.model
+        start = time.perf_counter()
+        losses, pairs, synced = [], 0, False
+        for micro in range(cfg.grad_accum):
+            batch: Batch = next(batches)
+            p.skipped_images += len(batch.failures)
+            # Every rank must take part in every collective: skip a micro-batch on all ranks if any is empty.
+            if all_reduce_(torch.tensor(len(batch)), "min").item() == 0:
+                p.skipped_batches += 1
+                continue
+            batch = batch.to(self.device)
+            last = micro == cfg.grad_accum - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                loss = forward_loss(model, batch, self.model.temperature, cfg.label_smoothing, cfg.precision)
+                self._check_finite(loss)
+                (loss / cfg.grad_accum).backward()
+            losses.append(loss.detach())
+            pairs += len(batch)
+            synced = last
+        p.batch += cfg.grad_accum
+        if not losses:
+            return None
+        if self.ddp is not None and not synced:
+            self._sync_gradients()
+        if cfg.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cfg.temperature_min is not None:
+            with torch.no_grad():
+                self.model.temperature.clamp_(min=cfg.temperature_min)
+        p.step += 1
+        loss = all_reduce_(torch.stack(losses).mean().float().cpu(), "sum").item() / self.dist.world
+        pairs = int(all_reduce_(torch.tensor(pairs), "sum").item())
+        return StepRecord(
+            step=p.step,
+            epoch=p.epoch,
+            loss=loss,
+            lr=self.scheduler.get_last_lr()[0],
+            temperature=float(self.model.temperature),
+            pairs_per_s=pairs / (time.perf_counter() - start),
+            skipped_images=p.skipped_images,
+        )
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = all_reduce_((~torch.isfinite(loss.detach())).float().cpu(), "max").item() > 0
+        if bad:
+            where = (
+                f"the last good checkpoint is {self.checkpoint_path} (step {self._saved_step}), untouched"
+                if self._saved_step is not None
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"loss is {float(loss)} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"stopping. {where}. Try a lower --lr, --precision fp32, or --clip-grad."
+            )
+
+    def _sync_gradients(self) -> None:
+        """Average gradients by hand when the micro-batch that would have triggered DDP's sync was skipped."""
+        for param in self.model.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad /= self.dist.world
+
+    def _evaluate(self, result: TrainResult) -> None:
+        cfg = self.cfg
+        if not (self.val_pairs or cfg.zero_shot_dir):
+            return
+        record: dict[str, Any] = {"type": "eval", "step": self.progress.step, "epoch": self.progress.epoch}
+        if self.dist.is_main:
+            if self.val_pairs:
+                pairs = [(pair.image, pair.caption) for pair in self.val_pairs]
+                res = retrieval_recall(self.model, self.processor, pairs, batch_size=cfg.batch_size)
+                record |= res.as_dict("val/")
+            if cfg.zero_shot_dir:
+                res = zero_shot_accuracy(self.model, self.processor, cfg.zero_shot_dir, cfg.templates)
+                record |= res.as_dict("zero_shot/")
+            self.logger.log(record)
+            tqdm.write(
+                "eval: " + ", ".join(f"{k}={v:.2f}" for k, v in record.items() if isinstance(v, float)), file=sys.stderr
+            )
+        result.evaluations.append(record)
+        barrier()
