@@ -57,7 +57,7 @@ class Result:
     max_abs_diff: float | None = None  # against transformers fp32, on the same inputs
     max_rel_diff: float | None = None  # max_abs_diff / the largest reference value
     min_cosine: float | None = None
-    peak_mem_gib: float | None = None  # CUDA only
+    peak_mem_gib: float | None = None  # CUDA only: above what was resident before (weights, other models)
     note: str = ""
 
 
@@ -110,8 +110,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def peak_gib(device: torch.device, base: int) -> float | None:
+    """Peak CUDA memory above `base` bytes (what was resident before the variant ran), in GiB."""
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
 
 
 def run_group(
@@ -121,11 +126,12 @@ def run_group(
     outputs, peaks, times = {}, {}, {v.name: [] for v in variants}
     with torch.inference_mode():
         for v in variants:
+            base = allocated(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             outputs[v.name] = v.fn().float().clone()
             sync(device)
-            peaks[v.name] = peak_gib(device)
+            peaks[v.name] = peak_gib(device, base)
             print(f"  {group}: {v.name} ready", file=sys.stderr, flush=True)
         for _ in range(iters):
             for v in variants:
@@ -348,6 +354,9 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
             )
     results = []
     for name, is_ours, opts in specs:
+        base = allocated(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         model = copy.deepcopy(ours if is_ours else hf)
         x = pixels_cl if opts.get("cl") else pixels
         if opts.get("cl"):
@@ -357,8 +366,6 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
         if opts.get("compile"):
             model = torch.compile(model, backend=args.compile_backend)
         step = train_step_fn(model, batch, x, args.bf16, opts.get("fused", False) and fused_adamw)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         step()  # warm-up (and compile)
         sync(device)
         times = []
@@ -368,7 +375,9 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
             sync(device)
             times.append(time.perf_counter() - t)
         results.append(
-            Result("train", name, n / min(times), min(times), statistics.median(times), peak_mem_gib=peak_gib(device))
+            Result(
+                "train", name, n / min(times), min(times), statistics.median(times), peak_mem_gib=peak_gib(device, base)
+            )
         )
         print(f"  train: {name} done", file=sys.stderr, flush=True)
         del model, step
