@@ -14,6 +14,8 @@ COMMANDS = {
     "embed-text": "embed_text",
     "search": "search",
     "summary": "summary",
+    "finetune": "finetune",
+    "eval": "eval",
 }
 
 
