@@ -322,7 +322,7 @@ class Trainer:
             epoch=p.epoch,
             loss=loss,
             lr=self.scheduler.get_last_lr()[0],
-            temperature=float(self.model.temperature),
+            temperature=float(self.model.temperature.detach()),
             pairs_per_s=pairs / (time.perf_counter() - start),
             skipped_images=p.skipped_images,
         )
