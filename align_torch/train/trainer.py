@@ -336,7 +336,7 @@ class Trainer:
                 else "no checkpoint had been written yet"
             )
             raise NonFiniteLossError(
-                f"loss is {float(loss)} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
                 f"stopping. {where}. Try a lower --lr, --precision fp32, or --clip-grad."
             )
 
