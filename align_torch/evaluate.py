@@ -80,12 +80,13 @@ def retrieval_recall(
     text_vectors = embed_texts(model, processor.tokenizer, texts, batch_size=batch_size)  # (T, P)
     sims = text_vectors @ images.vectors.t()  # (T, I)
     owner_t = torch.tensor(owner)  # (T,) image index of each caption
-    # Rank of the true image among all images, per caption (0 = best).
-    t2i_rank = (sims > sims.gather(1, owner_t[:, None])).sum(1)  # (T,)
-    # Per image, the best rank any of its captions gets among all captions.
-    order = sims.t().argsort(dim=1, descending=True)  # (I, T) captions by similarity
-    hits = owner_t[order] == torch.arange(len(images.paths))[:, None]  # (I, T)
-    i2t_rank = hits.float().argmax(dim=1)  # (I,) first position of a true caption
+    is_true = owner_t[:, None] == torch.arange(len(images.paths))[None, :]  # (T, I)
+    # Ranks count every wrong candidate scoring at least as high as the right one: ties count against
+    # the model, so a collapsed model (all embeddings equal) scores chance, not 100%.
+    true_sim = sims.gather(1, owner_t[:, None])  # (T, 1)
+    t2i_rank = ((sims >= true_sim) & ~is_true).sum(1)  # (T,)
+    best_true = sims.masked_fill(~is_true, float("-inf")).amax(0)  # (I,) best caption of each image
+    i2t_rank = ((sims >= best_true[None, :]) & ~is_true).sum(0)  # (I,)
     return RetrievalResult(
         image_to_text={k: 100.0 * float((i2t_rank < k).float().mean()) for k in ks},
         text_to_image={k: 100.0 * float((t2i_rank < k).float().mean()) for k in ks},

@@ -96,3 +96,12 @@ def test_eval_command_json(tiny_native_dir: Path, tmp_path: Path, capsys):
     assert out["knn"]["top1"] == 100.0  # val = train: each image is its own nearest neighbour
     assert main(["eval", "--model", str(tiny_native_dir)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_retrieval_ties_count_against_the_model(monkeypatch):
+    same = [1.0, 0.0]
+    _fake_embeddings(monkeypatch, {"a.png": same, "b.png": same}, {"x": same, "y": same})
+    res = evaluate.retrieval_recall(
+        None, type("P", (), {"image_processor": None, "tokenizer": None}), [("a.png", "x"), ("b.png", "y")], (1, 2)
+    )
+    assert res.text_to_image == {1: 0.0, 2: 100.0} and res.image_to_text == {1: 0.0, 2: 100.0}

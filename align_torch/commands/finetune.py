@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"align-torch finetune: error: {e}", file=sys.stderr)
         return 1
     p = result.progress
+    if not trainer.dist.is_main:
+        return 0
     print(
         f"trained {p.step} steps ({p.epoch} epochs); skipped {p.skipped_images} unreadable images and "
         f"{trainer.skipped_empty_captions} empty captions; model and processor in {result.final_dir}"
