@@ -128,16 +128,12 @@ def _no_dropout(model: torch.nn.Module) -> None:
 
 
 def test_full_training_mode_gradients(hf_full, native_full):
-    """Train mode (batch-statistics BN) with dropout and drop-path off: the forward and the gradient of every
-    parameter after loss.backward() equal transformers' within 1e-4 relative."""
+    """Train mode (batch-statistics BN) with dropout and drop-path off: the forward, and the gradient of every
+    parameter after loss.backward(), equal transformers' within 1e-4 relative."""
     ref_model, ours_model = copy.deepcopy(hf_full).train(), copy.deepcopy(native_full).train()
-    # Both sides on SDPA: eager and SDPA attention differ by ~1e-7, and batch-statistics BN backward through
-    # 55 blocks amplifies any input difference ~1000x by the first blocks' gradients.
-    ref_model.config.text_config._attn_implementation = "sdpa"
-    ref_model.text_model.config._attn_implementation = "sdpa"
     _no_dropout(ref_model)
     _no_dropout(ours_model)
-    pixels, text = images(3, 224, seed=7), texts(3, seed=7)
+    pixels, text = images(3, 160, seed=7), texts(3, seed=7)
 
     ref = ref_model(**text, pixel_values=pixels, return_loss=True)
     out = ours_model(**text, pixel_values=pixels, return_loss=True)
@@ -151,17 +147,15 @@ def test_full_training_mode_gradients(hf_full, native_full):
     unused = {k for k, p in ours.items() if p.grad is None}
     assert unused == {"text_model.pooler.weight", "text_model.pooler.bias"}  # ALIGN never uses the BERT pooler
     assert set(ref_grads) == set(ours) - unused
-    worst = 0.0
+    errors = {}
     for k, g in ref_grads.items():
-        if k.endswith("attn.k.bias"):
-            # Softmax ignores a constant added to every key, so this gradient is zero up to rounding in both
-            # models: compare it against the scale of the key weights' gradient instead.
-            scale = ref_grads[k.replace("bias", "weight")].abs().max()
-            assert ours[k].grad.abs().max() <= 1e-4 * scale and g.abs().max() <= 1e-4 * scale, k
-            continue
-        # Relative in norm: batch-statistics BN through 55 blocks amplifies fp32 rounding into isolated
-        # elements, so a max-element criterion would test the summation order, not the maths.
-        err = ((ours[k].grad - g).norm() / g.norm().clamp_min(1e-30)).item()
-        worst = max(worst, err)
-        assert err <= 1e-4, f"grad of {k}: relative error {err:.3g} (tolerance 1e-4)"
-    assert worst > 0  # the two implementations are separate computations, not one tensor compared with itself
+        # Relative to the gradient's norm, or to its module's weight gradient where that is larger: some bias
+        # gradients are zero in exact arithmetic and rounding noise in both models (a key bias, which softmax
+        # ignores; a project_bn bias, whose per-channel constant the next 1x1 conv + batch-statistics BN
+        # removes).
+        sibling = ref_grads.get(k.rsplit(".", 1)[0] + ".weight", g)
+        scale = max(g.norm(), sibling.norm()).clamp_min(1e-30)
+        errors[k] = ((ours[k].grad - g).norm() / scale).item()
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-4, f"grad of {worst}: relative error {errors[worst]:.3g} (tolerance 1e-4)"
+    assert 0 < errors[worst]  # two separate computations, not one tensor compared with itself
