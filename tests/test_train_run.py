@@ -118,3 +118,27 @@ def test_finetune_command_with_bad_input_and_evaluations(tiny_native_dir: Path, 
     evals = [r for r in evals if r["type"] == "eval"]
     assert {"val/i2t_r1", "val/t2i_r5", "zero_shot/top1"} <= set(evals[-1])
     assert evals[-1]["val/num_images"] == 6 and 0 <= evals[-1]["zero_shot/top1"] <= 100
+
+
+def test_engine_options_together(tiny_native_dir: Path, manifest: Path, tmp_path: Path):
+    cfg = _cfg(
+        tiny_native_dir,
+        manifest,
+        tmp_path / "run",
+        max_steps=1,
+        grad_accum=2,
+        precision="bf16",
+        grad_checkpointing=True,
+        optimizer="lamb",
+        freeze_bn=True,
+        temperature_min=0.08,  # the tiny checkpoint's temperature is 0.0734
+    )
+    result = Trainer(cfg).fit()
+    assert result.progress.step == 1 and result.progress.epoch == 1  # 3 batches of 4: one step of 2
+    start = AlignModel.from_pretrained(tiny_native_dir).state_dict()
+    final = AlignModel.from_pretrained(tmp_path / "run" / "final").state_dict()
+    assert float(final["temperature"]) == pytest.approx(0.08)
+    for k in start:
+        if "running_" in k or "num_batches_tracked" in k:
+            assert torch.equal(start[k], final[k]), k  # frozen BN, even with checkpointed recompute
+    assert not torch.equal(start["text_projection.weight"], final["text_projection.weight"])
