@@ -93,7 +93,9 @@ def test_eval_command_json(tiny_native_dir: Path, tmp_path: Path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["zero_shot"]["num_classes"] == 9 and 0 <= out["zero_shot"]["top1"] <= 100
     assert out["retrieval"]["num_images"] == 5 and {"i2t_r1", "t2i_r10"} <= set(out["retrieval"])
-    assert out["knn"]["top1"] == 100.0  # val = train: each image is its own nearest neighbour
+    # A random model's eval-mode image embeddings nearly coincide, so only the bookkeeping is checked here;
+    # the voting itself is checked with fixed vectors above.
+    assert out["knn"]["k"] == 1 and out["knn"]["num_images"] == 9 and 0 <= out["knn"]["top1"] <= 100
     assert main(["eval", "--model", str(tiny_native_dir)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
 
