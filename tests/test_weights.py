@@ -247,3 +247,18 @@ def test_offline_and_not_cached_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE is set.*not in the local Hugging Face cache"):
         AlignModel.from_pretrained("kakaobrain/align-base", cache_dir=str(tmp_path))
+
+
+def test_align_base_config_json_maps_to_the_preset():
+    """transformers' config for align-base (image_size 289, hidden_dim 640) is our `align-base` preset, and
+    the export writes it back to the same config."""
+    from hf_reference import hf_align_config
+
+    from align_torch.config import preset
+    from align_torch.hf_keys import config_from_hf, config_to_hf
+
+    cfg = config_from_hf(hf_align_config().to_dict())
+    assert cfg == preset("align-base")
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+    with pytest.raises(ValueError, match="model_type 'clip'"):
+        config_from_hf({"model_type": "clip"})
