@@ -179,7 +179,10 @@ def compiled(module: torch.nn.Module, args: argparse.Namespace, **kw: object) ->
 
 # --- the groups ---------------------------------------------------------------------------------------
 def image_variants(hf, ours: AlignModel, args: argparse.Namespace, device: torch.device) -> list[Variant]:
-    pixels = torch.randn(args.batch_images, 3, *(2 * [ours.config.vision.image_size]), device=device)
+    from hf_reference import smooth_images
+
+    # Photo-like pixels: white noise drives the randomly initialised towers far outside their BN statistics.
+    pixels = smooth_images(args.batch_images, ours.config.vision.image_size).to(device)
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
     hf_cl = copy.deepcopy(hf).to(memory_format=torch.channels_last)
@@ -325,7 +328,9 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
     """Each variant on its own fresh copy, one after the other, so peak memory is each one's own."""
     n = args.train_batch
     size = ours.config.vision.image_size
-    pixels = torch.randn(n, 3, size, size, device=device)
+    from hf_reference import smooth_images
+
+    pixels = smooth_images(n, size, seed=1).to(device)
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
     batch = make_texts(n, ours.config.text.vocab_size, full=False, device=device)
     tag = "bf16" if args.bf16 else "fp32"
