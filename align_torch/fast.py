@@ -181,6 +181,8 @@ def encode_text_packed(
     normalize: bool = False,
 ) -> torch.Tensor:
     """`model.encode_text` through `packed_cls_states`: the fastest exact text path for padded captions."""
+    if model.config.text.pooling != "cls":
+        raise ValueError(f"encode_text_packed reads [CLS]; this model pools text by {model.config.text.pooling!r}")
     x = model.text_projection(packed_cls_states(model.text_model, input_ids, attention_mask, token_type_ids))
     return F.normalize(x, dim=-1) if normalize else x  # (B, P)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -179,6 +180,9 @@ def test_packed_text_rejects_bad_inputs(tiny):
     model = copy.deepcopy(tiny).train()
     with pytest.raises(RuntimeError, match="inference"):
         packed_cls_states(model.text_model, ids, mask)
+    mean_pooled = AlignModel(tiny.config.replace(text=dataclasses.replace(tiny.config.text, pooling="mean")))
+    with pytest.raises(ValueError, match="pools text by 'mean'"):
+        encode_text_packed(mean_pooled, ids, mask)
 
 
 def test_bf16_autocast_stays_close(tiny):
