@@ -223,6 +223,7 @@ def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text:
         _fold_pairs(block, _BLOCK_PAIRS)
     if channels_last:
         vision.to(memory_format=torch.channels_last)
-    if trim_text:
+    # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim.
+    if trim_text and model.config.text.pooling == "cls":
         model.text_model.register_forward_pre_hook(_trim_hook, with_kwargs=True)
     return model.eval()

@@ -161,6 +161,15 @@ def test_trimmed_text_gives_identical_embeddings(tiny):
     torch.testing.assert_close(fused.text_projection(by_name), ref, atol=1e-6, rtol=1e-6)
 
 
+def test_mean_pooled_text_is_not_trimmed(tiny):
+    _, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
+    model = AlignModel(tiny.config.replace(text=dataclasses.replace(tiny.config.text, pooling="mean"))).eval()
+    model.load_state_dict(tiny.state_dict(), strict=False)
+    fused = copy.deepcopy(model).fuse_for_inference()
+    with torch.no_grad():
+        torch.testing.assert_close(fused.encode_text(ids, mask), model.encode_text(ids, mask), atol=1e-6, rtol=1e-6)
+
+
 def test_packed_text_equals_padded(tiny):
     _, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
     with torch.no_grad():
