@@ -262,3 +262,21 @@ def test_align_base_config_json_maps_to_the_preset():
     assert config_from_hf(config_to_hf(cfg)) == cfg
     with pytest.raises(ValueError, match="model_type 'clip'"):
         config_from_hf({"model_type": "clip"})
+
+
+def test_written_files_follow_the_umask(tiny_native_dir, tmp_path):
+    """Atomic writes go through private temp files; the results must not stay private."""
+    import os
+    import stat
+
+    from align_torch.fileio import atomic_file
+
+    old = os.umask(0o022)
+    try:
+        AlignModel.from_pretrained(tiny_native_dir).save_pretrained(tmp_path / "m")
+        with atomic_file(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644

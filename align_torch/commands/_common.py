@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from tqdm import tqdm
+
+from ..device import DEVICES, resolve_device
 
 if TYPE_CHECKING:
     from ..model import AlignModel
     from ..processor import AlignProcessor
 
 DEFAULT_MODEL = "kakaobrain/align-base"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
@@ -68,23 +68,6 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else mps, else cpu; a named device must be available."""
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose from {DEVICES}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for but this PyTorch has no MPS (Apple GPU) support")
-    return torch.device(name)
 
 
 def output_file(path: str) -> Path:

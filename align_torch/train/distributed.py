@@ -24,7 +24,7 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """This rank's place and device. Under torchrun (WORLD_SIZE > 1) join the process group it describes
     (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL on CUDA with GPU LOCAL_RANK, gloo otherwise. A
     group initialised by the caller is reused; a plain `python` run is rank 0 of 1."""
-    from ..commands._common import resolve_device
+    from ..device import resolve_device
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
