@@ -166,11 +166,9 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[AlignConfig, dict[str, t
 
 
 # --- into a model -------------------------------------------------------------------------------------
-def load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> LoadReport:
-    """Copy `sd` into `model`. Strict: any missing, unexpected or mis-shaped key raises, naming them.
-    Non-strict: loads what matches and returns the rest in a LoadReport."""
-    own = model.state_dict()
-    report = LoadReport(
+def compare_state_dicts(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> LoadReport:
+    """What in `sd` does not fit a model whose state dict is `own` (shapes only; values are not read)."""
+    return LoadReport(
         missing=sorted(set(own) - set(sd)),
         unexpected=sorted(set(sd) - set(own)),
         mismatched=[
@@ -179,6 +177,13 @@ def load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict:
             if sd[k].shape != own[k].shape
         ],
     )
+
+
+def load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> LoadReport:
+    """Copy `sd` into `model`. Strict: any missing, unexpected or mis-shaped key raises, naming them.
+    Non-strict: loads what matches and returns the rest in a LoadReport."""
+    own = model.state_dict()
+    report = compare_state_dicts(own, sd)
     if strict and not report.ok:
         raise CheckpointError(f"checkpoint does not match the model's config:\n{report}")
     bad = {m.split(":")[0] for m in report.mismatched}
@@ -200,8 +205,19 @@ def load_pretrained(
 ) -> AlignModel:
     folder = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
     ckpt_config, sd = read_checkpoint(folder)
-    model = cls(config or ckpt_config)
-    report = load_state_dict(model, sd, strict=strict)
+    config = config or ckpt_config
+    # Build on the meta device and adopt the checkpoint's tensors: no random init that is then overwritten,
+    # no copy. Only when every tensor fits exactly; otherwise initialise for real and copy what fits.
+    with torch.device("meta"):
+        skeleton = cls(config)
+    own = skeleton.state_dict()
+    report = compare_state_dicts(own, sd)
+    if report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
+        skeleton.load_state_dict(sd, assign=True)
+        model = skeleton
+    else:
+        model = cls(config)
+        report = load_state_dict(model, sd, strict=strict)
     model.load_report = report
     if not report.ok:
         import warnings
