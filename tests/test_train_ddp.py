@@ -95,7 +95,7 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path):
     loss.backward()
     single = _grads(model)
     for split, result in zip(SPLITS, ddp_results, strict=True):
-        assert abs(result["loss"] - float(loss)) <= 1e-6, split
+        assert abs(result["loss"] - loss.item()) <= 1e-6, split
         assert result["grads"].keys() == single.keys()
         worst = max((result["grads"][k] - single[k]).abs().max().item() for k in single)
         assert worst <= 1e-6, (split, worst)
