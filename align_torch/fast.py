@@ -4,7 +4,8 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
 - every BatchNorm is folded into the convolution before it (in eval mode BN is a per-channel affine map,
   so `bn(conv(x)) == conv'(x)` with `w' = w * g / sqrt(v + eps)`, `b' = b - m * g / sqrt(v + eps)`); the BN
   module becomes `nn.Identity`, so every block's `forward`, its hooks and `forward_intermediates` still work;
-- the image tower moves to channels_last (oneDNN and cuDNN run depthwise and 1x1 convs faster in NHWC);
+- on a GPU the image tower moves to channels_last (cuDNN runs depthwise and 1x1 convs faster in NHWC; on
+  the CPU, eager oneDNN depthwise convs were slower in NHWC, so CPU models stay NCHW unless asked);
 - texts padded to a fixed length (the processor pads to 64) are cut to the longest real text before the
   text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
   change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
@@ -207,11 +208,11 @@ def is_fused(model: nn.Module) -> bool:
     return any(isinstance(m, FusedConv2d) for m in model.modules())
 
 
-def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text: bool = True) -> AlignModel:
+def fuse_for_inference(model: AlignModel, channels_last: bool | None = None, trim_text: bool = True) -> AlignModel:
     """Make `model` an inference-only fast model, in place, and return it (see the module docstring).
 
     `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
-    them). `trim_text` cuts padded text batches to their longest real text in eager mode. Fusing a fused
+    them); None means "on a CUDA device only". `trim_text` cuts padded text batches to their longest real text in eager mode. Fusing a fused
     model does nothing more. Reload the model to train it again.
     """
     vision = model.vision_model
@@ -221,6 +222,8 @@ def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text:
     _fold_pairs(vision.stem, _STEM_PAIRS)
     for block in vision.blocks:
         _fold_pairs(block, _BLOCK_PAIRS)
+    if channels_last is None:
+        channels_last = vision.stem.conv.weight.device.type == "cuda"
     if channels_last:
         vision.to(memory_format=torch.channels_last)
     # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim.

@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 
 
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str, tol: float = 1e-5) -> None:
+    """`ours` equals `ref` within `tol` of the reference's largest magnitude."""
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    scale = ref.abs().max().clamp_min(1e-12)
+    err = ((ours - ref).abs().max() / scale).item()
+    assert err <= tol, f"{what}: max error {err:.3g} of the reference's max magnitude (tolerance {tol})"
+
+
 def smooth_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     """Images in [-1, 1] with structure at several scales (upsampled noise), a stand-in for photos."""
     g = torch.Generator().manual_seed(seed)

@@ -9,17 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_reference import assert_close
 
 from align_torch import AlignModel, preset
-
-TOL = 1e-5
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str, tol: float = TOL) -> None:
-    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
-    scale = ref.abs().max().clamp_min(1e-12)
-    err = ((ours - ref).abs().max() / scale).item()
-    assert err <= tol, f"{what}: max error {err:.3g} of the reference's max magnitude (tolerance {tol})"
 
 
 def texts(batch: int, T: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:

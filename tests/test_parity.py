@@ -9,21 +9,12 @@ import copy
 
 import pytest
 import torch
-from hf_reference import smooth_images
+from hf_reference import assert_close, smooth_images
 
 from align_torch import AlignModel
 from align_torch.hf_keys import hf_to_native
 
 pytestmark = pytest.mark.slow
-
-TOL = 1e-5
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str, tol: float = TOL) -> None:
-    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
-    scale = ref.abs().max().clamp_min(1e-12)
-    err = ((ours - ref).abs().max() / scale).item()
-    assert err <= tol, f"{what}: max error {err:.3g} of the reference's max magnitude (tolerance {tol})"
 
 
 def texts(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
