@@ -27,7 +27,7 @@ def test_finetuning_a_random_tiny_model_learns_shapes(tiny_native_dir: Path, tmp
         model=str(tiny_native_dir),
         train=str(write_shapes_manifest(tmp_path / "train", 180)),
         out=str(tmp_path / "run"),
-        epochs=12,  # 10 steps per epoch
+        epochs=30,  # 10 steps per epoch; over 4 seeds, 120 steps ended anywhere between 35% and 59%
         batch_size=18,
         lr=3e-3,
         warmup=10,
@@ -43,5 +43,7 @@ def test_finetuning_a_random_tiny_model_learns_shapes(tiny_native_dir: Path, tmp
         f"zero-shot top-1 {before.top1:.1f}% -> {after.top1:.1f}%; loss {result.losses[0]:.3f} -> "
         f"{sum(result.losses[-10:]) / 10:.3f}"
     )
-    assert after.top1 > 60.0
+    # Three times chance. Over seeds 0-2 this run ends at 100%, 78% and 46%: the bar is set for any seed,
+    # not tuned to the one used here.
+    assert after.top1 > 3 * 100 / 9
     assert sum(result.losses[-10:]) / 10 < result.losses[0] - 0.5
