@@ -58,3 +58,12 @@ def tiny_native_dir(tiny_hf_dir, tmp_path_factory) -> Path:
     from align_torch.weights import convert
 
     return convert(tiny_hf_dir, tmp_path_factory.mktemp("tiny_native") / "model")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_native_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint with BatchNorm statistics measured on real photos, so that different photos give
+    clearly different embeddings (shared by the zero-shot and command-line tests)."""
+    from _job_data import input_sensitive_checkpoint
+
+    return input_sensitive_checkpoint(tiny_native_dir, tmp_path_factory.mktemp("photo_model") / "model")

@@ -10,11 +10,11 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from _job_data import input_sensitive_checkpoint, write_collection
+from _job_data import write_collection
 
 from align_torch import AlignModel, AlignProcessor
 from align_torch.cli import main
-from align_torch.commands._common import resolve_device
+from align_torch.device import resolve_device
 from align_torch.embedding_index import EmbeddingIndex
 from align_torch.images import load_image
 
@@ -28,12 +28,6 @@ def run_cli(*argv) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main([str(a) for a in argv])
     return status, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_native_dir, tmp_path_factory):
-    """The tiny checkpoint, with BatchNorm statistics that let different photos give different embeddings."""
-    return input_sensitive_checkpoint(tiny_native_dir, tmp_path_factory.mktemp("jobs_model") / "model")
 
 
 @pytest.fixture(scope="module")

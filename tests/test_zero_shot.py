@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _job_data import input_sensitive_checkpoint, photo
+from _job_data import photo
 
 from align_torch import AlignModel, AlignProcessor
 from align_torch.embeddings import embed_texts
@@ -13,12 +13,6 @@ from align_torch.templates import IMAGENET_TEMPLATES, TEMPLATE_SETS, fill, get_t
 from align_torch.zero_shot import Prediction, build_classifier, classify, classify_embeddings
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_native_dir, tmp_path_factory):
-    """The tiny checkpoint, with BatchNorm statistics that let different photos give different embeddings."""
-    return input_sensitive_checkpoint(tiny_native_dir, tmp_path_factory.mktemp("zero_shot_model") / "model")
 
 
 @pytest.fixture(scope="module")
