@@ -62,18 +62,24 @@ class Stem(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel gate: global mean -> reduce -> act -> expand -> sigmoid, times the input."""
+    """Channel gate: global mean -> reduce -> act -> expand -> sigmoid, times the input.
+
+    `inplace=True` (set by `fuse_for_inference`) gates the input in place when no gradient flows through it.
+    """
 
     def __init__(self, ch: int, se_ch: int, act: str):
         super().__init__()
         self.reduce = nn.Conv2d(ch, se_ch, 1)
         self.act = make_act(act)
         self.expand = nn.Conv2d(se_ch, ch, 1)
+        self.inplace = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        s = self.expand(self.act(self.reduce(s)))  # (B, C, 1, 1)
-        return x * torch.sigmoid(s)
+        gate = torch.sigmoid(self.expand(self.act(self.reduce(s))))  # (B, C, 1, 1)
+        if self.inplace and not (torch.is_grad_enabled() and x.requires_grad):
+            return x.mul_(gate)
+        return x * gate
 
 
 class MBConv(nn.Module):

@@ -4,8 +4,13 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
 - every BatchNorm is folded into the convolution before it (in eval mode BN is a per-channel affine map,
   so `bn(conv(x)) == conv'(x)` with `w' = w * g / sqrt(v + eps)`, `b' = b - m * g / sqrt(v + eps)`); the BN
   module becomes `nn.Identity`, so every block's `forward`, its hooks and `forward_intermediates` still work;
-- on a GPU the image tower moves to channels_last (cuDNN runs depthwise and 1x1 convs faster in NHWC; on
-  the CPU, eager oneDNN depthwise convs were slower in NHWC, so CPU models stay NCHW unless asked);
+- the SiLU after a folded conv moves into it (`FusedConv2d.act`) and its module becomes `nn.Identity` too. On
+  the CPU in fp32 eager mode a FusedConv2d then runs as one oneDNN call (conv + bias + SiLU as a post-op,
+  weights reordered once into oneDNN's blocked layout and cached), and the squeeze-excite gate multiplies
+  in place: the expanded maps are read and written once instead of three times, and the large temporary
+  buffers whose allocation (page faults) costs as much as the arithmetic on a small CPU are not made.
+  Elsewhere (CUDA, autocast, torch.compile, inputs that need gradients) it is the plain conv + F.silu;
+- the image tower moves to channels_last (cuDNN and oneDNN both run depthwise and 1x1 convs faster in NHWC);
 - texts padded to a fixed length (the processor pads to 64) are cut to the longest real text before the
   text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
   change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
@@ -14,7 +19,10 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
   real tokens only (no padding at all outside attention), and the last layer on [CLS] only.
 
 A fused model refuses to train: `model.train()`, a forward in training mode and asking for gradients of the
-folded weights all raise, because the folded weights are no longer the checkpoint's parameters.
+folded weights all raise, because the folded weights are no longer the checkpoint's parameters. Gradients
+with respect to the inputs (saliency maps) still work. Because the gate multiplies in place, a forward hook
+on a fused block's `dw_conv` sees that map before the gate but holds it after; hook an unfused model to
+study the insides of a block (block outputs and `forward_intermediates` are never modified).
 """
 
 from __future__ import annotations
@@ -32,20 +40,84 @@ if TYPE_CHECKING:
 FUSED_ERROR = "fused for inference; reload the model to train"
 
 
+def _onednn_ready() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+_ONEDNN = _onednn_ready()
+_ACTS = {"": "none", "silu": "swish"}  # FusedConv2d.act -> oneDNN post-op name
+
+
 class FusedConv2d(nn.Conv2d):
-    """A convolution with the following BatchNorm folded in. Inference only: training it raises."""
+    """A convolution with the following BatchNorm folded in, and with `act="silu"` the SiLU after it.
+
+    Inference only: training it raises. On the CPU in fp32 it runs as one oneDNN conv + bias + SiLU call with
+    weights reordered once (the reorder is cached on the module, never saved); elsewhere as conv then SiLU.
+    """
+
+    act: str = ""
 
     def train(self, mode: bool = True) -> FusedConv2d:
         if mode:
             raise RuntimeError(f"this model was {FUSED_ERROR}")
         return super().train(False)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", act={self.act}" if self.act else "")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The oneDNN weight is an opaque tensor that neither pickles nor deep-copies; it is rebuilt on use.
+        state = super().__getstate__()
+        state.pop("_onednn_weight", None)
+        return state
+
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        return (
+            _ONEDNN
+            and torch.backends.mkldnn.enabled
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and x.requires_grad)  # the oneDNN op has no backward
+            and not torch.compiler.is_compiling()  # inductor fuses the plain ops itself
+        )
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout, reordered on first use and again if the weight changes."""
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype)
+        cached = self.__dict__.get("_onednn_weight")
+        if cached is None or cached[0] != key:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
+            )
+            cached = self.__dict__["_onednn_weight"] = (key, packed)
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             raise RuntimeError(f"forward in training mode: this model was {FUSED_ERROR}")
         if self.weight.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"gradients for folded weights requested: this model was {FUSED_ERROR}")
-        return super().forward(x)
+        if self._use_onednn(x):
+            return torch.ops.mkldnn._convolution_pointwise(
+                x,
+                self._packed_weight(x),
+                self.bias,
+                list(self.padding),
+                list(self.stride),
+                list(self.dilation),
+                self.groups,
+                _ACTS[self.act],
+                [],
+                "",
+            )  # (B, C_out, H', W'), channels_last
+        y = super().forward(x)
+        return F.silu(y) if self.act == "silu" else y
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FusedConv2d:
@@ -78,18 +150,26 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FusedConv2d:
     return fused.eval()
 
 
-# (conv attribute, BatchNorm attribute) pairs of the stem and of each MBConv block.
-_STEM_PAIRS = (("conv", "bn"),)
-_BLOCK_PAIRS = (("expand_conv", "expand_bn"), ("dw_conv", "dw_bn"), ("project_conv", "project_bn"))
+# (conv, BatchNorm, activation) attribute names of the stem and of each MBConv block ("" = no activation).
+_STEM_PAIRS = (("conv", "bn", "act"),)
+_BLOCK_PAIRS = (
+    ("expand_conv", "expand_bn", "expand_act"),
+    ("dw_conv", "dw_bn", "dw_act"),
+    ("project_conv", "project_bn", ""),
+)
 
 
-def _fold_pairs(module: nn.Module, pairs: tuple[tuple[str, str], ...]) -> None:
-    for conv_name, bn_name in pairs:
+def _fold_pairs(module: nn.Module, pairs: tuple[tuple[str, str, str], ...]) -> None:
+    for conv_name, bn_name, act_name in pairs:
         conv, bn = getattr(module, conv_name), getattr(module, bn_name)
         if conv is None or not isinstance(bn, nn.BatchNorm2d):
             continue  # a block without an expand conv, or already folded
-        setattr(module, conv_name, fold_bn(conv, bn))
+        fused = fold_bn(conv, bn)
+        setattr(module, conv_name, fused)
         setattr(module, bn_name, nn.Identity())
+        if act_name and type(getattr(module, act_name)) is nn.SiLU:
+            fused.act = "silu"
+            setattr(module, act_name, nn.Identity())
 
 
 def trim_padding(
@@ -208,12 +288,13 @@ def is_fused(model: nn.Module) -> bool:
     return any(isinstance(m, FusedConv2d) for m in model.modules())
 
 
-def fuse_for_inference(model: AlignModel, channels_last: bool | None = None, trim_text: bool = True) -> AlignModel:
+def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text: bool = True) -> AlignModel:
     """Make `model` an inference-only fast model, in place, and return it (see the module docstring).
 
     `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
-    them); None means "on a CUDA device only". `trim_text` cuts padded text batches to their longest real text in eager mode. Fusing a fused
-    model does nothing more. Reload the model to train it again.
+    them; on the CPU in fp32 the oneDNN convs return NHWC maps either way). `trim_text` cuts padded text
+    batches to their longest real text in eager mode. Fusing a fused model does nothing more. Reload the
+    model to train it again.
     """
     vision = model.vision_model
     if is_fused(vision):
@@ -222,8 +303,7 @@ def fuse_for_inference(model: AlignModel, channels_last: bool | None = None, tri
     _fold_pairs(vision.stem, _STEM_PAIRS)
     for block in vision.blocks:
         _fold_pairs(block, _BLOCK_PAIRS)
-    if channels_last is None:
-        channels_last = vision.stem.conv.weight.device.type == "cuda"
+        block.se.inplace = True  # the gate may overwrite the depthwise output: nothing else reads it
     if channels_last:
         vision.to(memory_format=torch.channels_last)
     # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim.

@@ -181,9 +181,9 @@ class AlignModel(nn.Module):
         self.vision_model.set_grad_checkpointing(enable)
         self.text_model.set_grad_checkpointing(enable)
 
-    def fuse_for_inference(self, channels_last: bool | None = None, trim_text: bool = True) -> AlignModel:
-        """Fold BatchNorms, go channels_last (on CUDA by default), trim text padding; in place, inference only
-        (see align_torch.fast)."""
+    def fuse_for_inference(self, channels_last: bool = True, trim_text: bool = True) -> AlignModel:
+        """Fold BatchNorms and SiLUs into the convs, go channels_last, trim text padding; in place, inference
+        only (see align_torch.fast)."""
         from .fast import fuse_for_inference
 
         return fuse_for_inference(self, channels_last=channels_last, trim_text=trim_text)

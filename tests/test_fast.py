@@ -14,6 +14,7 @@ from torch import nn
 from align_torch import AlignModel
 from align_torch.fast import (
     FusedConv2d,
+    _fold_pairs,
     encode_text_packed,
     fold_bn,
     fuse_for_inference,
@@ -45,8 +46,10 @@ def _inputs(vocab: int, batch: int = 3, length: int = 16, pad_to: int = 24, seed
 @pytest.mark.parametrize("channels_last", [False, True, None])
 def test_fused_equals_reference(tiny, channels_last):
     pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
-    fused = copy.deepcopy(tiny).fuse_for_inference(channels_last=channels_last)
-    channels_last = bool(channels_last)  # None: channels_last on CUDA only, so NCHW on this CPU
+    if channels_last is None:  # the default
+        fused, channels_last = copy.deepcopy(tiny).fuse_for_inference(), True
+    else:
+        fused = copy.deepcopy(tiny).fuse_for_inference(channels_last=channels_last)
     with torch.no_grad():
         ref = tiny(input_ids=ids, attention_mask=mask, pixel_values=pixels)
         out = fused(input_ids=ids, attention_mask=mask, pixel_values=pixels)
@@ -74,6 +77,103 @@ def test_fused_keeps_blocks_hooks_and_intermediates(tiny):
     for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states, strict=True)):
         rel = ((a - b).abs().max() / b.abs().max()).item()  # maps grow to ~100s deep in the tower
         assert rel <= 1e-5, f"hidden state {i}: max difference {rel:.1e} of the largest value"
+
+
+def test_silu_moves_into_the_convs(tiny):
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    vision = fused.vision_model
+    assert vision.stem.conv.act == "silu" and isinstance(vision.stem.act, nn.Identity)
+    for block in vision.blocks:
+        if block.expand_conv is not None:
+            assert block.expand_conv.act == "silu" and isinstance(block.expand_act, nn.Identity)
+        assert block.dw_conv.act == "silu" and isinstance(block.dw_act, nn.Identity)
+        assert block.project_conv.act == "", "project has no activation: the residual follows"
+        assert isinstance(block.se.act, nn.SiLU), "the squeeze-excite's own SiLU stays"
+    assert not any(isinstance(m, nn.SiLU) for m in vision.modules() if m not in {b.se.act for b in vision.blocks})
+
+
+def test_fold_keeps_an_activation_that_is_not_silu():
+    conv, bn, act = nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4).eval(), nn.ReLU()
+    holder = nn.Module()
+    holder.conv, holder.bn, holder.act = conv, bn, act
+    _fold_pairs(holder, (("conv", "bn", "act"),))
+    assert isinstance(holder.conv, FusedConv2d) and holder.conv.act == "" and holder.act is act
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # mkldnn.flags() sets TF32 too, for Intel GPUs
+def test_cpu_convs_run_through_onednn_and_agree_with_plain_convs(tiny):
+    """The fp32 CPU path is one oneDNN call per conv with cached reordered weights; switching oneDNN off
+    (the plain conv + SiLU path) gives the same maps."""
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    fast = copy.deepcopy(tiny).fuse_for_inference()
+    plain = copy.deepcopy(fast)
+    convs = [m for m in fast.vision_model.modules() if isinstance(m, FusedConv2d)]
+    with torch.no_grad():
+        out = fast.vision_model.forward_intermediates(pixels)
+        assert all("_onednn_weight" in c.__dict__ for c in convs), "every folded conv ran through oneDNN"
+        with torch.backends.mkldnn.flags(enabled=False):
+            ref = plain.vision_model.forward_intermediates(pixels)
+        assert not any("_onednn_weight" in m.__dict__ for m in plain.vision_model.modules())
+    for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states, strict=True)):
+        rel = ((a - b).abs().max() / b.abs().max()).item()
+        assert rel <= 1e-5, f"hidden state {i}: oneDNN and plain paths differ by {rel:.1e}"
+    # One conv on its own, NCHW input, against the textbook conv + SiLU.
+    conv = fast.vision_model.blocks[1].dw_conv
+    x = torch.randn(2, conv.in_channels, 11, 7)
+    with torch.no_grad():
+        expect = F.silu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, groups=conv.groups))
+        torch.testing.assert_close(conv(x), expect, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_reordered_weights_follow_input_sizes_and_weight_changes(tiny):
+    fast = copy.deepcopy(tiny).fuse_for_inference()
+    with torch.no_grad():
+        for batch, size in [(3, 64), (1, 80), (2, 33)]:
+            pixels = smooth_images(batch, size, seed=size)
+            ref, out = tiny.encode_image(pixels), fast.encode_image(pixels)
+            rel = ((out - ref).abs().max() / ref.abs().max()).item()
+            assert rel <= 1e-5, f"batch {batch} at {size} px: {rel:.1e}"
+        conv = fast.vision_model.blocks[0].dw_conv
+        x = torch.randn(2, conv.in_channels, 9, 9)
+        before = conv(x)
+        conv.weight.mul_(2.0)  # the cached reorder must not survive a change of the weight
+        after = conv(x)
+        expect = F.silu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, groups=conv.groups))
+        torch.testing.assert_close(after, expect, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(before, after)
+
+
+def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
+    """The cached oneDNN weights are opaque tensors: copying or saving a model that has run must drop them."""
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    fast = copy.deepcopy(tiny).fuse_for_inference()
+    with torch.no_grad():
+        expect = fast.encode_image(pixels)
+        twin = copy.deepcopy(fast)
+        torch.save(fast, tmp_path / "fused.pt")
+        loaded = torch.load(tmp_path / "fused.pt", weights_only=False)
+        torch.testing.assert_close(twin.encode_image(pixels), expect, atol=0, rtol=0)
+        torch.testing.assert_close(loaded.encode_image(pixels), expect, atol=0, rtol=0)
+
+
+def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
+    se = copy.deepcopy(tiny).fuse_for_inference().vision_model.blocks[0].se
+    assert se.inplace
+    x = torch.rand(2, se.reduce.in_channels, 5, 5)
+    with torch.no_grad():
+        expect = tiny.vision_model.blocks[0].se(x.clone())
+        y = se(x)
+    assert y.data_ptr() == x.data_ptr(), "gated in place"
+    torch.testing.assert_close(y, expect, atol=1e-6, rtol=1e-6)
+    x = torch.rand(2, se.reduce.in_channels, 5, 5, requires_grad=True)
+    y = se(x)
+    assert y.data_ptr() != x.data_ptr() and y.grad_fn is not None
+    assert not tiny.vision_model.blocks[0].se.inplace, "an unfused model never gates in place"
 
 
 def test_fusing_twice_changes_nothing(tiny):
