@@ -129,7 +129,28 @@ class MBConv(nn.Module):
         self.has_residual = stride == 1 and in_ch == out_ch and not first_in_stage
         self.drop_path = DropPath(drop_path) if self.has_residual else nn.Identity()
 
+        # CPU inference only (set by `fuse_for_inference`): split the batch so that no expanded map is larger
+        # than this many bytes. None: never split.
+        self.cpu_chunk_bytes: int | None = None
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        """How many samples of `x` (B, in, H, W) to run at once: B, unless `cpu_chunk_bytes` says fewer."""
+        if self.cpu_chunk_bytes is None or self.training or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return x.shape[0]  # inductor plans its own buffers
+        per_sample = self.dw_conv.in_channels * x.shape[2] * x.shape[3] * x.element_size()  # one expanded map
+        return max(1, self.cpu_chunk_bytes // per_sample)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.chunk_size(x)
+        if n < x.shape[0]:
+            # Samples are independent in eval mode. Smaller maps stay in the CPU's cache between the expand,
+            # depthwise and project convs, and the allocator recycles their buffers instead of mapping (and
+            # page-faulting) fresh memory for every large temporary.
+            return torch.cat([self.forward_batch(chunk) for chunk in x.split(n)])  # (B, out, H/s, W/s)
+        return self.forward_batch(x)
+
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on the whole of `x`, never split."""
         shortcut = x  # (B, in, H, W)
         if self.expand_conv is not None:
             x = self.expand_act(self.expand_bn(self.expand_conv(x)))  # (B, mid, H, W)

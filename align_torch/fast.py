@@ -11,6 +11,10 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
   buffers whose allocation (page faults) costs as much as the arithmetic on a small CPU are not made.
   Elsewhere (CUDA, autocast, torch.compile, inputs that need gradients) it is the plain conv + F.silu;
 - the image tower moves to channels_last (cuDNN and oneDNN both run depthwise and 1x1 convs faster in NHWC);
+- on the CPU, a block whose expanded maps for the whole batch exceed `cpu_chunk_mb` (16 MiB) runs on slices of
+  the batch and concatenates the results (exact: samples are independent in eval mode). At align-base's
+  289 px the first stages' maps are 16-64 MiB for a batch of 4; sliced, they stay in cache from one conv to
+  the next and the allocator recycles their buffers, where each fresh 64 MiB map cost ~16k page faults;
 - texts padded to a fixed length (the processor pads to 64) are cut to the longest real text before the
   text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
   change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
@@ -288,14 +292,19 @@ def is_fused(model: nn.Module) -> bool:
     return any(isinstance(m, FusedConv2d) for m in model.modules())
 
 
-def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text: bool = True) -> AlignModel:
+def fuse_for_inference(
+    model: AlignModel, channels_last: bool = True, trim_text: bool = True, cpu_chunk_mb: float | None = 16
+) -> AlignModel:
     """Make `model` an inference-only fast model, in place, and return it (see the module docstring).
 
     `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
     them; on the CPU in fp32 the oneDNN convs return NHWC maps either way). `trim_text` cuts padded text
-    batches to their longest real text in eager mode. Fusing a fused model does nothing more. Reload the
-    model to train it again.
+    batches to their longest real text in eager mode. `cpu_chunk_mb`: on the CPU, a block whose expanded
+    maps would exceed this many MiB for the whole batch runs on slices of the batch (None: never). Fusing a
+    fused model does nothing more. Reload the model to train it again.
     """
+    if cpu_chunk_mb is not None and not cpu_chunk_mb > 0:
+        raise ValueError(f"cpu_chunk_mb must be a positive number of MiB or None, got {cpu_chunk_mb!r}")
     vision = model.vision_model
     if is_fused(vision):
         return model.eval()
@@ -304,6 +313,7 @@ def fuse_for_inference(model: AlignModel, channels_last: bool = True, trim_text:
     for block in vision.blocks:
         _fold_pairs(block, _BLOCK_PAIRS)
         block.se.inplace = True  # the gate may overwrite the depthwise output: nothing else reads it
+        block.cpu_chunk_bytes = None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20)
     if channels_last:
         vision.to(memory_format=torch.channels_last)
     # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim.

@@ -181,12 +181,14 @@ class AlignModel(nn.Module):
         self.vision_model.set_grad_checkpointing(enable)
         self.text_model.set_grad_checkpointing(enable)
 
-    def fuse_for_inference(self, channels_last: bool = True, trim_text: bool = True) -> AlignModel:
-        """Fold BatchNorms and SiLUs into the convs, go channels_last, trim text padding; in place, inference
-        only (see align_torch.fast)."""
+    def fuse_for_inference(
+        self, channels_last: bool = True, trim_text: bool = True, cpu_chunk_mb: float | None = 16
+    ) -> AlignModel:
+        """Fold BatchNorms and SiLUs into the convs, go channels_last, trim text padding, slice large CPU
+        batches; in place, inference only (see align_torch.fast)."""
         from .fast import fuse_for_inference
 
-        return fuse_for_inference(self, channels_last=channels_last, trim_text=trim_text)
+        return fuse_for_inference(self, channels_last=channels_last, trim_text=trim_text, cpu_chunk_mb=cpu_chunk_mb)
 
     # --- loading and saving ---------------------------------------------------------------------------
     @classmethod

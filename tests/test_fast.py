@@ -176,6 +176,42 @@ def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
     assert not tiny.vision_model.blocks[0].se.inplace, "an unfused model never gates in place"
 
 
+def test_cpu_batches_are_sliced_to_the_chunk_budget_without_changing_results(tiny):
+    pixels = smooth_images(5, 64, seed=3)
+    whole = copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=None)
+    sliced = copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=0.05)  # 52 KB: a few samples per slice
+    blocks = sliced.vision_model.blocks
+    size = blocks[0].chunk_size(sliced.vision_model.stem(pixels))
+    assert all(b.cpu_chunk_bytes == int(0.05 * 2**20) for b in blocks)
+    assert 1 <= size < 5, f"the budget must split the first block's batch of 5, got slices of {size}"
+    calls: list[int] = []
+    blocks[0].register_forward_hook(lambda _m, _i, out: calls.append(out.shape[0]))
+    inner: list[int] = []
+    blocks[0].dw_conv.register_forward_hook(lambda _m, _i, out: inner.append(out.shape[0]))
+    with torch.no_grad():
+        ref = whole.vision_model.forward_intermediates(pixels)
+        out = sliced.vision_model.forward_intermediates(pixels)
+    assert calls == [5], "a block hook sees the whole batch once"
+    assert len(inner) > 1 and sum(inner) == 5, "the block's insides ran on slices"
+    for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states, strict=True)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"hidden state {i}")
+    assert out.hidden_states[-1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_chunk_budget_never_splits_training_or_bad_values(tiny):
+    model = copy.deepcopy(tiny)
+    block = model.vision_model.blocks[0]
+    x = torch.randn(4, block.expand_conv.in_channels if block.expand_conv else block.dw_conv.in_channels, 8, 8)
+    assert block.chunk_size(x) == 4, "unfused models never split"
+    block.cpu_chunk_bytes = 1
+    assert block.chunk_size(x) == 1
+    block.train()
+    assert block.chunk_size(x) == 4, "BatchNorm's batch statistics need the whole batch"
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="cpu_chunk_mb"):
+            copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=bad)
+
+
 def test_fusing_twice_changes_nothing(tiny):
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
     once = copy.deepcopy(tiny).fuse_for_inference()
