@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,14 +65,16 @@ def worker(side: str, checkpoint: Path, batch: int, iters: int) -> dict[str, obj
         def run() -> torch.Tensor:
             return model.encode_image(pixels)
 
-    times = []
+    times, faults = [], []
     with torch.inference_mode():
         first = run()  # warm-up: oneDNN builds its kernels and reorders weights on the first call
         for _ in range(iters):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
             run()
             times.append(time.perf_counter() - t)
-    return {"times": times, "embedding": first[:, :8].tolist()}
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {"times": times, "page_faults": faults, "embedding": first[:, :8].tolist()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from hf_reference import hf_align_model
 
     times: dict[str, list[float]] = {side: [] for side in SIDES}
+    faults: dict[str, list[int]] = {side: [] for side in SIDES}
     embeddings: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "align-base-random"
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"worker {side!r} failed with exit code {out.returncode}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 times[side] += result["times"]
+                faults[side] += result["page_faults"]
                 embeddings[side] = result["embedding"]
                 print(
                     f"  round {r + 1}: {side} best {min(result['times']) / args.batch * 1e3:.0f} ms/image",
@@ -138,17 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_best": base_best / best,
                 "ratio_median": base_median / median,
                 "max_rel_diff_first8": diff,
+                "page_faults_per_call": statistics.median(faults[side]),
             }
         )
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
     memory = "glibc keeps freed memory" if args.keep_memory else "default allocator"
     print(f"{machine}; batch {args.batch}, {args.rounds} processes x {args.iters} calls per side; {memory}")
-    print("| side | best ms/image | median ms/image | vs transformers (best) | vs transformers (median) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| side | best ms/image | median ms/image | vs transformers (best) | vs transformers (median) | page faults/call |"
+    )
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['side']} | {row['best_ms_per_image']:.0f} | {row['median_ms_per_image']:.0f} | "
-            f"{row['ratio_best']:.2f}x | {row['ratio_median']:.2f}x |"
+            f"{row['ratio_best']:.2f}x | {row['ratio_median']:.2f}x | {row['page_faults_per_call']:,.0f} |"
         )
     if args.json is not None:
         from align_torch.fileio import atomic_file
