@@ -187,6 +187,33 @@ def test_embed_text_and_search_find_the_matching_text(tiny, model_dir, tmp_path)
     assert hits[0]["score"] > hits[1]["score"] and hits[0]["rank"] == 1
 
 
+def test_job_commands_fuse_the_model_unless_told_not_to(collection, model_dir, tmp_path, monkeypatch):
+    from align_torch.commands import _common
+    from align_torch.fast import is_fused
+
+    loaded: list[AlignModel] = []
+    real = _common.load_model_and_processor
+
+    def spy(*args, **kwargs):
+        model, processor = real(*args, **kwargs)
+        loaded.append(model)
+        return model, processor
+
+    for module in ("embed", "embed_text", "zero_shot", "search", "eval"):
+        monkeypatch.setattr(f"align_torch.commands.{module}.load_model_and_processor", spy)
+    _, files = collection
+    photo = sorted(files["good"])[0]
+    rows = {}
+    for extra in ([], ["--unfused"]):
+        out = tmp_path / f"one{len(extra)}.safetensors"
+        status, _, _ = run_cli("embed", photo, "--out", out, "--model", model_dir, *extra)
+        assert status == 0
+        rows[bool(extra)] = EmbeddingIndex.load(out).vectors
+    assert [is_fused(m) for m in loaded] == [True, False]
+    assert not loaded[1].training
+    torch.testing.assert_close(rows[True], rows[False], rtol=0, atol=TOL)
+
+
 def test_search_images_prints_scores_best_first(embedded, tiny, model_dir):
     _, _, out = embedded
     model, processor = tiny

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = output_file(args.out)
     paths = list_images(args.images)
-    model, processor = load_model_and_processor(args.model, args.device)
+    model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
     try:
         result = embed_images(
             model,

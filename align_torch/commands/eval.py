@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to evaluate: pass --zero-shot-dir, --retrieval, or --knn-train with --knn-val")
     if bool(args.knn_train) != bool(args.knn_val):
         raise ValueError("k-NN needs both --knn-train and --knn-val")
-    model, processor = load_model_and_processor(args.model, args.device)
+    model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
     common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
     results: dict[str, object] = {"model": args.model}
     skipped = []

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     index = EmbeddingIndex.load(args.embeddings)
     model_name = args.model or index.model
-    model, processor = load_model_and_processor(model_name, args.device)
+    model, processor = load_model_and_processor(model_name, args.device, fuse=not args.unfused)
     query = embed_texts(model, processor.tokenizer, [args.query])[0]  # (P,)
     hits = index.search(query, args.k)
     if args.json:
