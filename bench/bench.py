@@ -337,7 +337,6 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
     batch = make_texts(n, ours.config.text.vocab_size, full=False, device=device)
     tag = "bf16" if args.bf16 else "fp32"
-    fused_adamw = device.type == "cuda"
     specs: list[tuple[str, bool, dict]] = [
         (f"transformers {tag}", False, {}),
         (f"align_torch {tag}", True, {}),
@@ -360,45 +359,57 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
                     {"cl": True, "fused": True, "compile": True},
                 )
             )
+    if args.train_variants:
+        specs = [spec for spec in specs if any(part in spec[0] for part in args.train_variants)]
     results = []
     for name, is_ours, opts in specs:
         base = allocated(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        model = copy.deepcopy(ours if is_ours else hf)
-        x = pixels_cl if opts.get("cl") else pixels
-        if opts.get("cl"):
-            model.vision_model.to(memory_format=torch.channels_last)
-        if opts.get("ckpt"):
-            model.set_grad_checkpointing(True)
-        if opts.get("compile"):
-            model = torch.compile(model, backend=args.compile_backend)
-        step = train_step_fn(model, batch, x, args.bf16, opts.get("fused", False) and fused_adamw)
-        step()  # warm-up (and compile)
-        sync(device)
-        times = []
-        for _ in range(args.iters):
-            t = time.perf_counter()
-            step()
-            sync(device)
-            times.append(time.perf_counter() - t)
-        results.append(
-            Result(
-                "train", name, n / min(times), min(times), statistics.median(times), peak_mem_gib=peak_gib(device, base)
-            )
-        )
+        try:
+            results.append(train_one(name, is_ours, opts, hf, ours, batch, pixels, pixels_cl, args, device, base))
+        except torch.OutOfMemoryError:
+            # A batch too large for this variant is a figure too: it is what checkpointing is for.
+            results.append(Result("train", name, float("nan"), float("nan"), float("nan"), note="out of memory"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # here, once the failed variant's frames are gone
         print(f"  train: {name} done", file=sys.stderr, flush=True)
-        del model, step
-    ref = results[0].items_per_s
-    for r in results:
-        r.vs_transformers_fp32 = r.items_per_s / ref  # the first transformers variant, whatever its dtype
-        r.vs_transformers_best = r.items_per_s / max(
-            x.items_per_s for x in results if x.name.startswith("transformers")
-        )
+    ran = [r for r in results if r.items_per_s == r.items_per_s]  # not NaN
+    ref = next((r for r in ran if r.name.startswith("transformers")), None)
+    for r in ran:
+        if ref is not None:
+            r.vs_transformers_fp32 = r.items_per_s / ref.items_per_s  # the first transformers variant
+            r.vs_transformers_best = r.items_per_s / max(
+                x.items_per_s for x in ran if x.name.startswith("transformers")
+            )
     return results
 
 
-# --- report -------------------------------------------------------------------------------------------
+def train_one(name, is_ours, opts, hf, ours, batch, pixels, pixels_cl, args, device, base) -> Result:
+    """One train variant on its own fresh copy of its model; best and median step time, peak memory."""
+    n = args.train_batch
+    model = copy.deepcopy(ours if is_ours else hf)
+    x = pixels_cl if opts.get("cl") else pixels
+    if opts.get("cl"):
+        model.vision_model.to(memory_format=torch.channels_last)
+    if opts.get("ckpt"):
+        model.set_grad_checkpointing(True)
+    if opts.get("compile"):
+        model = torch.compile(model, backend=args.compile_backend)
+    step = train_step_fn(model, batch, x, args.bf16, opts.get("fused", False) and device.type == "cuda")
+    step()  # warm-up (and compile)
+    sync(device)
+    times = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return Result(
+        "train", name, n / min(times), min(times), statistics.median(times), peak_mem_gib=peak_gib(device, base)
+    )
+
+
 def table(results: list[Result]) -> str:
     def fmt(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
@@ -433,6 +444,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument(
+        "--train-variants",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="run only the train variants whose name contains one of these (e.g. checkpointing)",
+    )
     p.add_argument("--groups", nargs="+", default=["image", "text", "train"], choices=["image", "text", "train"])
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)

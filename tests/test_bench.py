@@ -37,3 +37,12 @@ def test_bench_runs_every_cpu_variant_on_the_tiny_preset(bench_module, tmp_path)
     assert any(r["group"] == "train" for r in results)
     fp32 = [r for r in results if r["group"] == "image" and "bf16" not in r["name"]]
     assert all(r["max_rel_diff"] <= 1e-4 for r in fp32), "every fp32 image variant stays within 1e-4 of transformers"
+
+
+def test_train_variants_filter_keeps_only_the_named_variants(bench_module, tmp_path):
+    out = tmp_path / "train.json"
+    argv = ["--preset", "tiny", "--groups", "train", "--train-variants", "align_torch", "--iters", "1"]
+    assert bench_module.main([*argv, "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["name"] for r in results] == ["align_torch fp32"]
+    assert results[0]["vs_transformers_fp32"] is None, "no transformers variant ran, so there is no ratio"
