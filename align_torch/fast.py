@@ -31,6 +31,7 @@ study the insides of a block (block outputs and `forward_intermediates` are neve
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +51,22 @@ def _onednn_ready() -> bool:
 
 _ONEDNN = _onednn_ready()
 _ACTS = {"": "none", "silu": "swish"}  # FusedConv2d.act -> oneDNN post-op name
+
+
+def _onednn_conv(conv: FusedConv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv + bias (+ SiLU) as one oneDNN call: (B, C_in, H, W) -> (B, C_out, H', W'), channels_last."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x,
+        conv._packed_weight(x),
+        conv.bias,
+        list(conv.padding),
+        list(conv.stride),
+        list(conv.dilation),
+        conv.groups,
+        _ACTS[conv.act],
+        [],
+        "",
+    )
 
 
 class FusedConv2d(nn.Conv2d):
@@ -88,6 +105,7 @@ class FusedConv2d(nn.Conv2d):
             and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and x.requires_grad)  # the oneDNN op has no backward
             and not torch.compiler.is_compiling()  # inductor fuses the plain ops itself
+            and not self.__dict__.get("_onednn_failed", False)
         )
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,18 +126,20 @@ class FusedConv2d(nn.Conv2d):
         if self.weight.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"gradients for folded weights requested: this model was {FUSED_ERROR}")
         if self._use_onednn(x):
-            return torch.ops.mkldnn._convolution_pointwise(
-                x,
-                self._packed_weight(x),
-                self.bias,
-                list(self.padding),
-                list(self.stride),
-                list(self.dilation),
-                self.groups,
-                _ACTS[self.act],
-                [],
-                "",
-            )  # (B, C_out, H', W'), channels_last
+            try:
+                return _onednn_conv(self, x)
+            except RuntimeError as err:
+                y = self._plain(x)  # a bad input raises PyTorch's own error here, and oneDNN stays on
+                self.__dict__["_onednn_failed"] = True
+                warnings.warn(
+                    f"oneDNN's fused conv failed ({err}); this layer runs as conv then SiLU from now on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return y
+        return self._plain(x)
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         return F.silu(y) if self.act == "silu" else y
 

@@ -148,6 +148,31 @@ def test_reordered_weights_follow_input_sizes_and_weight_changes(tiny):
         assert not torch.allclose(before, after)
 
 
+@needs_onednn
+def test_a_failing_onednn_call_falls_back_once_with_a_warning(tiny, monkeypatch):
+    import align_torch.fast as fast
+
+    conv = copy.deepcopy(tiny).fuse_for_inference().vision_model.blocks[0].dw_conv
+    x = torch.randn(2, conv.in_channels, 9, 9)
+    with torch.no_grad():
+        expect = F.silu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, groups=conv.groups))
+        # A bad input is the caller's error, in PyTorch's words, and does not switch oneDNN off.
+        with pytest.raises(RuntimeError, match="channels"):
+            conv(torch.randn(2, conv.in_channels + 1, 9, 9))
+        assert not conv.__dict__.get("_onednn_failed")
+        calls = []
+
+        def broken(*args):
+            calls.append(1)
+            raise RuntimeError("unsupported by this oneDNN build")
+
+        monkeypatch.setattr(fast, "_onednn_conv", broken)
+        with pytest.warns(RuntimeWarning, match="unsupported by this oneDNN build"):
+            torch.testing.assert_close(conv(x), expect, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv(x), expect, atol=1e-5, rtol=1e-5)
+    assert calls == [1], "after one failure the layer stays on the plain path"
+
+
 def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
     """The cached oneDNN weights are opaque tensors: copying or saving a model that has run must drop them."""
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
