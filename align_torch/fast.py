@@ -7,8 +7,8 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
 - the SiLU after a folded conv moves into it (`FusedConv2d.act`) and its module becomes `nn.Identity` too. On
   the CPU in fp32 eager mode a FusedConv2d then runs as one oneDNN call (conv + bias + SiLU as a post-op,
   weights reordered once into oneDNN's blocked layout and cached), and the squeeze-excite gate multiplies
-  in place: the expanded maps are read and written once instead of three times, and the large temporary
-  buffers whose allocation (page faults) costs as much as the arithmetic on a small CPU are not made.
+  in place: two passes over each depthwise map instead of four (conv, BatchNorm, SiLU, gate), and none of
+  the large temporary buffers whose allocation (page faults) costs as much as the arithmetic on a small CPU.
   Elsewhere (CUDA, autocast, torch.compile, inputs that need gradients) it is the plain conv + F.silu;
 - the image tower moves to channels_last (cuDNN and oneDNN both run depthwise and 1x1 convs faster in NHWC);
 - on the CPU, a block whose expanded maps for the whole batch exceed `cpu_chunk_mb` (16 MiB) runs on slices of
