@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..device import DEVICES, resolve_device
 
 if TYPE_CHECKING:
+    from ..embeddings import ImageEmbeddings
     from ..model import AlignModel
     from ..processor import AlignProcessor
 
@@ -98,3 +99,26 @@ def load_model_and_processor(model: str, device: str, fuse: bool = True) -> tupl
 def report_skipped(command: str, path: Path | str, reason: str) -> None:
     """One line on stderr per unreadable input; through tqdm so a progress bar stays intact."""
     tqdm.write(f"align-torch {command}: skipped {path}: {reason}", file=sys.stderr)
+
+
+def embed_image_files(
+    command: str,
+    model: AlignModel,
+    processor: AlignProcessor,
+    paths: list[Path],
+    args: argparse.Namespace,
+    progress: bool,
+) -> ImageEmbeddings:
+    """`embed_images` with the command's --batch-size, --workers and --strict, reporting each skipped file."""
+    from ..embeddings import embed_images
+
+    return embed_images(
+        model,
+        processor.image_processor,
+        paths,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict=args.strict,
+        on_failure=lambda path, reason: report_skipped(command, path, reason),
+        progress=progress,
+    )

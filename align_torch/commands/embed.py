@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, output_file, report_skipped
+from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor, output_file
 
 HELP = "embed images (files, folders, globs) into an embeddings file for `align-torch search`"
 
@@ -25,23 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..embedding_index import EmbeddingIndex
-    from ..embeddings import embed_images
     from ..images import ImageLoadError, list_images
 
     out = output_file(args.out)
     paths = list_images(args.images)
     model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
     try:
-        result = embed_images(
-            model,
-            processor.image_processor,
-            paths,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            strict=args.strict,
-            on_failure=lambda path, reason: report_skipped("embed", path, reason),
-            progress=not args.quiet,
-        )
+        result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
     except ImageLoadError as e:
         print(f"align-torch embed: error: {e} (--strict: nothing written)", file=sys.stderr)
         return 1

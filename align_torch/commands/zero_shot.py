@@ -16,7 +16,7 @@ import json
 import sys
 
 from ..templates import TEMPLATE_SETS
-from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
+from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor
 
 HELP = "classify images against free-text labels (zero-shot), printing labels ranked by probability"
 
@@ -37,7 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..embeddings import embed_images
     from ..images import ImageLoadError, list_images
     from ..zero_shot import build_classifier, classify_embeddings
 
@@ -47,15 +46,8 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
     classifier = build_classifier(model, processor, args.labels, args.templates)  # (C, P)
     try:
-        images = embed_images(
-            model,
-            processor.image_processor,
-            paths,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            strict=args.strict,
-            on_failure=lambda path, reason: report_skipped("zero-shot", path, reason),
-            progress=not args.quiet and len(paths) > 1,
+        images = embed_image_files(
+            "zero-shot", model, processor, paths, args, progress=not args.quiet and len(paths) > 1
         )
     except ImageLoadError as e:
         print(f"align-torch zero-shot: error: {e} (--strict)", file=sys.stderr)
