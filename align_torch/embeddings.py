@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .data.images import ImageFileDataset, ImageLoadError, collate_images
 from .image_processing import AlignImageProcessor
-from .images import ImageFileDataset, ImageLoadError, collate_images
 from .model import AlignModel
 from .tokenizer import AlignTokenizer
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from .data.images import list_images
 from .embeddings import embed_images, embed_texts
-from .images import list_images
 from .model import AlignModel
 from .processor import AlignProcessor
 

@@ -14,9 +14,9 @@ from _job_data import write_collection
 
 from align_torch import AlignModel, AlignProcessor
 from align_torch.cli import main
+from align_torch.data.images import load_image
 from align_torch.device import resolve_device
 from align_torch.embedding_index import EmbeddingIndex
-from align_torch.images import load_image
 
 TOL = 1e-5
 JOB_COMMANDS = ("zero-shot", "embed", "embed-text", "search")

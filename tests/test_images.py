@@ -10,7 +10,7 @@ import torch
 from _job_data import photo, write_collection, write_exif_rotated
 from torch.utils.data import DataLoader
 
-from align_torch.images import ImageFileDataset, ImageLoadError, collate_images, list_images, load_image
+from align_torch.data.images import ImageFileDataset, ImageLoadError, collate_images, list_images, load_image
 
 
 @pytest.fixture(scope="module")

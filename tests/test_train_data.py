@@ -13,17 +13,9 @@ import pytest
 import torch
 from _train_data import shape_image, write_shapes_manifest
 
+from align_torch.data import TarMember, expand_shards, read_pairs
 from align_torch.image_processing import AlignImageProcessor
-from align_torch.train.data import (
-    Collate,
-    EpochBatches,
-    PairDataset,
-    TarMember,
-    TrainTransform,
-    expand_shards,
-    read_pairs,
-    sample_rng,
-)
+from align_torch.train.data import Collate, EpochBatches, PairDataset, TrainTransform, sample_rng
 
 
 def _processor() -> AlignImageProcessor:

@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.images import ImageLoadError, list_images
     from ..embedding_index import EmbeddingIndex
-    from ..images import ImageLoadError, list_images
 
     out = output_file(args.out)
     paths = list_images(args.images)

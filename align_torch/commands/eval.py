@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import read_manifest
     from ..evaluate import knn_accuracy, retrieval_recall, zero_shot_accuracy
-    from ..train.data import read_manifest
 
     if not (args.zero_shot_dir or args.retrieval or args.knn_train or args.knn_val):
         raise ValueError("nothing to evaluate: pass --zero-shot-dir, --retrieval, or --knn-train with --knn-val")

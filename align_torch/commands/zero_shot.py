@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import ImageLoadError, list_images
+    from ..data.images import ImageLoadError, list_images
     from ..zero_shot import build_classifier, classify_embeddings
 
     if args.k is not None and args.k < 1:

@@ -1,5 +1,5 @@
-"""Image-caption data for fine-tuning: manifests and WebDataset shards, the train transform, a resumable
-per-epoch batch order, and a collate function that tokenises and drops unreadable images.
+"""Image-caption data for fine-tuning: the train transform, a resumable per-epoch batch order, and a collate
+function that tokenises and drops unreadable images. Manifests and shards are read by align_torch.data.
 
 Every random choice about a sample (its place in the epoch, its crop, its flip) is a pure function of
 (seed, epoch, index), never of a worker's or the main process's RNG, so the batches are the same with any
@@ -8,184 +8,21 @@ number of DataLoader workers and after a resume.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import glob
-import io
-import json
 import math
-import os
-import re
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..data import MANIFEST_SUFFIXES as MANIFEST_SUFFIXES  # the trainer's names for the shared readers
+from ..data import ImageLoadError, Pair, load_pair_image
+from ..data import read_pairs as read_pairs
 from ..image_processing import AlignImageProcessor
-from ..images import ImageLoadError, load_image
 from ..tokenizer import AlignTokenizer
-
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
-SHARD_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
-
-
-@dataclass(frozen=True)
-class TarMember:
-    """An image stored inside a tar shard, read by seeking to its data."""
-
-    shard: str
-    name: str
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class Pair:
-    image: Path | TarMember
-    caption: str
-
-
-@dataclass
-class PairList:
-    """What reading a manifest or shards gives: the usable pairs and how many rows were skipped."""
-
-    pairs: list[Pair]
-    skipped_empty_captions: int = 0
-
-
-# --- reading ------------------------------------------------------------------------------------------
-def read_pairs(spec: str | os.PathLike) -> PairList:
-    """A manifest file (.csv/.tsv/.jsonl) or WebDataset shards (a .tar, a folder of .tar, a glob, or a
-    brace range such as `shards/{00000..00009}.tar`) -> image-caption pairs."""
-    text = os.fspath(spec)
-    if text.endswith(MANIFEST_SUFFIXES):
-        return read_manifest(text)
-    shards = expand_shards(text)
-    if not shards:
-        raise FileNotFoundError(
-            f"{text!r} is neither a manifest ({', '.join(MANIFEST_SUFFIXES)}) nor .tar shards that exist"
-        )
-    return read_shards(shards)
-
-
-def read_manifest(path: str | os.PathLike) -> PairList:
-    """Rows with `image` (a path relative to the manifest's folder, or absolute) and `caption`.
-
-    Rows with an empty caption are counted in `skipped_empty_captions` and left out."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
-    rows = _read_rows(path)
-    pairs, empty = [], 0
-    for i, row in enumerate(rows):
-        missing = [k for k in ("image", "caption") if k not in row]
-        if missing:
-            raise ValueError(f"{path}: row {i + 1} has no {' or '.join(missing)} column (found {sorted(row)})")
-        caption = str(row["caption"] or "").strip()
-        if not caption:
-            empty += 1
-            continue
-        if not row["image"]:
-            raise ValueError(f"{path}: row {i + 1} has an empty image path")
-        image = Path(str(row["image"])).expanduser()
-        pairs.append(Pair(image if image.is_absolute() else path.parent / image, caption))
-    if not pairs:
-        raise ValueError(f"{path}: no rows with both an image and a non-empty caption")
-    return PairList(pairs, empty)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as f:
-        if path.suffix == ".jsonl":
-            rows = []
-            for i, line in enumerate(f):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: line {i + 1} is not JSON ({e})") from None
-                    if not isinstance(row, dict):
-                        raise ValueError(f"{path}: line {i + 1} is not a JSON object")
-                    rows.append(row)
-            return rows
-        return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-
-
-def expand_shards(spec: str) -> list[Path]:
-    """`a.tar`, a folder (its *.tar), a glob, or brace ranges `{000..123}` (zero padding kept), sorted."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return sorted(path.glob("*.tar"))
-    if path.is_file():
-        return [path]
-    names = [spec]
-    while any(re.search(r"\{(\d+)\.\.(\d+)\}", n) for n in names):
-        expanded = []
-        for n in names:
-            m = re.search(r"\{(\d+)\.\.(\d+)\}", n)
-            if m is None:
-                expanded.append(n)
-                continue
-            width = len(m.group(1))
-            for k in range(int(m.group(1)), int(m.group(2)) + 1):
-                expanded.append(n[: m.start()] + str(k).zfill(width) + n[m.end() :])
-        names = expanded
-    files = sorted({Path(p) for n in names for p in glob.glob(os.path.expanduser(n))})
-    return [f for f in files if f.is_file()]
-
-
-def read_shards(shards: Sequence[Path]) -> PairList:
-    """Index WebDataset tar shards: files sharing a key (the name up to the first dot) form one sample; a
-    sample needs an image (.jpg/.jpeg/.png/.webp) and a .txt caption. Only headers and captions are read."""
-    pairs, empty = [], 0
-    for shard in shards:
-        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        try:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    directory, _, base = member.name.rpartition("/")
-                    stem, dot, ext = base.partition(".")
-                    if dot:
-                        samples.setdefault(f"{directory}/{stem}", {})[ext.lower()] = member
-                for files in samples.values():
-                    image = next((files[e] for e in SHARD_IMAGE_SUFFIXES if e in files), None)
-                    if image is None or "txt" not in files:
-                        continue
-                    caption = tar.extractfile(files["txt"]).read().decode("utf-8", errors="replace").strip()
-                    if not caption:
-                        empty += 1
-                        continue
-                    ref = TarMember(str(shard), image.name, image.offset_data, image.size)
-                    pairs.append(Pair(ref, caption))
-        except tarfile.TarError as e:
-            raise ValueError(f"{shard}: not a readable tar shard ({e})") from None
-    if not pairs:
-        raise ValueError(f"no image + .txt samples in {len(shards)} shard(s), e.g. {shards[0]}")
-    return PairList(pairs, empty)
-
-
-def load_pair_image(image: Path | TarMember) -> PIL.Image.Image:
-    """The RGB image of a pair (EXIF orientation applied); ImageLoadError when it cannot be read."""
-    if isinstance(image, Path):
-        return load_image(image)
-    where = f"{image.shard}:{image.name}"
-    try:
-        with open(image.shard, "rb") as f:
-            f.seek(image.offset)
-            data = f.read(image.size)
-        with PIL.Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return PIL.ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
-        raise ImageLoadError(where, f"unreadable image ({type(e).__name__}: {e})") from None
 
 
 # --- transforms ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import PIL.ImageOps
 import torch
 from torch.utils.data import Dataset
 
-from .image_processing import to_rgb_chw
+from ..image_processing import to_rgb_chw
 
 # Suffixes picked up when listing a folder (case-insensitive). Files named explicitly or matched by a glob
 # are taken whatever their suffix.

@@ -1,0 +1,66 @@
+"""Manifests: a table with an `image` column (paths relative to the manifest's folder, or absolute) and an
+optional `caption` column, as CSV, TSV, JSON lines or Parquet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from .samples import Pair, PairList
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+
+
+def read_manifest(path: str | os.PathLike, require_caption: bool = True) -> PairList:
+    """Rows with `image` and, when `require_caption`, a non-empty `caption`.
+
+    With `require_caption` rows with an empty caption are counted in `skipped_empty_captions` and left out;
+    without it the caption column is optional and an empty caption is None."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
+    rows = _read_rows(path)
+    needed = ("image", "caption") if require_caption else ("image",)
+    pairs, empty = [], 0
+    for i, row in enumerate(rows):
+        missing = [k for k in needed if k not in row]
+        if missing:
+            raise ValueError(f"{path}: row {i + 1} has no {' or '.join(missing)} column (found {sorted(row)})")
+        caption = str(row.get("caption") or "").strip()
+        if not caption and require_caption:
+            empty += 1
+            continue
+        if not row["image"]:
+            raise ValueError(f"{path}: row {i + 1} has an empty image path")
+        image = Path(str(row["image"])).expanduser()
+        pairs.append(Pair(image if image.is_absolute() else path.parent / image, caption or None))
+    if not pairs:
+        what = "both an image and a non-empty caption" if require_caption else "an image"
+        raise ValueError(f"{path}: no rows with {what}")
+    return PairList(pairs, empty)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises its own types for a damaged or foreign file
+            raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    with path.open(encoding="utf-8", newline="") as f:
+        if path.suffix == ".jsonl":
+            rows = []
+            for i, line in enumerate(f):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}: line {i + 1} is not JSON ({e})") from None
+                    if not isinstance(row, dict):
+                        raise ValueError(f"{path}: line {i + 1} is not a JSON object")
+                    rows.append(row)
+            return rows
+        return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))

@@ -1,0 +1,118 @@
+"""WebDataset tar shards (img2dataset's output): files sharing a key (the name up to the first dot) form one
+sample: an image (.jpg/.jpeg/.png/.webp), an optional .txt caption and an optional .json with `key`, `url`.
+Shards are indexed by reading headers only; an image is read later by seeking to its data."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import PIL.Image
+import PIL.ImageOps
+
+from .images import ImageLoadError
+from .samples import Pair, PairList, TarMember
+
+SHARD_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_shards(spec: str) -> list[Path]:
+    """`a.tar`, a folder (its *.tar), a glob, or brace ranges `{000..123}` (zero padding kept), sorted."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return sorted(path.glob("*.tar"))
+    if path.is_file():
+        return [path]
+    names = [spec]
+    while any(_BRACE_RANGE.search(n) for n in names):
+        expanded = []
+        for n in names:
+            m = _BRACE_RANGE.search(n)
+            if m is None:
+                expanded.append(n)
+                continue
+            width = len(m.group(1))
+            for k in range(int(m.group(1)), int(m.group(2)) + 1):
+                expanded.append(n[: m.start()] + str(k).zfill(width) + n[m.end() :])
+        names = expanded
+    files = sorted({Path(p) for n in names for p in glob.glob(os.path.expanduser(n))})
+    return [f for f in files if f.is_file()]
+
+
+def read_shard(shard: str | os.PathLike, require_caption: bool = True, metadata: bool = False) -> PairList:
+    """One shard's samples in the order they are stored. With `require_caption` a sample needs a non-empty
+    .txt; with `metadata` each sample's .json is read for its `key` and `url` (else the key is the tar name)."""
+    pairs, empty = [], 0
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, _, base = member.name.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                if dot:
+                    samples.setdefault(f"{directory}/{stem}" if directory else stem, {})[ext.lower()] = member
+            for key, files in samples.items():
+                image = next((files[e] for e in SHARD_IMAGE_SUFFIXES if e in files), None)
+                if image is None or (require_caption and "txt" not in files):
+                    continue
+                caption = None
+                if "txt" in files:
+                    caption = tar.extractfile(files["txt"]).read().decode("utf-8", errors="replace").strip() or None
+                if caption is None and require_caption:
+                    empty += 1
+                    continue
+                url = None
+                if metadata and "json" in files:
+                    info = _json_object(tar.extractfile(files["json"]).read())
+                    key = str(info.get("key") or key)
+                    url = None if info.get("url") is None else str(info["url"])
+                ref = TarMember(os.fspath(shard), image.name, image.offset_data, image.size)
+                pairs.append(Pair(ref, caption, key=key if metadata else None, url=url))
+    except tarfile.TarError as e:
+        raise ValueError(f"{shard}: not a readable tar shard ({e})") from None
+    return PairList(pairs, empty)
+
+
+def _json_object(data: bytes) -> dict:
+    # A damaged .json costs the sample its url, not the run.
+    try:
+        info = json.loads(data.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def read_shards(shards: Sequence[Path], require_caption: bool = True, metadata: bool = False) -> PairList:
+    """All samples of the shards, shard by shard (see read_shard); raises when there are none."""
+    pairs, empty = [], 0
+    for shard in shards:
+        part = read_shard(shard, require_caption, metadata)
+        pairs.extend(part.pairs)
+        empty += part.skipped_empty_captions
+    if not pairs:
+        what = "image + .txt" if require_caption else "image"
+        raise ValueError(f"no {what} samples in {len(shards)} shard(s), e.g. {shards[0]}")
+    return PairList(pairs, empty)
+
+
+def load_tar_image(image: TarMember) -> PIL.Image.Image:
+    """The RGB image stored in a shard (EXIF orientation applied); ImageLoadError when it cannot be read."""
+    where = f"{image.shard}:{image.name}"
+    try:
+        with open(image.shard, "rb") as f:
+            f.seek(image.offset)
+            data = f.read(image.size)
+        with PIL.Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return PIL.ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise ImageLoadError(where, f"unreadable image ({type(e).__name__}: {e})") from None
