@@ -1,0 +1,126 @@
+"""The embeddings folder written by `align-torch embed INPUT --out DIR`: clip-retrieval's `inference` layout,
+so embedding-reader, autofaiss and clip-retrieval's `index`/`back` read it unchanged.
+
+    DIR/
+      embeddings.json                  what made the folder (see FolderInfo); written first, never changed
+      img_emb/img_emb_{N}.npy          (rows, dim) float16 (or float32 with --dtype float32), rows L2-normalised
+      text_emb/text_emb_{N}.npy        (rows, dim) likewise, row i = the caption of image row i; only when the
+                                       input has captions (manifest `caption` column, shard .txt files)
+      metadata/metadata_{N}.parquet    one row per embedding row, in the same order: `image_path`, and
+                                       `caption` when there are captions, `key` and `url` for WebDataset shards
+      done/done_{N}.json               completion marker, written after the three files above: rows, the
+                                       unreadable inputs left out (`skipped`: [{"image_path", "error"}]),
+                                       seconds, the rank that wrote it
+
+N is the partition number zero-padded to the digits of the partition count (clip-retrieval's rule), so a
+name sort is the partition order. Partition N holds items [N * size, (N + 1) * size) of the input listing
+(folders, globs, file lists, manifests; `size` = --partition-size) or the samples of shard N (WebDataset
+input, one partition per shard). A partition is finished when its marker exists; readers should only read
+finished partitions (the three files of an unfinished one may be missing or from an interrupted run). A
+partition whose images all failed has 0-row files, so numbering stays dense.
+
+`image_path` is the file path as text (absolute for folder and manifest input), or `SHARD.tar:MEMBER` for
+shard input. Names that are not valid UTF-8 are written with Python's surrogateescape error handler
+(`os.fsdecode`), so `os.fsencode(image_path)` gives back the exact bytes.
+
+Reading it with numpy and pandas alone:
+
+    vectors = np.concatenate([np.load(f) for f in sorted(glob("DIR/img_emb/*.npy"))])
+    meta = pd.concat([pd.read_parquet(f) for f in sorted(glob("DIR/metadata/*.parquet"))], ignore_index=True)
+
+`np.load(f, mmap_mode="r")` reads a partition without loading it into memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT = "align_torch.embeddings_folder"
+VERSION = 1
+INFO_FILE = "embeddings.json"
+IMG_DIR, TEXT_DIR, META_DIR, DONE_DIR = "img_emb", "text_emb", "metadata", "done"
+DTYPES = ("float16", "float32")
+
+
+class EmbeddingsFolderError(ValueError):
+    """A folder that is not (or not compatibly) an align_torch embeddings folder; says what is wrong."""
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """embeddings.json: what defines the folder's contents. Two runs may write into one folder only when
+    their FolderInfo is equal (`identity` is compared; `created_with` is informational)."""
+
+    model: str  # resolved model folder (absolute) or Hugging Face Hub repo id
+    model_fingerprint: str  # file names, sizes and sampled bytes of the model's weights and config
+    fused: bool  # fuse_for_inference (equal to about 1e-5, not bit-equal)
+    dim: int
+    dtype: str  # "float16" or "float32"
+    captions: bool  # text_emb/ is written
+    input_kind: str  # "images", "manifest" or "shards"
+    inputs: list[str]  # the INPUT arguments, resolved
+    input_items: int  # images listed (files, manifest rows) or shards
+    input_fingerprint: str  # sha256 of the listing, so a grown folder is noticed
+    partition_unit: str  # "images" (partition_size images each) or "shard" (one shard each)
+    partition_size: int | None
+    partitions: int
+    format: str = FORMAT
+    version: int = VERSION
+    created_with: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def width(self) -> int:
+        """Digits of a partition number in file names (clip-retrieval's rule: the digits of the count)."""
+        return len(str(self.partitions))
+
+    def identity(self) -> dict:
+        info = asdict(self)
+        info.pop("created_with")
+        return info
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> FolderInfo:
+        """Read DIR/embeddings.json; EmbeddingsFolderError when it is missing or not ours."""
+        path = Path(folder) / INFO_FILE
+        if not path.is_file():
+            raise EmbeddingsFolderError(f"{str(folder)!r} is not an align_torch embeddings folder (no {INFO_FILE})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise EmbeddingsFolderError(f"{str(path)!r} is not an align_torch embeddings folder description")
+            if data.get("version") != VERSION:
+                raise EmbeddingsFolderError(
+                    f"{str(path)!r} has folder format version {data.get('version')!r}; this align_torch reads {VERSION}"
+                )
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {e}") from None
+
+
+def partition_name(index: int, info: FolderInfo) -> str:
+    """'7' -> '007' for a folder of 100..999 partitions."""
+    return str(index).zfill(info.width)
+
+
+def partition_files(folder: str | os.PathLike, index: int, info: FolderInfo) -> dict[str, Path]:
+    """The four files of partition `index`: img_emb, text_emb (when captions), metadata, done."""
+    folder, n = Path(folder), partition_name(index, info)
+    files = {
+        "img_emb": folder / IMG_DIR / f"img_emb_{n}.npy",
+        "metadata": folder / META_DIR / f"metadata_{n}.parquet",
+        "done": folder / DONE_DIR / f"done_{n}.json",
+    }
+    if info.captions:
+        files["text_emb"] = folder / TEXT_DIR / f"text_emb_{n}.npy"
+    return files
+
+
+def finished_partitions(folder: str | os.PathLike, info: FolderInfo) -> list[int]:
+    """Partition numbers whose completion marker exists, in order."""
+    return [i for i in range(info.partitions) if partition_files(folder, i, info)["done"].is_file()]
