@@ -72,3 +72,10 @@ def resolve_model_dir(
     if not any(folder.glob("*.safetensors")):
         folder = _download(name, METADATA_PATTERNS + BIN_PATTERNS, revision, cache_dir)
     return folder
+
+
+def model_reference(name_or_path: str | os.PathLike) -> str:
+    """What to record as "the model" in an output: an existing folder as its absolute path (a relative path
+    would mean another folder when the output is read from elsewhere), anything else as the Hub repo id."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(name_or_path)

@@ -1,31 +1,86 @@
-"""align-torch embed IMAGES... --out FILE: embed a collection of images for search.
+"""align-torch embed INPUT... --out DIR|FILE.safetensors: embed a collection of images for search.
 
-IMAGES are files, folders (searched recursively for image suffixes) or glob patterns. The output is an
-embeddings file (see align_torch.embedding_index: safetensors with normalised float32 "embeddings" and the
-file list in its metadata), written atomically. An unreadable image is reported on stderr and skipped;
-with --strict the first one stops the run with exit status 1 and nothing is written.
+INPUT is image files, folders (searched recursively for image suffixes) and glob patterns; or one manifest
+(.csv/.tsv/.jsonl/.parquet with `image` and optional `caption`); or WebDataset shards (.tar files, a brace
+range such as `shards/{00000..00999}.tar`, or a folder of .tar).
+
+--out DIR writes the embeddings folder (align_torch.retrieval.layout: clip-retrieval's img_emb/text_emb/
+metadata layout) partition by partition; a rerun finishes what is missing; under torchrun each rank takes
+its share of the partitions. --out FILE.safetensors writes one embeddings file held in memory (see
+align_torch.embedding_index), for image files only; with --strict the first unreadable image stops that run
+with exit status 1 and nothing is written. Otherwise an unreadable image is reported and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor, output_file
+from ._common import (
+    add_batch_arguments,
+    add_model_arguments,
+    embed_image_files,
+    load_model_and_processor,
+    output_file,
+    report_skipped,
+)
 
-HELP = "embed images (files, folders, globs) into an embeddings file for `align-torch search`"
+HELP = "embed images (files, folders, globs, a manifest, WebDataset shards) into an embeddings folder or file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--out", required=True, help="output embeddings file (.safetensors; replaced if it exists)")
+    p.add_argument(
+        "images",
+        nargs="*",
+        metavar="INPUT",
+        help="image files, folders (recursive), glob patterns; or one manifest (.csv/.tsv/.jsonl/.parquet); "
+        "or WebDataset shards (.tar, shards/{00000..00999}.tar, a folder of .tar)",
+    )
+    p.add_argument(
+        "--out",
+        help="output folder (clip-retrieval layout, resumable, one partition at a time), or a .safetensors file "
+        "(one file in memory, image files only; replaced if it exists)",
+    )
+    p.add_argument(
+        "--partition-size",
+        type=_positive_int,
+        default=10_000,
+        help="images per partition for folder output; WebDataset input has one partition per shard (default: 10000)",
+    )
+    p.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="stored vectors (default: float16)"
+    )
+    p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
     add_batch_arguments(p, batch_size=32, images=True)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.status:
+        from ..retrieval.status import folder_status
+
+        print(folder_status(args.status).describe(args.status))
+        return 0
+    if not args.images or not args.out:
+        print("align-torch embed: error: give INPUT... and --out (or --status DIR)", file=sys.stderr)
+        return 2
+    if args.out.endswith(".safetensors"):
+        return _run_file(args)
+    return _run_folder(args)
+
+
+def _run_file(args: argparse.Namespace) -> int:
     from ..data.images import ImageLoadError, list_images
     from ..embedding_index import EmbeddingIndex
+    from ..hub import model_reference
 
     out = output_file(args.out)
     paths = list_images(args.images)
@@ -44,10 +99,56 @@ def run(args: argparse.Namespace) -> int:
         vectors=result.vectors,
         items=[str(p) for p in result.paths],
         kind="image",
-        model=str(args.model),
+        model=model_reference(args.model),
         skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
     print(f"embedded {len(result.paths)} images{skipped} -> {out}", file=sys.stderr)
+    return 0
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..device import resolve_device
+    from ..model import AlignModel
+    from ..processor import AlignProcessor
+    from ..retrieval.embed_folder import embed_to_folder
+    from ..retrieval.partitions import plan_input
+
+    if args.strict:
+        raise ValueError("--strict applies to a .safetensors output; a folder lists unreadable images per partition")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(args.device)
+    if device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK picks it
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    plan = plan_input(args.images, args.partition_size)
+    processor = AlignProcessor.from_pretrained(args.model)
+    model = AlignModel.from_pretrained(args.model, device=device)
+    model = model.eval() if args.unfused else model.fuse_for_inference()
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    summary = embed_to_folder(
+        model,
+        processor.image_processor,
+        processor.tokenizer,
+        plan,
+        args.out,
+        model_name=args.model,
+        dtype=args.dtype,
+        fused=not args.unfused,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        rank=rank,
+        world=world,
+        progress=not args.quiet,
+        on_failure=lambda path, reason: report_skipped("embed", path, reason),
+    )
+    rate = f", {(summary.rows + summary.skipped) / summary.seconds:.1f} images/s" if summary.seconds else ""
+    print(
+        f"{who}{len(summary.mine)} of {summary.partitions} partitions: {len(summary.already_done)} already finished, "
+        f"embedded {len(summary.embedded)} ({summary.rows} rows, {summary.skipped} unreadable skipped{rate}) -> {args.out}",
+        file=sys.stderr,
+    )
     return 0

@@ -20,8 +20,8 @@ finished partitions (the three files of an unfinished one may be missing or from
 partition whose images all failed has 0-row files, so numbering stays dense.
 
 `image_path` is the file path as text (absolute for folder and manifest input), or `SHARD.tar:MEMBER` for
-shard input. Names that are not valid UTF-8 are written with Python's surrogateescape error handler
-(`os.fsdecode`), so `os.fsencode(image_path)` gives back the exact bytes.
+shard input. Parquet strings are UTF-8, so a name with bytes that are not UTF-8 is written with those bytes
+as `\\udcXX` escapes (Python's surrogateescape code points, backslash-escaped).
 
 Reading it with numpy and pandas alone:
 
@@ -57,6 +57,7 @@ class FolderInfo:
     model: str  # resolved model folder (absolute) or Hugging Face Hub repo id
     model_fingerprint: str  # file names, sizes and sampled bytes of the model's weights and config
     fused: bool  # fuse_for_inference (equal to about 1e-5, not bit-equal)
+    compute: str  # "bf16-autocast" (CUDA) or "float32"
     dim: int
     dtype: str  # "float16" or "float32"
     captions: bool  # text_emb/ is written

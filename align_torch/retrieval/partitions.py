@@ -1,0 +1,118 @@
+"""Cutting an input into deterministic partitions and sharing them among torchrun ranks.
+
+Folders, globs, file lists and manifests are listed once, in order, and cut into partitions of
+`partition_size` items; WebDataset input gives one partition per shard, indexed only when it is embedded.
+The cut depends only on the input and `partition_size`, so every rank, every rerun and every machine sees
+the same partitions; rank r of W takes partitions r, r + W, r + 2W, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import MANIFEST_SUFFIXES, Pair, expand_shards, list_images, read_manifest
+from ..data.shards import read_shard
+
+KINDS = ("images", "manifest", "shards")
+
+
+@dataclass
+class InputPlan:
+    """The input, listed: `pairs` for images and manifests, `shards` for WebDataset input."""
+
+    kind: str  # one of KINDS
+    inputs: list[str]  # the INPUT arguments, made absolute
+    partition_size: int | None  # None for shards: one partition per shard
+    pairs: list[Pair] | None = None
+    shards: list[Path] | None = None
+    captions: bool = False
+
+    @property
+    def partitions(self) -> int:
+        if self.shards is not None:
+            return len(self.shards)
+        return -(-len(self.pairs) // self.partition_size)  # ceil
+
+    @property
+    def items(self) -> int:
+        """Images listed, or shards."""
+        return len(self.shards) if self.shards is not None else len(self.pairs)
+
+    def fingerprint(self) -> str:
+        """sha256 of the listing (paths and captions, or shard paths and sizes): a changed input changes it."""
+        h = hashlib.sha256()
+        if self.shards is not None:
+            for shard in self.shards:
+                h.update(os.fsencode(shard) + b"\0" + str(shard.stat().st_size).encode() + b"\n")
+        else:
+            for pair in self.pairs:
+                h.update(
+                    os.fsencode(pair.image) + b"\0" + (pair.caption or "").encode("utf-8", "surrogatepass") + b"\n"
+                )
+        return h.hexdigest()
+
+    def partition(self, index: int) -> list[Pair]:
+        """The samples of partition `index`, in order (a shard is indexed here, reading headers only)."""
+        if not 0 <= index < self.partitions:
+            raise IndexError(f"partition {index} out of range 0..{self.partitions - 1}")
+        if self.shards is not None:
+            return read_shard(self.shards[index], require_caption=False, metadata=True).pairs
+        return self.pairs[index * self.partition_size : (index + 1) * self.partition_size]
+
+
+def _is_shards(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return any(path.glob("*.tar")) and not _folder_images(path)
+    return spec.endswith(".tar")
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    try:
+        return list_images(folder)
+    except FileNotFoundError:
+        return []
+
+
+def plan_input(specs: Sequence[str | os.PathLike], partition_size: int = 10_000) -> InputPlan:
+    """INPUT arguments -> an InputPlan. One kind per run: a manifest (.csv/.tsv/.jsonl/.parquet), WebDataset
+    shards (.tar files, brace ranges such as `shards/{00000..00999}.tar`, or a folder of .tar), or image
+    files, folders and globs."""
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    specs = [os.fspath(s) for s in specs]
+    if not specs:
+        raise ValueError("no INPUT given")
+    if partition_size < 1:
+        raise ValueError(f"partition_size must be at least 1, got {partition_size}")
+    absolute = [os.path.abspath(os.path.expanduser(s)) for s in specs]
+    manifests = [s for s in specs if s.endswith(MANIFEST_SUFFIXES)]
+    shards = [s for s in specs if _is_shards(s)]
+    if manifests:
+        if len(specs) != 1:
+            raise ValueError(f"a manifest must be the only INPUT, got {len(specs)} inputs: {specs}")
+        pairs = read_manifest(specs[0], require_caption=False).pairs
+        pairs = [Pair(Path(os.path.abspath(p.image)), p.caption) for p in pairs]
+        captions = any(p.caption is not None for p in pairs)
+        return InputPlan("manifest", absolute, partition_size, pairs=pairs, captions=captions)
+    if shards:
+        if len(shards) != len(specs):
+            raise ValueError(f"WebDataset shards cannot be mixed with image files in one run: {specs}")
+        found = sorted({Path(os.path.abspath(p)) for s in specs for p in expand_shards(s)})
+        if not found:
+            raise FileNotFoundError(f"no .tar shards match {specs}")
+        captions = any(p.caption is not None for p in read_shard(found[0], require_caption=False).pairs)
+        return InputPlan("shards", absolute, None, shards=found, captions=captions)
+    files = [Path(os.path.abspath(p)) for p in list_images(specs)]
+    return InputPlan("images", absolute, partition_size, pairs=[Pair(f, None) for f in files])
+
+
+def rank_partitions(count: int, rank: int, world: int) -> list[int]:
+    """Partitions r, r + W, r + 2W, ... of `count` for rank r of W."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in 0..{world - 1}, got {rank}")
+    return list(range(rank, count, world))

@@ -1,0 +1,54 @@
+"""How far an embeddings folder is: partitions finished, rows, skipped images, embedding rate."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from .layout import FolderInfo, partition_files
+
+
+@dataclass
+class FolderStatus:
+    info: FolderInfo
+    finished: int
+    rows: int
+    skipped: int
+    seconds: float  # summed over finished partitions (each process's own time)
+    ranks: int  # distinct ranks that wrote finished partitions
+
+    @property
+    def images_per_second(self) -> float:
+        """Per process: rows and skipped images over the time spent on them."""
+        return (self.rows + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self, folder: str) -> str:
+        info = self.info
+        unit = "shards" if info.partition_unit == "shard" else f"{info.partition_size} images each"
+        lines = [
+            f"{folder}: {self.finished}/{info.partitions} partitions finished ({unit}), "
+            f"{self.rows} rows, {self.skipped} unreadable images skipped",
+            f"model {info.model}, {info.dim}-d {info.dtype}, text embeddings: {'yes' if info.captions else 'no'}",
+        ]
+        if self.finished:
+            lines.append(f"{self.images_per_second:.1f} images/s per process, written by {self.ranks} rank(s)")
+        return "\n".join(lines)
+
+
+def folder_status(folder: str | os.PathLike) -> FolderStatus:
+    """Read embeddings.json and the completion markers (never the embeddings)."""
+    info = FolderInfo.load(folder)
+    finished = rows = skipped = 0
+    seconds = 0.0
+    ranks: set[int] = set()
+    for i in range(info.partitions):
+        marker = partition_files(folder, i, info)["done"]
+        if marker.is_file():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            finished += 1
+            rows += done["rows"]
+            skipped += len(done["skipped"])
+            seconds += done["seconds"]
+            ranks.add(done["rank"])
+    return FolderStatus(info, finished, rows, skipped, seconds, len(ranks))

@@ -1,0 +1,253 @@
+"""`align-torch embed INPUT --out DIR`: the clip-retrieval folder, partitions, resume after kill -9, refusal of
+a changed model, torchrun ranks writing what one process writes; on the tiny checkpoint, CPU only."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from _train_data import CLASSES, shape_image
+
+from align_torch import AlignModel, AlignProcessor
+from align_torch.cli import main
+from align_torch.embeddings import embed_texts
+from align_torch.retrieval.layout import FolderInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+N_IMAGES = 200
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """200 generated shapes in nested folders, plus two unreadable files."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = random.Random(0)
+    for i in range(N_IMAGES):
+        colour, shape = CLASSES[i % len(CLASSES)].split()
+        sub = folder / f"g{i % 3}"
+        sub.mkdir(exist_ok=True)
+        shape_image(colour, shape, rng, size=48).save(sub / f"{i:04d}.png")
+    (folder / "g0" / "0007b.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (folder / "g1" / "empty.png").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """3 img2dataset-style shards: per key .jpg/.png/.webp + .txt + .json (key, url); one corrupt image."""
+    folder = tmp_path_factory.mktemp("shards")
+    rng = random.Random(1)
+    n = 0
+    for s in range(3):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for j in range(12 + s):
+                label = CLASSES[n % len(CLASSES)]
+                key = f"{s:05d}{j:04d}"
+                buf = io.BytesIO()
+                fmt = ("JPEG", "PNG", "WEBP")[n % 3]
+                shape_image(*label.split(), rng, size=48).save(buf, fmt)
+                data = b"corrupt" if (s, j) == (1, 3) else buf.getvalue()
+                files = {
+                    f"{key}.{fmt.lower().replace('jpeg', 'jpg')}": data,
+                    f"{key}.txt": f"a {label}".encode(),
+                    f"{key}.json": json.dumps({"key": key, "url": f"https://example.com/{key}"}).encode(),
+                }
+                for name, payload in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+                n += 1
+    return folder
+
+
+def embed(*args, torchrun: int = 0) -> str:
+    """`align-torch embed ARGS` in this process, or `torchrun --nproc-per-node N -m align_torch.embed ARGS`
+    (CPU, no GPU needed); returns stderr after checking the exit status."""
+    args = [*map(str, args), "--workers", "1", "--quiet"]
+    if not torchrun:
+        status, _, stderr = run_cli("embed", *args)
+        assert status == 0, stderr
+        return stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun)]
+    env = {**ENV, "OMP_NUM_THREADS": "1"}  # two processes on a shared CPU
+    argv = [*launcher, "--master-port", "0", "-m", "align_torch.embed", *args]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """`align-torch ARGV` in this process; (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(a) for a in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+def read_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
+    """The folder with numpy and pandas alone, as the README tells users to read it."""
+    img = np.concatenate([np.load(f) for f in sorted((folder / "img_emb").glob("*.npy"))])
+    texts = sorted((folder / "text_emb").glob("*.npy"))
+    text = np.concatenate([np.load(f) for f in texts]) if texts else None
+    meta = pd.concat([pd.read_parquet(f) for f in sorted((folder / "metadata").glob("*.parquet"))], ignore_index=True)
+    return img, text, meta
+
+
+@pytest.fixture(scope="module")
+def one_process(images, model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "emb"
+    embed(images, "--out", out, "--model", model_dir, "--partition-size", 32)
+    return out
+
+
+def test_folder_layout_rows_and_skipped_files(one_process, images):
+    info = FolderInfo.load(one_process)
+    assert (info.partitions, info.dtype, info.dim, info.captions) == (7, "float16", 80, False)  # 202 files / 32
+    img, text, meta = read_folder(one_process)
+    assert text is None and list(meta.columns) == ["image_path"]
+    assert img.dtype == np.float16 and img.shape == (N_IMAGES, 80)
+    np.testing.assert_allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    listed = sorted(str(p) for p in images.rglob("*.png") if p.stat().st_size)
+    assert meta["image_path"].tolist() == listed  # input order, unreadable files left out
+    assert [p.name for p in sorted((one_process / "img_emb").glob("*"))] == [f"img_emb_{i}.npy" for i in range(7)]
+    skipped = [s for f in sorted((one_process / "done").glob("*.json")) for s in json.loads(f.read_text())["skipped"]]
+    assert sorted(Path(s["image_path"]).name for s in skipped) == ["0007b.jpg", "empty.png"]
+    # Different images give different rows (the input-sensitive checkpoint), so a row order bug would show.
+    assert np.abs(img[0].astype(np.float32) @ img[1:].astype(np.float32).T).max() < 0.999
+
+
+def test_embedding_reader_reads_the_folder(one_process):
+    from embedding_reader import EmbeddingReader
+
+    img, _, meta = read_folder(one_process)
+    reader = EmbeddingReader(
+        str(one_process / "img_emb"),
+        file_format="parquet_npy",  # npy rows with the aligned parquet rows
+        metadata_folder=str(one_process / "metadata"),
+        meta_columns=["image_path"],
+    )
+    assert reader.count == len(img) and reader.dimension == 80
+    parts = list(reader(batch_size=64, start=0, end=reader.count, parallel_pieces=1, show_progress=False))
+    vectors = np.concatenate([v for v, _ in parts])
+    paths = [p for _, m in parts for p in m["image_path"]]
+    np.testing.assert_array_equal(vectors, img)
+    assert paths == meta["image_path"].tolist()
+
+
+def test_torchrun_two_processes_write_what_one_process_writes(one_process, images, model_dir, tmp_path):
+    out = tmp_path / "emb"
+    stderr = embed(images, "--out", out, "--model", model_dir, "--partition-size", 32, torchrun=2)
+    assert "rank 0/2: 4 of 7 partitions" in stderr and "rank 1/2: 3 of 7 partitions" in stderr
+    ranks = {json.loads(f.read_text())["rank"] for f in (out / "done").glob("*.json")}
+    assert ranks == {0, 1}
+    img1, _, meta1 = read_folder(one_process)
+    img2, _, meta2 = read_folder(out)
+    pd.testing.assert_frame_equal(meta1, meta2)
+    # Equal up to float16 rounding (the processes may run with other thread counts than the reference).
+    np.testing.assert_allclose(img2.astype(np.float32), img1.astype(np.float32), rtol=0, atol=1e-3)
+    assert FolderInfo.load(out) == FolderInfo.load(one_process)
+
+
+def test_torchrun_over_webdataset_shards_with_captions(shards, model_dir, tmp_path):
+    spec = str(shards / "{00000..00002}.tar")
+    one, two = tmp_path / "one", tmp_path / "two"
+    embed(spec, "--out", one, "--model", model_dir, "--dtype", "float32")
+    embed(spec, "--out", two, "--model", model_dir, "--dtype", "float32", torchrun=2)
+    info = FolderInfo.load(one)
+    assert (info.partitions, info.partition_unit, info.captions, info.input_items) == (3, "shard", True, 3)
+    img1, text1, meta1 = read_folder(one)
+    img2, text2, meta2 = read_folder(two)
+    assert img1.dtype == np.float32 and img1.shape == text1.shape == (12 + 13 + 14 - 1, 80)
+    pd.testing.assert_frame_equal(meta1, meta2)
+    assert list(meta1.columns) == ["image_path", "caption", "key", "url"]
+    assert "000010003" not in set(meta1["key"])  # the corrupt image is skipped, with its caption
+    assert meta1["key"].tolist()[:2] == ["000000000", "000000001"]
+    assert meta1["url"][0] == "https://example.com/000000000" and meta1["caption"][0] == f"a {CLASSES[0]}"
+    assert meta1["image_path"][0] == f"{shards / '00000.tar'}:000000000.jpg"
+    np.testing.assert_allclose(img2, img1, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(text2, text1, rtol=0, atol=1e-5)
+    # Each text row is its own caption's embedding (the tiny text tower's captions differ by ~1e-3).
+    model, processor = AlignModel.from_pretrained(model_dir), AlignProcessor.from_pretrained(model_dir)
+    expected = embed_texts(model.fuse_for_inference(), processor.tokenizer, meta1["caption"].tolist()).numpy()
+    np.testing.assert_allclose(text1, expected, rtol=0, atol=1e-5)
+    assert np.abs(expected - np.roll(expected, 1, axis=0)).max() > 1e-3
+
+
+KILLER = """
+import os, signal, sys
+import align_torch.retrieval.embed_folder as ef
+from align_torch.retrieval.layout import partition_files
+real, calls = ef.write_partition, []
+def write_partition(folder, info, result):
+    calls.append(result.index)
+    if len(calls) == 4:  # die in the middle of the 4th partition's files: npy written, no marker
+        partition_files(folder, result.index, info)["img_emb"].write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(folder, info, result)
+ef.write_partition = write_partition
+from align_torch import AlignModel, AlignProcessor
+from align_torch.cli import main
+from align_torch.embeddings import embed_texts
+sys.exit(main(["embed", *sys.argv[1:]]))
+"""
+
+
+def test_kill_9_then_rerun_redoes_only_unfinished_partitions(one_process, images, model_dir, tmp_path):
+    out = tmp_path / "emb"
+    args = [images, "--out", out, "--model", model_dir, "--partition-size", 32, "--workers", "1", "--quiet"]
+    killed = subprocess.run([sys.executable, "-c", KILLER, *map(str, args)], env=ENV, capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    markers = {f.name: f.stat().st_mtime_ns for f in (out / "done").glob("*.json")}
+    assert sorted(markers) == ["done_0.json", "done_1.json", "done_2.json"]
+    stderr = embed(images, "--out", out, "--model", model_dir, "--partition-size", 32)
+    assert "7 of 7 partitions: 3 already finished, embedded 4 (" in stderr
+    assert {f.name: f.stat().st_mtime_ns for f in (out / "done").glob("*.json") if f.name in markers} == markers
+    for a, b in zip(read_folder(one_process), read_folder(out), strict=True):
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b)
+        elif a is not None:
+            np.testing.assert_array_equal(a, b)
+    assert "7 already finished, embedded 0 (" in embed(
+        images, "--out", out, "--model", model_dir, "--partition-size", 32
+    )
+
+
+def test_a_changed_model_or_argument_is_refused(one_process, images, model_dir, tiny_native_dir):
+    before = {f: f.stat().st_mtime_ns for f in one_process.rglob("*")}
+    for extra, what in (
+        (["--model", tiny_native_dir], "model:"),
+        (["--model", model_dir, "--dtype", "float32"], "dtype:"),
+        (["--model", model_dir, "--partition-size", 16], "partition_size:"),
+    ):
+        status, _, stderr = run_cli("embed", images, "--out", one_process, "--partition-size", 32, *extra, "--quiet")
+        assert status == 2 and f"different model or arguments ({what}" in stderr, stderr
+    assert {f: f.stat().st_mtime_ns for f in one_process.rglob("*")} == before
+
+
+def test_status_reports_progress(one_process):
+    status, stdout, _ = run_cli("embed", "--status", one_process)
+    assert status == 0
+    assert "7/7 partitions finished (32 images each), 200 rows, 2 unreadable images skipped" in stdout
+
+
+def test_the_single_file_records_a_relative_model_folder_as_an_absolute_path(images, model_dir, tmp_path, monkeypatch):
+    from align_torch.embedding_index import EmbeddingIndex
+
+    monkeypatch.chdir(model_dir.parent)
+    photo = next(images.rglob("*.png"))
+    status, _, stderr = run_cli(
+        "embed", photo, "--out", tmp_path / "e.safetensors", "--model", model_dir.name, "--quiet"
+    )
+    assert status == 0, stderr
+    assert EmbeddingIndex.load(tmp_path / "e.safetensors").model == str(model_dir.resolve())
