@@ -251,3 +251,28 @@ def test_the_single_file_records_a_relative_model_folder_as_an_absolute_path(ima
     )
     assert status == 0, stderr
     assert EmbeddingIndex.load(tmp_path / "e.safetensors").model == str(model_dir.resolve())
+
+
+def test_image_batches_are_pinned_by_the_dataloader(monkeypatch):
+    """DataLoader(pin_memory=True) pins only tensors, mappings and sequences; a dataclass batch must pin
+    itself or the GPU copy is silently unpinned."""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from align_torch.data.images import ImageBatch
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self) or self.clone())
+    batch = ImageBatch([0, 1], torch.zeros(2, 3, 4, 4), [])
+    out = pin_memory(batch)
+    assert len(pinned) == 1 and out.pixel_values is not pinned[0] and out.pixel_values.shape == (2, 3, 4, 4)
+
+
+def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_escaped(model_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shape_image("red", "circle", random.Random(0), size=32).save(os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "emb", "--model", model_dir, "--quiet")
+    assert status == 0, stderr
+    _, _, meta = read_folder(tmp_path / "emb")
+    assert meta["image_path"].tolist() == [f"{folder}/caf\\udce9.png"]

@@ -127,6 +127,13 @@ class ImageBatch:
     pixel_values: torch.Tensor | None  # (B, 3, H, W); None when every image of the batch was bad
     failures: list[tuple[int, str]]
 
+    def pin_memory(self) -> ImageBatch:
+        """Called by DataLoader(pin_memory=True), which pins no dataclass by itself: page-locked pixels let the
+        copy to the GPU overlap the model."""
+        if self.pixel_values is not None:
+            self.pixel_values = self.pixel_values.pin_memory()
+        return self
+
 
 class ImageFileDataset(Dataset):
     """Image files -> ImageItem(index, pixels) for a DataLoader; unreadable files become ImageItem(index,
