@@ -34,7 +34,7 @@ def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / INFO_FILE).is_file():
         # Another rank may be writing embeddings.json right now: its temporary file is not a stranger.
-        strangers = [p.name for p in folder.iterdir() if not p.name.startswith(f".{INFO_FILE}.tmp-")]
+        strangers = [p.name for p in folder.iterdir() if not p.name.startswith(f".{INFO_FILE}.")]
         if strangers and not (folder / INFO_FILE).is_file():
             raise EmbeddingsFolderError(
                 f"--out {str(folder)!r} is not empty and is not an embeddings folder (it holds {sorted(strangers)[:3]}); "
