@@ -241,7 +241,7 @@ def test_status_reports_progress(one_process):
     assert "7/7 partitions finished (32 images each), 200 rows, 2 unreadable images skipped" in stdout
 
 
-def test_the_single_file_records_a_relative_model_folder_as_an_absolute_path(images, model_dir, tmp_path, monkeypatch):
+def test_single_files_record_a_relative_model_folder_as_an_absolute_path(images, model_dir, tmp_path, monkeypatch):
     from align_torch.embedding_index import EmbeddingIndex
 
     monkeypatch.chdir(model_dir.parent)
@@ -251,6 +251,12 @@ def test_the_single_file_records_a_relative_model_folder_as_an_absolute_path(ima
     )
     assert status == 0, stderr
     assert EmbeddingIndex.load(tmp_path / "e.safetensors").model == str(model_dir.resolve())
+    (tmp_path / "t.txt").write_text("a red circle\n")
+    status, _, stderr = run_cli(
+        "embed-text", tmp_path / "t.txt", "--out", tmp_path / "t.safetensors", "--model", model_dir.name
+    )
+    assert status == 0, stderr
+    assert EmbeddingIndex.load(tmp_path / "t.safetensors").model == str(model_dir.resolve())
 
 
 def test_image_batches_are_pinned_by_the_dataloader(monkeypatch):
@@ -276,3 +282,38 @@ def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_escaped(model_di
     assert status == 0, stderr
     _, _, meta = read_folder(tmp_path / "emb")
     assert meta["image_path"].tolist() == [f"{folder}/caf\\udce9.png"]
+
+
+def test_manifests_csv_jsonl_parquet_with_optional_captions_and_input_kinds(tmp_path, shards):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from align_torch.data import read_pairs
+    from align_torch.retrieval.partitions import plan_input
+
+    (tmp_path / "img").mkdir()
+    for i in range(5):
+        shape_image("red", "circle", random.Random(i), size=32).save(tmp_path / "img" / f"{i}.png")
+    rows = [{"image": f"img/{i}.png", "caption": f"red circle {i}" if i != 2 else ""} for i in range(5)]
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in ("image", "caption")}), tmp_path / "m.parquet")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "bare.csv").write_text("image\n" + "".join(f"img/{i}.png\n" for i in range(5)))
+    for name in ("m.parquet", "m.jsonl"):
+        train = read_pairs(tmp_path / name)  # fine-tuning: a caption is required
+        assert [p.image for p in train.pairs] == [tmp_path / f"img/{i}.png" for i in (0, 1, 3, 4)]
+        assert train.skipped_empty_captions == 1
+        every = read_pairs(tmp_path / name, require_caption=False).pairs  # embedding: every image
+        assert [p.caption for p in every] == ["red circle 0", "red circle 1", None, "red circle 3", "red circle 4"]
+    with pytest.raises(ValueError, match="no caption column"):
+        read_pairs(tmp_path / "bare.csv")
+    plan = plan_input([tmp_path / "bare.csv"], partition_size=2)
+    assert (plan.kind, plan.partitions, plan.captions) == ("manifest", 3, False)
+    assert [p.image for p in plan.partition(2)] == [tmp_path / "img/4.png"]
+    plan = plan_input([str(tmp_path / "m.parquet")], partition_size=4)
+    assert (plan.kind, plan.partitions, plan.captions) == ("manifest", 2, True)
+    plan = plan_input([shards])  # a folder of .tar
+    assert (plan.kind, plan.partitions, plan.captions) == ("shards", 3, True)
+    assert plan.partition(1)[0].url == "https://example.com/000010000"
+    assert plan_input([tmp_path / "img"], partition_size=2).partitions == 3
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        plan_input([str(shards / "00000.tar"), tmp_path / "img"])

@@ -36,6 +36,7 @@ def read_lines(source: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..embedding_index import EmbeddingIndex
     from ..embeddings import embed_texts
+    from ..hub import model_reference
 
     out = output_file(args.out)
     texts = read_lines(args.textfile)
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
     model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=str(args.model)).save(out)
+    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=model_reference(args.model)).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0
