@@ -14,7 +14,6 @@ with exit status 1 and nothing is written. Otherwise an unreadable image is repo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ._common import (
@@ -109,42 +108,25 @@ def _run_file(args: argparse.Namespace) -> int:
 
 
 def _run_folder(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..device import resolve_device
-    from ..model import AlignModel
-    from ..processor import AlignProcessor
-    from ..retrieval.embed_folder import embed_to_folder
-    from ..retrieval.partitions import plan_input
+    from ..retrieval.embed_folder import embed_collection, torchrun_rank
 
     if args.strict:
         raise ValueError("--strict applies to a .safetensors output; a folder lists unreadable images per partition")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(args.device)
-    if device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK picks it
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    plan = plan_input(args.images, args.partition_size)
-    processor = AlignProcessor.from_pretrained(args.model)
-    model = AlignModel.from_pretrained(args.model, device=device)
-    model = model.eval() if args.unfused else model.fuse_for_inference()
-    who = f"rank {rank}/{world}: " if world > 1 else ""
-    summary = embed_to_folder(
-        model,
-        processor.image_processor,
-        processor.tokenizer,
-        plan,
+    summary = embed_collection(
+        args.images,
         args.out,
-        model_name=args.model,
+        model=args.model,
+        device=args.device,
+        partition_size=args.partition_size,
         dtype=args.dtype,
         fused=not args.unfused,
         batch_size=args.batch_size,
         workers=args.workers,
-        rank=rank,
-        world=world,
         progress=not args.quiet,
         on_failure=lambda path, reason: report_skipped("embed", path, reason),
     )
+    rank, world, _ = torchrun_rank()
+    who = f"rank {rank}/{world}: " if world > 1 else ""
     rate = f", {(summary.rows + summary.skipped) / summary.seconds:.1f} images/s" if summary.seconds else ""
     print(
         f"{who}{len(summary.mine)} of {summary.partitions} partitions: {len(summary.already_done)} already finished, "

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,7 @@ def embed_to_folder(
     rank: int = 0,
     world: int = 1,
     progress: bool = False,
+    bar_position: int | None = None,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
     """Embed `plan`'s unfinished partitions that belong to `rank` into the folder `out` (created, or checked to
@@ -195,7 +197,14 @@ def embed_to_folder(
     batches = iter(loader)
     size = plan.partition_size
     total = None if plan.pairs is None else sum(min(size, len(plan.pairs) - p * size) for p in todo)
-    bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, position=rank, desc=f"rank {rank}")
+    bar = tqdm(
+        total=total,
+        unit="img",
+        file=sys.stderr,
+        disable=not progress,
+        position=rank if bar_position is None else bar_position,
+        desc=f"rank {rank}",
+    )
     start_all = time.perf_counter()
     with eval_mode(model), bar:
         for p in todo:
@@ -253,3 +262,58 @@ def _store(vectors: torch.Tensor, dtype: str) -> np.ndarray:
     """(n, d) -> unit rows in the folder's dtype (normalised again in float32, so float16 rows are unit too)."""
     vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
     return vectors.numpy().astype(dtype)
+
+
+def torchrun_rank() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); (0, 1, 0) alone."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def embed_collection(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str = "kakaobrain/align-base",
+    device: str = "auto",
+    partition_size: int = 10_000,
+    dtype: str = "float16",
+    fused: bool = True,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+    on_failure: Callable[[str, str], None] | None = None,
+) -> EmbedSummary:
+    """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model`, and embed
+    this process's unfinished partitions into the folder `out`. Under torchrun each process takes its rank's
+    partitions and the GPU `cuda:LOCAL_RANK`."""
+    from ..device import resolve_device
+    from ..processor import AlignProcessor
+    from .partitions import plan_input
+
+    rank, world, local_rank = torchrun_rank()
+    where = resolve_device(device)
+    if where.type == "cuda":  # one GPU per process
+        where = torch.device("cuda", local_rank)
+        torch.cuda.set_device(where)
+    plan = plan_input(inputs, partition_size)
+    processor = AlignProcessor.from_pretrained(model)
+    loaded = AlignModel.from_pretrained(model, device=where)
+    loaded = loaded.fuse_for_inference() if fused else loaded.eval()
+    return embed_to_folder(
+        loaded,
+        processor.image_processor,
+        processor.tokenizer,
+        plan,
+        out,
+        model_name=model,
+        dtype=dtype,
+        fused=fused,
+        batch_size=batch_size,
+        workers=workers,
+        rank=rank,
+        world=world,
+        progress=progress,
+        bar_position=local_rank,
+        on_failure=on_failure,
+    )
