@@ -317,3 +317,19 @@ def test_manifests_csv_jsonl_parquet_with_optional_captions_and_input_kinds(tmp_
     assert plan_input([tmp_path / "img"], partition_size=2).partitions == 3
     with pytest.raises(ValueError, match="cannot be mixed"):
         plan_input([str(shards / "00000.tar"), tmp_path / "img"])
+
+
+def test_a_transparent_png_reads_the_same_from_a_shard_as_from_a_file(tmp_path):
+    import PIL.Image
+
+    from align_torch.data import load_image, load_pair_image, read_pairs
+
+    image = PIL.Image.new("RGBA", (16, 16), (255, 0, 0, 0))  # transparent, with red behind the transparency
+    image.paste((0, 0, 255, 255), (4, 4, 12, 12))
+    image.save(tmp_path / "k.png")
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        tar.add(tmp_path / "k.png", arcname="k.png")
+    (pair,) = read_pairs(tmp_path / "s.tar", require_caption=False).pairs
+    from_shard, from_file = np.asarray(load_pair_image(pair.image)), np.asarray(load_image(tmp_path / "k.png"))
+    np.testing.assert_array_equal(from_shard, from_file)
+    assert from_file[0, 0].tolist() == [255, 255, 255]  # transparency on white

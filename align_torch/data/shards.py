@@ -13,9 +13,11 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from ..image_processing import to_rgb_chw
 from .images import ImageLoadError
 from .samples import Pair, PairList, TarMember
 
@@ -113,6 +115,8 @@ def load_tar_image(image: TarMember) -> PIL.Image.Image:
             data = f.read(image.size)
         with PIL.Image.open(io.BytesIO(data)) as im:
             im.load()
-            return PIL.ImageOps.exif_transpose(im).convert("RGB")
+            # load_image's RGB conversion (transparency on white), so a shard and a folder give equal pixels.
+            rgb = to_rgb_chw(PIL.ImageOps.exif_transpose(im))  # (3, H, W) uint8
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
         raise ImageLoadError(where, f"unreadable image ({type(e).__name__}: {e})") from None
+    return PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)))  # (H, W, 3)
