@@ -210,6 +210,8 @@ def test_kill_9_then_rerun_redoes_only_unfinished_partitions(one_process, images
     assert killed.returncode == -9
     markers = {f.name: f.stat().st_mtime_ns for f in (out / "done").glob("*.json")}
     assert sorted(markers) == ["done_0.json", "done_1.json", "done_2.json"]
+    status, stdout, _ = run_cli("embed", "--status", out)
+    assert status == 0 and "3/7 partitions finished (32 images each), 95 rows, 1 unreadable" in stdout
     stderr = embed(images, "--out", out, "--model", model_dir, "--partition-size", 32)
     assert "7 of 7 partitions: 3 already finished, embedded 4 (" in stderr
     assert {f.name: f.stat().st_mtime_ns for f in (out / "done").glob("*.json") if f.name in markers} == markers
