@@ -25,7 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", help="manifest for retrieval recall@1/5/10 after each epoch")
     p.add_argument("--zero-shot-dir", help="folder with one sub-folder per class, for zero-shot top-1 after each epoch")
     p.add_argument("--templates", default="simple", help="prompt template set for --zero-shot-dir (default: simple)")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, final/")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)",
+    )
     p.add_argument("--epochs", type=int, default=d["epochs"].default)
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="pairs per rank per micro-batch")
@@ -45,12 +49,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-momentum", type=float, default=d["bn_momentum"].default, help="PyTorch convention")
     p.add_argument("--drop-path-rate", type=float, default=d["drop_path_rate"].default)
     p.add_argument("--hflip", action="store_true", help="random horizontal flips in training")
+    p.add_argument(
+        "--max-unreadable-fraction",
+        type=float,
+        default=d["max_unreadable_fraction"].default,
+        help="stop when more than this fraction of an epoch's images cannot be read (default: %(default)s)",
+    )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes (0: load in the main process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=d["log_every"].default)
     p.add_argument("--save-every", type=int, default=d["save_every"].default, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -79,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lock_image=args.lock_image,
         lock_text=args.lock_text,
         hflip=args.hflip,
+        max_unreadable_fraction=args.max_unreadable_fraction,
         precision=args.precision,
         grad_checkpointing=args.grad_checkpointing,
         device=args.device,

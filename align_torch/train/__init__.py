@@ -5,15 +5,22 @@ Trainer(TrainConfig(model="kakaobrain/align-base", train="pairs.csv", out="run")
 """
 
 from .config import TrainConfig
+from .guards import Interrupted, NonFiniteLossError, UnreadableDataError
+from .lock import RunLockedError
 from .modes import freeze_batchnorm, lock_tower, prepare_model
-from .trainer import NonFiniteLossError, StepRecord, Trainer, TrainResult
+from .state import TrainCheckpointError
+from .trainer import StepRecord, Trainer, TrainResult
 
 __all__ = [
+    "Interrupted",
     "NonFiniteLossError",
+    "RunLockedError",
     "StepRecord",
+    "TrainCheckpointError",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "UnreadableDataError",
     "freeze_batchnorm",
     "lock_tower",
     "prepare_model",

@@ -20,7 +20,7 @@ class TrainConfig:
 
     model: str  # folder or Hub id to start from
     train: str  # manifest (.csv/.tsv/.jsonl) or WebDataset shards (.tar file, folder or glob)
-    out: str  # run folder: checkpoint.pt, metrics.jsonl, final/
+    out: str  # run folder: checkpoint.safetensors, metrics.jsonl, final/
     val: str | None = None  # manifest for retrieval recall@K each epoch
     zero_shot_dir: str | None = None  # one sub-folder per class, for zero-shot top-1 each epoch
     templates: str = "simple"  # template set for zero-shot (align_torch.templates)
@@ -32,6 +32,7 @@ class TrainConfig:
     max_length: int = 64  # tokens, as ALIGN
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction range
     hflip: bool = False  # off by default: captions may say left or right
+    max_unreadable_fraction: float = 0.5  # stop when more of an epoch's images than this cannot be read
 
     optimizer: str = "adamw"
     lr: float = 1e-5
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError("drop_path_rate must be in [0, 1) and bn_momentum in [0, 1]")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
+        if not 0 <= self.max_unreadable_fraction <= 1:
+            raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
 

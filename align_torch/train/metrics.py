@@ -7,13 +7,42 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_file
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def drop_records_after(folder: str | os.PathLike, step: int, epoch: int) -> int | None:
+    """Keep only the records of `folder/metrics.jsonl` at or before (step, epoch), the point a run restarts
+    from, so the steps it runs again are not written twice (a torn last line goes too). Returns the step of
+    the last evaluation kept, if any."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        return None
+    kept, last_eval = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        at = (record.get("step", 0), record.get("epoch", 0))
+        if at <= (step, epoch):
+            kept.append(line)
+            if record.get("type") == "eval":
+                last_eval = record.get("step")
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    return last_eval
+
 
 class MetricsLogger:
     """Appends records to `folder/metrics.jsonl` (kept across resumes) and, if `tensorboard` imports, to
     `folder/tensorboard`. Only the main rank should create one."""
 
     def __init__(self, folder: str | os.PathLike, tensorboard: bool = True) -> None:
-        self.path = Path(folder) / "metrics.jsonl"
+        self.path = Path(folder) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None

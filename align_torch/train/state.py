@@ -1,31 +1,59 @@
-"""Training checkpoints: model, optimiser, scheduler, every rank's RNG state and the data position, written
-atomically so a crash or a NaN never leaves a half-written or poisoned checkpoint behind."""
+"""Training checkpoints: model, optimiser, scheduler, every rank's RNG state and the data position, in one
+safetensors file written atomically. Tensors are safetensors tensors and everything else is JSON in its
+metadata, so reading a checkpoint never runs code: one received from someone else is as safe as a model file."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..fileio import atomic_file
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+# What align_torch wrote before: a pickle, which only an unsafe load can read. Never opened.
+LEGACY_CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = "align_torch.train_checkpoint"
+VERSION = 1
+
+
+class TrainCheckpointError(ValueError):
+    """A training checkpoint that cannot be resumed: missing, truncated, corrupt, or an older unsafe format."""
 
 
 @dataclass
 class Progress:
-    """Where a run is: `batch` micro-batches of epoch `epoch` are consumed, `step` optimiser steps taken."""
+    """Where a run is: `batch` micro-batches of epoch `epoch` are consumed, `step` optimiser steps taken.
+    `epoch_images` and `epoch_unreadable` count this epoch's images over all ranks (for the unreadable check)."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     skipped_images: int = 0
     skipped_batches: int = 0
+    epoch_images: int = 0
+    epoch_unreadable: int = 0
+
+
+@dataclass
+class Checkpoint:
+    """What `--resume` needs; the state dicts are in the form `load_state_dict` takes."""
+
+    model: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    progress: Progress
+    train_config: dict[str, Any]
+    rng: list[dict[str, Any]] = field(default_factory=list)  # one per rank, in rank order
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,6 +72,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# --- writing ------------------------------------------------------------------------------------------
 def save_checkpoint(
     path: str | os.PathLike,
     *,
@@ -55,27 +84,113 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
 ) -> Path:
     """Write everything `--resume` needs into one file, replacing the previous one only once complete."""
-    payload = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        tensors[f"model.{name}"] = value.detach().cpu().contiguous()
+    opt = optimizer.state_dict()
+    opt_values: dict[str, dict[str, Any]] = {}
+    for index, values in opt["state"].items():
+        opt_values[str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                opt_values[str(index)][name] = value
+    rng_plain = []
+    for rank, state in enumerate(rng_states):
+        _, keys, pos, has_gauss, cached = state["numpy"]
+        tensors[f"rng.{rank}.torch"] = state["torch"]
+        tensors[f"rng.{rank}.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))  # MT19937 key
+        for device, cuda in enumerate(state.get("cuda", [])):
+            tensors[f"rng.{rank}.cuda.{device}"] = cuda
+        version, internal, gauss = state["python"]
+        rng_plain.append(
+            {
+                "python": [version, list(internal), gauss],
+                "numpy": [int(pos), int(has_gauss), float(cached)],
+                "cuda_devices": len(state.get("cuda", [])),
+            }
+        )
+    plain = {
         "model_config": model.config.to_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": {"param_groups": opt["param_groups"], "state": opt_values},
         "scheduler": scheduler.state_dict(),
         "progress": asdict(progress),
         "train_config": train_config,
-        "rng": rng_states,  # one per rank, in rank order
+        "rng": rng_plain,
     }
+    metadata = {"format": FORMAT, "version": str(VERSION), "state": json.dumps(plain)}
     with atomic_file(path) as tmp:
-        torch.save(payload, tmp)
+        mode = tmp.stat().st_mode & 0o777  # safetensors rewrites the file 0600; keep the umask's mode
+        _write(tensors, tmp, metadata)
+        tmp.chmod(mode)
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def _write(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    save_file(tensors, str(path), metadata=metadata)
+
+
+# --- reading ------------------------------------------------------------------------------------------
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; TrainCheckpointError, naming the file, for anything else.
+    No code from the file runs: a pickled `checkpoint.pt` beside it is refused without being opened."""
     path = Path(path)
+    legacy = path.with_name(LEGACY_CHECKPOINT_FILE)
+    if not path.is_file() and legacy.is_file():
+        raise TrainCheckpointError(
+            f"{legacy} was written by an older align_torch as a pickle, which can run code when loaded, so it "
+            "cannot be resumed safely; start a new run in another --out"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path} to resume from")
-    # Not weights_only: the RNG states are Python and NumPy objects. Only load checkpoints you wrote.
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    missing = {"model", "optimizer", "scheduler", "progress", "train_config", "rng"} - set(payload)
-    if missing:
-        raise ValueError(f"{path} is not an align_torch training checkpoint (missing {sorted(missing)})")
-    return payload
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise TrainCheckpointError(f"{path} is not an align_torch training checkpoint")
+            if metadata.get("version") != str(VERSION):
+                raise TrainCheckpointError(
+                    f"{path} is a training checkpoint of version {metadata.get('version')!r}; this align_torch "
+                    f"reads version {VERSION}"
+                )
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        return _unpack(tensors, json.loads(metadata["state"]))
+    except TrainCheckpointError:
+        raise
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise TrainCheckpointError(
+            f"{path} is truncated or corrupt and cannot be resumed ({type(e).__name__}: {e}); it was left as is"
+        ) from None
+
+
+def _unpack(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> Checkpoint:
+    model = {name[len("model.") :]: t for name, t in tensors.items() if name.startswith("model.")}
+    opt_state: dict[int, dict[str, Any]] = {int(i): dict(values) for i, values in plain["optimizer"]["state"].items()}
+    for name, t in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            opt_state.setdefault(int(index), {})[key] = t
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in plain["optimizer"]["param_groups"]]
+    rng = []
+    for rank, state in enumerate(plain["rng"]):
+        version, internal, gauss = state["python"]
+        pos, has_gauss, cached = state["numpy"]
+        keys = tensors[f"rng.{rank}.numpy"].numpy().astype(np.uint32)
+        entry = {
+            "python": (version, tuple(internal), gauss),
+            "numpy": ("MT19937", keys, pos, has_gauss, cached),
+            "torch": tensors[f"rng.{rank}.torch"],
+        }
+        if state["cuda_devices"]:
+            entry["cuda"] = [tensors[f"rng.{rank}.cuda.{d}"] for d in range(state["cuda_devices"])]
+        rng.append(entry)
+    return Checkpoint(
+        model=model,
+        model_config=plain["model_config"],
+        optimizer={"state": opt_state, "param_groups": groups},
+        scheduler=plain["scheduler"],
+        progress=Progress(**plain["progress"]),
+        train_config=plain["train_config"],
+        rng=rng,
+    )

@@ -29,16 +29,30 @@ from ..weights import save_native
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, setup_distributed
-from .metrics import MetricsLogger
+from .guards import (
+    Interrupted,
+    NonFiniteLossError,
+    StopRequest,
+    all_finite,
+    check_unreadable,
+    ignore_sigint,
+)
+from .lock import RunLockedError, acquire_run_lock, release_run_lock
+from .metrics import MetricsLogger, drop_records_after
 from .modes import prepare_model
 from .optim import build_optimizer, build_scheduler
-from .state import CHECKPOINT_FILE, Progress, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .state import (
+    CHECKPOINT_FILE,
+    LEGACY_CHECKPOINT_FILE,
+    Checkpoint,
+    Progress,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 FINAL_DIR = "final"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; nothing was written after the last good checkpoint."""
 
 
 @dataclass
@@ -83,7 +97,7 @@ class Trainer:
     """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model`.
 
     `callbacks` are called as `callback(trainer, record)` after every optimiser step. With `resume=True` the
-    run continues from `cfg.out/checkpoint.pt` exactly where it stopped (same batches, RNG, schedule).
+    run continues from `cfg.out/checkpoint.safetensors` exactly where it stopped (same batches, RNG, schedule).
     """
 
     def __init__(
@@ -104,15 +118,26 @@ class Trainer:
         self.checkpoint_path = self.out / CHECKPOINT_FILE
         self.progress = Progress()
         self._saved_step: int | None = None
+        self.stop = StopRequest()
+        self._lock: Path | None = None
+        self._last_eval_step: int | None = None
+        self._tried, self._unreadable, self._bad_examples = 0, 0, []  # this rank's, since the last sync
+
+    def request_stop(self) -> None:
+        """Stop at the next step boundary with a checkpoint, as Ctrl-C does (usable from a callback)."""
+        self.stop.request()
 
     # --- setup ----------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
         self.dist, self.device = setup_distributed(cfg.device)
-        if not self.resume and self.checkpoint_path.exists():
-            raise FileExistsError(
-                f"{self.checkpoint_path} exists: pass --resume to continue that run, or choose another --out"
-            )
+        self._take_lock()
+        legacy = self.out / LEGACY_CHECKPOINT_FILE
+        for existing in (self.checkpoint_path, legacy):
+            if not self.resume and existing.exists():
+                raise FileExistsError(f"{existing} exists: pass --resume to continue that run, or choose another --out")
+        # Read (and so check) the checkpoint before the minutes of loading a model.
+        checkpoint = load_checkpoint(self.checkpoint_path) if self.resume else None
         if cfg.val is not None and not cfg.val.endswith(MANIFEST_SUFFIXES):
             raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {cfg.val!r}")
         seed = cfg.seed + self.dist.rank
@@ -154,27 +179,44 @@ class Trainer:
 
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
-        if self.resume:
-            self._load()
+        if checkpoint is not None:
+            self._load(checkpoint)
         self.ddp = None
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        self.logger = MetricsLogger(self.out) if self.dist.is_main else None
+        if self.dist.is_main:
+            last_eval = drop_records_after(self.out, self.progress.step, self.progress.epoch)
+            self.logger = MetricsLogger(self.out)
+        else:
+            last_eval, self.logger = None, None
+        # Every rank must agree whether the final evaluation already ran (it has a barrier).
+        last_eval = int(all_reduce_(torch.tensor(-1 if last_eval is None else last_eval), "max").item())
+        self._last_eval_step = None if last_eval < 0 else last_eval
 
-    def _load(self) -> None:
-        payload = load_checkpoint(self.checkpoint_path)
-        saved = payload["train_config"]
+    def _take_lock(self) -> None:
+        """Rank 0 locks the run folder; every rank stops if it could not."""
+        error = None
+        if self.dist.is_main:
+            try:
+                self._lock = acquire_run_lock(self.out)
+            except RunLockedError as e:
+                error = e
+        if all_reduce_(torch.tensor(int(error is not None)), "max").item():
+            raise error or RunLockedError(f"rank 0 could not lock {self.out}")
+
+    def _load(self, checkpoint: Checkpoint) -> None:
+        saved = checkpoint.train_config
         changed = [k for k in RESUME_FIXED if saved.get(k) != getattr(self.cfg, k)]
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.progress = Progress(**payload["progress"])
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self.progress = checkpoint.progress
         self._saved_step = self.progress.step
-        rng = payload["rng"]
+        rng = checkpoint.rng
         if len(rng) == self.dist.world:
             set_rng_state(rng[self.dist.rank])
         else:
@@ -185,23 +227,32 @@ class Trainer:
             )
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save(self, all_ranks: bool = True) -> None:
-        """Write checkpoint.pt (rank 0). `all_ranks=False` skips gathering other ranks' RNG states (used on
-        Ctrl-C, when the ranks may not be at the same point)."""
-        states = gather_objects(rng_state()) if all_ranks else [rng_state()]
+    def save(self) -> None:
+        """Write checkpoint.safetensors (rank 0) with every rank's RNG state. Called at step boundaries only,
+        after the step's finiteness checks, so the checkpoint is always one a run can continue from exactly."""
+        states = gather_objects(rng_state())
         if self.dist.is_main:
-            save_checkpoint(
-                self.checkpoint_path,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                progress=self.progress,
-                train_config=self.cfg.to_dict(),
-                rng_states=states,
-            )
+            try:
+                save_checkpoint(
+                    self.checkpoint_path,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    progress=self.progress,
+                    train_config=self.cfg.to_dict(),
+                    rng_states=states,
+                )
+            except OSError as e:
+                kept = (
+                    f"the previous checkpoint (step {self._saved_step}) is intact"
+                    if self._saved_step is not None
+                    else "no checkpoint had been written yet"
+                )
+                raise OSError(
+                    f"could not write {self.checkpoint_path} at step {self.progress.step} ({e.strerror or e}); {kept}"
+                ) from None
         self._saved_step = self.progress.step
-        if all_ranks:
-            barrier()
+        barrier()
 
     def save_final(self) -> Path:
         """The trained model in native format with the processor files, at out/final (rank 0)."""
@@ -215,8 +266,18 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train to the end (epochs or max_steps), evaluating each epoch; returns what happened."""
-        self._setup()
+        """Train to the end (epochs or max_steps), evaluating each epoch; returns what happened. Ctrl-C stops
+        at the next step boundary with a checkpoint and raises `Interrupted` (a KeyboardInterrupt)."""
+        try:
+            with self.stop.on_sigint():
+                self._setup()
+                return self._fit()
+        finally:
+            if self._lock is not None:
+                release_run_lock(self._lock)
+                self._lock = None
+
+    def _fit(self) -> TrainResult:
         result = TrainResult(progress=self.progress)
         bar = tqdm(
             total=self.total_steps,
@@ -228,13 +289,15 @@ class Trainer:
         try:
             while self.progress.step < self.total_steps:
                 self._run_epoch(result, bar)
-            if not result.evaluations or result.evaluations[-1]["step"] != self.progress.step:
+            if self._last_eval_step != self.progress.step:
                 self._evaluate(result)
             self.save()
             result.final_dir = self.save_final()
-        except KeyboardInterrupt:
-            self.save(all_ranks=False)
+        except Interrupted:
             bar.write(f"interrupted: checkpoint at step {self.progress.step} saved to {self.checkpoint_path}")
+            raise
+        except KeyboardInterrupt:
+            bar.write(f"interrupted mid-step: nothing saved; {self._last_good()}")
             raise
         finally:
             bar.close()
@@ -256,6 +319,7 @@ class Trainer:
             collate_fn=self.collate,
             num_workers=cfg.workers,
             generator=generator,
+            worker_init_fn=ignore_sigint,
             pin_memory=self.device.type == "cuda",
         )
 
@@ -272,12 +336,40 @@ class Trainer:
                     self.logger.log({"type": "train", **asdict(record)})
                 for callback in self.callbacks:
                     callback(self, record)
-                if p.step % cfg.save_every == 0:
-                    self.save()
+            stop = self._sync_step()
+            if record is not None and p.step % cfg.save_every == 0:
+                self.save()
+            if stop:
+                self._stop_here()
         if p.batch >= self.steps_per_epoch * cfg.grad_accum:
             p.epoch, p.batch = p.epoch + 1, 0
+            p.epoch_images = p.epoch_unreadable = 0
             self._evaluate(result)
             self.save()
+            if all_reduce_(torch.tensor(int(self.stop.requested)), "max").item():
+                self._stop_here()
+
+    def _sync_step(self) -> bool:
+        """After each step, on every rank: add up the images tried and unreadable, stop on too many unreadable,
+        and agree on whether any rank was asked to stop (so all ranks stop at the same step boundary)."""
+        p, cfg = self.progress, self.cfg
+        counts = all_reduce_(torch.tensor([self._tried, self._unreadable, int(self.stop.requested)]), "sum")
+        p.epoch_images += int(counts[0])
+        p.epoch_unreadable += int(counts[1])
+        self._tried = self._unreadable = 0
+        check_unreadable(
+            p,
+            source=cfg.train,
+            max_fraction=cfg.max_unreadable_fraction,
+            epoch_images=self.steps_per_epoch * cfg.grad_accum * cfg.batch_size * self.dist.world,
+            examples=self._bad_examples,
+        )
+        return bool(counts[2])
+
+    def _stop_here(self) -> None:
+        if self._saved_step != self.progress.step:
+            self.save()
+        raise Interrupted
 
     def _step(self, batches) -> StepRecord | None:
         """One optimiser step over grad_accum micro-batches; None when every micro-batch was empty."""
@@ -288,6 +380,9 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch: Batch = next(batches)
             p.skipped_images += len(batch.failures)
+            self._tried += len(batch) + len(batch.failures)
+            self._unreadable += len(batch.failures)
+            self._bad_examples += [reason for _, reason in batch.failures][: 3 - len(self._bad_examples)]
             # Every rank must take part in every collective: skip a micro-batch on all ranks if any is empty.
             if all_reduce_(torch.tensor(len(batch)), "min").item() == 0:
                 p.skipped_batches += 1
@@ -306,6 +401,7 @@ class Trainer:
             return None
         if self.ddp is not None and not synced:
             self._sync_gradients()
+        self._check_tensors("gradients", [q.grad for q in self.model.parameters() if q.grad is not None])
         if cfg.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         self.optimizer.step()
@@ -314,6 +410,8 @@ class Trainer:
         if cfg.temperature_min is not None:
             with torch.no_grad():
                 self.model.temperature.clamp_(min=cfg.temperature_min)
+        # Before anything can save them: a step that broke the weights must never become "the last good".
+        self._check_tensors("weights", [*self.model.parameters(), *self.model.buffers()])
         p.step += 1
         loss = all_reduce_(torch.stack(losses).mean().float().cpu(), "sum").item() / self.dist.world
         pairs = int(all_reduce_(torch.tensor(pairs), "sum").item())
@@ -327,17 +425,25 @@ class Trainer:
             skipped_images=p.skipped_images,
         )
 
+    def _last_good(self) -> str:
+        if self._saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {self.checkpoint_path} (step {self._saved_step}), untouched"
+
     def _check_finite(self, loss: torch.Tensor) -> None:
         bad = all_reduce_((~torch.isfinite(loss.detach())).float().cpu(), "max").item() > 0
         if bad:
-            where = (
-                f"the last good checkpoint is {self.checkpoint_path} (step {self._saved_step}), untouched"
-                if self._saved_step is not None
-                else "no checkpoint had been written yet"
-            )
             raise NonFiniteLossError(
                 f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
-                f"stopping. {where}. Try a lower --lr, --precision fp32, or --clip-grad."
+                f"stopping. {self._last_good()}. Try a lower --lr, --precision fp32, or --clip-grad."
+            )
+
+    def _check_tensors(self, what: str, tensors: list[torch.Tensor]) -> None:
+        bad = all_reduce_(torch.tensor(float(not all_finite(tensors))), "max").item() > 0
+        if bad:
+            raise NonFiniteLossError(
+                f"{what} are not finite at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"stopping before saving. {self._last_good()}. Try a lower --lr or --clip-grad."
             )
 
     def _sync_gradients(self) -> None:
@@ -365,4 +471,5 @@ class Trainer:
                 "eval: " + ", ".join(f"{k}={v:.2f}" for k, v in record.items() if isinstance(v, float)), file=sys.stderr
             )
         result.evaluations.append(record)
+        self._last_eval_step = self.progress.step
         barrier()
