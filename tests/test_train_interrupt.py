@@ -78,3 +78,51 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tiny_native_dir: Path, data
     resumed = subprocess.run(_command(tiny_native_dir, manifest, out, "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_run(out, reference)
+
+
+def _ddp_worker(rank: int, port: int, model: str, train: str, out: str, results: str) -> None:
+    import torch.distributed as dist
+
+    from align_torch.train import Interrupted, TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        cfg = TrainConfig(model=model, train=train, out=out, batch_size=2, progress=False)
+
+        def ctrl_c_on_rank_1(trainer, record) -> None:
+            if trainer.dist.rank == 1 and record.step == 1:
+                trainer.request_stop()
+
+        trainer = Trainer(cfg, callbacks=[ctrl_c_on_rank_1])
+        try:
+            trainer.fit()
+            outcome = "finished"
+        except Interrupted:
+            outcome = "interrupted"
+        state = {"outcome": outcome, "step": trainer.progress.step, "rng": torch.get_rng_state().tolist()}
+        Path(results, f"{rank}.json").write_text(json.dumps(state))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_one_step(tiny_native_dir: Path, data, tmp_path: Path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest, _ = data
+    out = tmp_path / "run"
+    args = (port, str(tiny_native_dir), str(manifest), str(out), str(tmp_path))
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert [r["outcome"] for r in ranks] == ["interrupted", "interrupted"]
+    assert [r["step"] for r in ranks] == [1, 1]
+    checkpoint = load_checkpoint(out / CHECKPOINT_FILE)
+    assert checkpoint.progress.step == 1
+    # Every rank's generator as it was at the stop, for the masks of the steps still to come.
+    assert [state["torch"].tolist() for state in checkpoint.rng] == [r["rng"] for r in ranks]
+    assert ranks[0]["rng"] != ranks[1]["rng"]
