@@ -30,6 +30,7 @@ from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, setup_distributed
 from .guards import (
+    EXAMPLES_SHOWN,
     Interrupted,
     NonFiniteLossError,
     StopRequest,
@@ -382,7 +383,7 @@ class Trainer:
             p.skipped_images += len(batch.failures)
             self._tried += len(batch) + len(batch.failures)
             self._unreadable += len(batch.failures)
-            self._bad_examples += [reason for _, reason in batch.failures][: 3 - len(self._bad_examples)]
+            self._bad_examples += [reason for _, reason in batch.failures][: EXAMPLES_SHOWN - len(self._bad_examples)]
             # Every rank must take part in every collective: skip a micro-batch on all ranks if any is empty.
             if all_reduce_(torch.tensor(len(batch)), "min").item() == 0:
                 p.skipped_batches += 1
