@@ -10,6 +10,9 @@ a literal "[CLS]" in a caption stays one token (while "[cls]" does not).
 from __future__ import annotations
 
 import json
+import numbers
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ DEFAULT_SPECIAL_TOKENS = {
 # transformers writes a huge number when a checkpoint sets no limit; ALIGN was trained on 64 tokens.
 DEFAULT_MAX_LENGTH = 64
 _NO_LIMIT = 10**12
+# Configured backend copies kept per (truncation, padding, length); callers rarely use more than a few.
+_CONFIGURED_CACHE = 16
 
 
 def read_vocab(path: str | Path) -> dict[str, int]:
@@ -76,7 +81,18 @@ class AlignTokenizer:
             if vocab is None:
                 raise ValueError("AlignTokenizer needs a vocab or a tokenizers.Tokenizer")
             tokenizer = self._build(vocab)
+        else:
+            # Our own copy, without the padding/truncation a tokenizer.json may carry: the caller's object is
+            # left alone and every call states its own settings.
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
         self._tokenizer = tokenizer
+        # padding/truncation are state on a tokenizers.Tokenizer, so setting them per call on one shared object
+        # lets concurrent calls see each other's settings. Each setting gets its own copy, configured once and
+        # never changed again; the lock only guards the cache.
+        self._configured: OrderedDict[tuple, Tokenizer] = OrderedDict()
+        self._configured_lock = threading.Lock()
         for key in ("pad_token", "cls_token", "sep_token", "unk_token"):
             if tokenizer.token_to_id(self.special_tokens[key]) is None:
                 raise ValueError(f"{key} {self.special_tokens[key]!r} is not in the vocabulary")
@@ -138,7 +154,7 @@ class AlignTokenizer:
 
     @property
     def backend(self) -> Tokenizer:
-        """The underlying `tokenizers.Tokenizer` (padding/truncation are set per call by __call__)."""
+        """The underlying `tokenizers.Tokenizer`, without padding or truncation (__call__ uses configured copies)."""
         return self._tokenizer
 
     def __call__(
@@ -189,30 +205,56 @@ class AlignTokenizer:
         max_length: int | None,
     ) -> list[Encoding]:
         limit = self.model_max_length if max_length is None else max_length
-        tok = self._tokenizer
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 2:
+            raise ValueError(f"max_length must be an int >= 2 (room for [CLS] and [SEP]), got {limit!r}")
+        limit = int(limit)
         if truncation in (True, "longest_first", "only_first", "only_second"):
-            strategy = "longest_first" if truncation is True else truncation
-            tok.enable_truncation(limit, strategy=strategy)
+            trunc = "longest_first" if truncation is True else truncation
         elif truncation in (False, "do_not_truncate", None):
-            tok.no_truncation()
+            trunc = None
         else:
             raise ValueError(f"truncation must be True, False or a strategy name, got {truncation!r}")
-        pad = dict(pad_id=self.pad_token_id, pad_token=self.special_tokens["pad_token"], pad_type_id=0)
         if padding == "max_length":
-            tok.enable_padding(length=limit, **pad)
+            pad_to: int | None = limit
         elif padding in (True, "longest"):
-            tok.enable_padding(length=None, **pad)
+            pad_to = None
         elif padding in (False, "do_not_pad", None):
-            tok.no_padding()
+            pad_to = -1
         else:
             raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+        tok = self._configured_backend(trunc, limit if trunc else None, pad_to)
         inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
-        return tok.encode_batch(inputs)
+        try:
+            return tok.encode_batch(inputs)
+        except TypeError:
+            _check_utf8(texts, "text")
+            _check_utf8(pairs or [], "text_pair")
+            raise
+
+    def _configured_backend(self, truncation: str | None, limit: int | None, pad_to: int | None) -> Tokenizer:
+        """A backend copy set to truncate to `limit` with `truncation` (None: never) and pad to `pad_to`
+        (None: the longest text, -1: no padding); made once per setting, then only read."""
+        key = (truncation, limit, pad_to)
+        with self._configured_lock:
+            tok = self._configured.get(key)
+            if tok is not None:
+                self._configured.move_to_end(key)
+                return tok
+        tok = Tokenizer.from_str(self._tokenizer.to_str())
+        if truncation is not None:
+            tok.enable_truncation(limit, strategy=truncation)
+        if pad_to != -1:
+            tok.enable_padding(
+                length=pad_to, pad_id=self.pad_token_id, pad_token=self.special_tokens["pad_token"], pad_type_id=0
+            )
+        with self._configured_lock:
+            tok = self._configured.setdefault(key, tok)
+            while len(self._configured) > _CONFIGURED_CACHE:
+                self._configured.popitem(last=False)
+        return tok
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """One text → ids, without padding or truncation."""
-        self._tokenizer.no_padding()
-        self._tokenizer.no_truncation()
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
@@ -247,8 +289,6 @@ class AlignTokenizer:
             "vocab.txt": "".join(token + "\n" for token in sorted(vocab, key=vocab.__getitem__)),
         }
         if self.from_tokenizer_json:
-            self._tokenizer.no_padding()
-            self._tokenizer.no_truncation()
             files["tokenizer.json"] = self._tokenizer.to_str(pretty=True)
         return files
 
@@ -261,6 +301,15 @@ def _as_texts(text: str | Sequence[str], name: str) -> list[str]:
             raise ValueError(f"{name} is an empty list; pass at least one string")
         return list(text)
     raise TypeError(f"{name} must be a string or a list of strings, got {type(text).__name__}")
+
+
+def _check_utf8(texts: list[str], name: str) -> None:
+    """Name the text the backend cannot take: a lone surrogate (e.g. from a badly decoded file) is not Unicode."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name}[{i}] is not valid Unicode: {e.reason} at character {e.start}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
