@@ -9,6 +9,7 @@ float64 intermediate in the rescale and the crop offsets for odd sizes, follows 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -106,7 +107,12 @@ class AlignImageProcessor:
 
         `return_tensors="pt"` gives a torch tensor, "np" (or None) a numpy array.
         """
-        pixels = [self.preprocess_one(image) for image in _as_list(images)]
+        pixels = []
+        for i, image in enumerate(_as_list(images)):
+            try:
+                pixels.append(self.preprocess_one(image))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"images[{i}]: {e}") from e
         shapes = {p.shape for p in pixels}
         if len(shapes) > 1:
             raise ValueError(
@@ -160,10 +166,18 @@ def to_rgb_chw(image: ImageInput) -> np.ndarray:
     """Any supported image → (3, H, W) numpy array, converted to RGB the way transformers' convert_to_rgb does.
 
     PIL images of any mode go through PIL's own conversion; transparency (an alpha band, or a palette's
-    `transparency`) is composited onto white. Arrays and tensors may be HWC or CHW with 1, 3 or 4 channels
-    (or 2-D grayscale); 1 channel is repeated, 4 channels (RGBA) are composited onto white.
+    `transparency`) is composited onto white. 16-bit and 32-bit PIL modes (I;16, I, F) are scaled to 8 bits
+    first (see `_high_depth_to_l`). Arrays and tensors may be HWC or CHW with 1, 3 or 4 channels (or 2-D
+    grayscale); 1 channel is repeated, 4 channels (RGBA) are composited onto white. Float arrays with every
+    value in [0, 1] (torchvision's ToTensor) are read as already-scaled images: round(x · 255) as uint8.
     """
     if isinstance(image, PIL.Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"image has size {image.width}×{image.height}, with no pixels")
+        if image.mode in _HIGH_DEPTH_MODES:
+            image = _high_depth_to_l(image)
+        elif image.mode == "La":
+            image = image.convert("LA")  # PIL converts premultiplied La to nothing but LA
         has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
         if has_alpha:
             rgba = image.convert("RGBA")
@@ -178,8 +192,12 @@ def to_rgb_chw(image: ImageInput) -> np.ndarray:
         image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
     if not isinstance(image, np.ndarray):
         raise TypeError(f"an image must be a PIL.Image.Image, numpy array or torch tensor, got {type(image).__name__}")
+    if image.dtype == np.bool_ or np.issubdtype(image.dtype, np.complexfloating) or image.dtype.kind not in "uif":
+        raise ValueError(f"image has dtype {image.dtype}; expected uint8, another integer type or a float type")
     if image.size == 0:
         raise ValueError(f"image has shape {image.shape}, with no pixels")
+    if np.issubdtype(image.dtype, np.floating):
+        image = _unit_float_to_uint8(image)
     if image.ndim == 2:
         image = image[None]  # (H, W) → (1, H, W)
     if image.ndim != 3:
@@ -203,6 +221,54 @@ def to_rgb_chw(image: ImageInput) -> np.ndarray:
     return np.moveaxis(hwc, -1, 0)
 
 
+# PIL modes holding more than 8 bits per pixel; PIL's convert("RGB") clips them to [0, 255].
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _high_depth_to_l(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale PIL image → one PIL converts to RGB without clipping.
+
+    I;16 spans [0, 65535] and is divided by 257 (65535 → 255). Mode I (what PIL opens 16-bit PNGs as) and
+    mode F with values within [0, 255] are left to PIL, as transformers does; mode I up to 65535 is divided by
+    257; mode F within [0, 1] is scaled by 255, like a float array. Anything else is refused, not guessed.
+    Scaled values are rounded to nearest. transformers clips instead (a 16-bit photo turns white): a
+    deliberate difference.
+    """
+    values = np.asarray(image).astype(np.float64)  # (H, W)
+    low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"a mode {image.mode} image has NaN or infinite values")
+    if image.mode in ("I", "F") and 0.0 <= low and high <= 255.0 and not (image.mode == "F" and high <= 1.0):
+        return image
+    if image.mode == "F" and 0.0 <= low and high <= 1.0:
+        scale = 255.0
+    elif image.mode != "F" and 0.0 <= low and high <= 65535.0:
+        scale = 1 / 257
+    else:
+        expected = "[0, 1] or [0, 255]" if image.mode == "F" else "[0, 65535]"
+        raise ValueError(f"a mode {image.mode} image must have values in {expected}, got [{low}, {high}]")
+    return PIL.Image.fromarray(np.round(values * scale).astype(np.uint8), mode="L")
+
+
+def _unit_float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pixels all within [0, 1] → uint8 round(x · 255); other floats pass through unchanged.
+
+    transformers would rescale such an image once more (x / 127.5 − 1 ≈ −1: a blank image, with a warning).
+    ToTensor's x = v / 255 comes back as v exactly, so a ToTensor'd image gives the same pixels as the
+    original. A float image of whole numbers in [0, 255] with values above 1 is read as 8-bit, as before.
+    """
+    if not np.isfinite(image).all():
+        raise ValueError("image has NaN or infinite values")
+    if image.min() < 0.0 or image.max() > 1.0:
+        return image
+    warnings.warn(
+        "a float image with every value in [0, 1] is read as already scaled (round(x * 255) as uint8), "
+        "not rescaled again as transformers would (which gives a blank image)",
+        stacklevel=4,
+    )
+    return np.round(image.astype(np.float64) * 255).astype(np.uint8)
+
+
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     """(H, W, 4) → (H, W, 3): blend onto white, alpha in [0, 255] for integers and [0, 1] for floats."""
     is_int = np.issubdtype(rgba.dtype, np.integer)
@@ -215,30 +281,19 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 def _pil_resize(chw: np.ndarray, size_hw: tuple[int, int], resample: int) -> np.ndarray:
-    """Resize through PIL on uint8 pixels, as transformers does; float input comes back scaled as it went in.
-
-    Floats holding whole numbers in [0, 255] are cast to uint8; other floats in [0, 1] are scaled by 255 and
-    truncated to uint8 (not rounded), then the result is divided by 255 again.
-    """
-    scaled_to_unit = False
+    """Resize through PIL on uint8 pixels, as transformers does. Non-uint8 input must hold whole numbers in
+    [0, 255] (floats in [0, 1] were already turned into uint8 by to_rgb_chw)."""
     if chw.dtype != np.uint8:
-        if np.allclose(chw, chw.astype(int)):
-            if chw.min() < 0 or chw.max() > 255:
-                raise ValueError(f"image values must lie in [0, 255] to resize, got [{chw.min()}, {chw.max()}]")
-        elif chw.min() >= 0 and chw.max() <= 1:
-            scaled_to_unit = True
-            chw = (chw.astype(np.float64) * 255).astype(np.float32)
-        else:
+        if not np.allclose(chw, chw.astype(np.int64)):
             raise ValueError(
                 f"float image values must lie in [0, 1] or be whole numbers in [0, 255] to resize, "
                 f"got [{chw.min()}, {chw.max()}]"
             )
+        if chw.min() < 0 or chw.max() > 255:
+            raise ValueError(f"image values must lie in [0, 255] to resize, got [{chw.min()}, {chw.max()}]")
     pil = PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(chw, 0, -1)).astype(np.uint8))
     height, width = size_hw
-    resized = np.moveaxis(np.asarray(pil.resize((width, height), resample=resample)), -1, 0)  # (3, H, W)
-    if scaled_to_unit:
-        resized = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
-    return resized
+    return np.moveaxis(np.asarray(pil.resize((width, height), resample=resample)), -1, 0)  # (3, H, W)
 
 
 def center_crop(chw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

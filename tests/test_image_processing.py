@@ -7,6 +7,8 @@ image to the model as one channel (it crashes); ours always converts, the way tr
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -41,32 +43,55 @@ def _odd_images() -> dict[str, object]:
     rgba[..., 3] = rng.integers(0, 256, rgba.shape[:2])  # varied transparency, so compositing matters
     palette_transparent = cat.convert("P")
     palette_transparent.info["transparency"] = 7
-    sixteen_bit = PIL.Image.fromarray((rng.random((61, 47)) * 65535).astype(np.uint16))  # values over 255
     coffee = skimage_data.coffee()
     images: dict[str, object] = {f"mode_{m}": cat.convert(m) for m in ("L", "LA", "P", "PA", "RGBA", "CMYK")}
-    images |= {f"mode_{m}": cat.convert(m) for m in ("I;16", "I", "F", "1", "YCbCr")}
+    # Modes I and F holding values in [0, 255] (as convert() makes them) are read as 8-bit, like transformers.
+    images |= {f"mode_{m}": cat.convert(m) for m in ("I", "F", "1", "YCbCr")}
     images |= {
         "gray_camera": PIL.Image.fromarray(skimage_data.camera()),
         "rgba_random_alpha": PIL.Image.fromarray(rgba),
         "palette_transparency": palette_transparent,
-        "sixteen_bit_full_range": sixteen_bit,
         "one_pixel": PIL.Image.fromarray(np.array([[[10, 200, 30]]], dtype=np.uint8)),
         "wide_5000x20": PIL.Image.fromarray(rng.integers(0, 256, (20, 5000, 3), dtype=np.uint8)),
         "tall_odd_7x333": PIL.Image.fromarray(rng.integers(0, 256, (333, 7, 3), dtype=np.uint8)),
         "np_hwc_uint8": coffee,
         "np_chw_uint8": np.ascontiguousarray(np.moveaxis(coffee, -1, 0)),
-        "np_hwc_float_unit": coffee / 255.0,
         "np_hwc_float_whole": coffee.astype(np.float32),
         "np_hw1_gray": skimage_data.camera()[..., None],
         "np_rgba_uint8": rgba,
-        "np_rgba_float": rgba / 255.0,
         "torch_chw_uint8": torch.from_numpy(np.ascontiguousarray(np.moveaxis(coffee, -1, 0))),
-        "torch_chw_float_unit": torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0)),
     }
     return images
 
 
 ODD = _odd_images()
+
+
+def _deliberate_differences() -> dict[str, tuple[object, object]]:
+    """name -> (input, the 8-bit image it stands for). transformers blanks the float images in [0, 1] (it
+    rescales them a second time) and clips the 16-bit ones to white; ours must equal transformers on the
+    8-bit image instead. The old parity tests asserted the blank and clipped outputs."""
+    rng = np.random.default_rng(1)
+    coffee = skimage_data.coffee()
+    rgba = np.asarray(PIL.Image.fromarray(skimage_data.chelsea()).convert("RGBA")).copy()
+    rgba[..., 3] = rng.integers(0, 256, rgba.shape[:2])
+    gray = skimage_data.camera()
+    sixteen = (rng.random((61, 47)) * 65535).astype(np.uint16)
+    noise = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0))
+    to_tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(coffee, -1, 0))).float().div(255)  # ToTensor
+    return {
+        "np_hwc_float_unit": (coffee / 255.0, coffee),
+        "np_rgba_float_unit": (rgba / 255.0, rgba),
+        "torch_chw_float_unit": (noise, np.round(noise.double().numpy() * 255).astype(np.uint8)),
+        "torchvision_to_tensor": (to_tensor, coffee),
+        "mode_I;16_full_range": (PIL.Image.fromarray(sixteen), np.round(sixteen / 257).astype(np.uint8)),
+        "mode_I;16_photo": (PIL.Image.fromarray(gray.astype(np.uint16) * 257), gray),
+        "mode_I_16_bit_png": (PIL.Image.fromarray(sixteen.astype(np.int32)), np.round(sixteen / 257).astype(np.uint8)),
+        "mode_F_unit": (PIL.Image.fromarray(gray.astype(np.float32) / 255), gray),
+    }
+
+
+DELIBERATE = _deliberate_differences()
 
 
 def _reference(config: dict):
@@ -96,6 +121,18 @@ def test_odd_images_match_transformers(config, name):
     got = AlignImageProcessor.from_dict(config)(image).pixel_values
     assert got.shape == expected.shape == (1, 3, config["crop_size"]["height"], config["crop_size"]["width"])
     assert (got - expected).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("name", list(DELIBERATE))
+def test_unit_floats_and_16_bit_images_are_scaled_not_blanked(name):
+    image, eight_bit = DELIBERATE[name]
+    config = ALIGN_BASE_PREPROCESSOR
+    with pytest.warns(UserWarning, match="already scaled") if "float" in name or "tensor" in name else nullcontext():
+        got = AlignImageProcessor.from_dict(config)(image).pixel_values
+    if eight_bit.ndim == 2:
+        eight_bit = PIL.Image.fromarray(eight_bit)  # transformers takes no 2-D arrays
+    assert torch.equal(got, _reference(config)(eight_bit, return_tensors="pt").pixel_values)
+    assert got.std().item() > 0.1  # not blank
 
 
 def test_rgba_is_composited_onto_white():
@@ -164,6 +201,16 @@ def test_to_dict_round_trips():
         (np.zeros((10, 10, 2), dtype=np.uint8), ValueError, "channel"),
         (np.zeros((0, 5, 3), dtype=np.uint8), ValueError, "no pixels"),
         (np.full((10, 10, 3), 300.5), ValueError, "[0, 1]"),
+        (np.zeros((10, 10, 3), dtype=bool), ValueError, "images[0]: image has dtype bool"),
+        (torch.zeros(3, 10, 10, dtype=torch.bool), ValueError, "dtype bool"),
+        (np.zeros((10, 10, 3), dtype=np.complex64), ValueError, "dtype complex64"),
+        (torch.zeros(3, 10, 10, dtype=torch.complex64), ValueError, "dtype complex64"),
+        (PIL.Image.new("RGB", (0, 0)), ValueError, "images[0]: image has size 0×0"),
+        (PIL.Image.new("L", (5, 0)), ValueError, "5×0"),
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 0, 3), np.uint8)], ValueError, r"images[1]: .*no pixels"),
+        (np.full((10, 10, 3), np.nan, dtype=np.float32), ValueError, "NaN"),
+        (PIL.Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)), ValueError, "mode I .*[0, 65535]"),
+        (PIL.Image.fromarray(np.full((4, 4), 300.5, dtype=np.float32)), ValueError, "mode F .*[0, 1] or [0, 255]"),
     ],
 )
 def test_bad_inputs_raise_naming_the_problem(bad, error, words):
