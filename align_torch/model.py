@@ -15,6 +15,7 @@ from torch import nn
 from .bert import Bert
 from .config import AlignConfig
 from .efficientnet import EfficientNet
+from .input_checks import check_batches, check_kwargs, check_pixels, check_text
 from .loss import contrastive_loss
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ class AlignModel(nn.Module):
     # --- features -------------------------------------------------------------------------------------
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, 3, H, W) -> (B, projection_dim) image embeddings."""
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        check_pixels(self.config.vision, pixel_values)
         x = self.project_image(self.vision_model(pixel_values))  # (B, P)
         return F.normalize(x, dim=-1) if normalize else x
 
@@ -92,22 +92,25 @@ class AlignModel(nn.Module):
     ) -> torch.Tensor:
         """(B, T) token ids -> (B, projection_dim): the projected pooled last hidden state ([CLS] for ALIGN,
         not the BERT pooler)."""
+        check_text(self.config.text, input_ids, attention_mask, token_type_ids)
         h = self.text_model(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
         x = self.text_projection(self.pool_text(h, attention_mask))  # (B, P)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def get_image_features(self, pixel_values: torch.Tensor, **_: object) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         """transformers' name: un-normalised (B, projection_dim) image embeddings."""
+        check_kwargs("get_image_features", kwargs)
         return self.encode_image(pixel_values)
 
     def get_text_features(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        **_: object,
+        **kwargs: object,
     ) -> torch.Tensor:
         """transformers' name: un-normalised (B, projection_dim) text embeddings."""
+        check_kwargs("get_text_features", kwargs)
         return self.encode_text(input_ids, attention_mask, token_type_ids)
 
     def logits(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -121,14 +124,20 @@ class AlignModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_loss: bool = False,
-        **_: object,
+        **kwargs: object,
     ) -> AlignOutput:
         """Image-text logits and normalised embeddings; with `return_loss`, ALIGN's contrastive loss."""
+        check_kwargs("forward", kwargs)
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "AlignModel needs both input_ids and pixel_values; for one modality use "
                 "get_text_features / get_image_features (or encode_text / encode_image)"
             )
+        # Both inputs are checked before either tower runs (encode_* check their own again: two cheap reductions).
+        check_text(self.config.text, input_ids, attention_mask, token_type_ids)
+        check_pixels(self.config.vision, pixel_values)
+        if return_loss:
+            check_batches(len(input_ids), len(pixel_values))
         image_embeds = self.encode_image(pixel_values, normalize=True)
         text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)
         logits_per_text = self.logits(text_embeds, image_embeds)
