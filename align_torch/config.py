@@ -32,6 +32,32 @@ EFFICIENTNET_STAGES: tuple[Stage, ...] = (
 )
 
 
+def _check_int(owner: str, name: str, value: Any, low: int = 1, high: int | None = None) -> None:
+    """`value` must be an int (not a bool or float) in [low, high]; the error names owner.name."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}.{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f", at most {high}"
+        raise ValueError(f"{owner}.{name} must be at least {low}{upper}, got {value}")
+
+
+def _check_float(owner: str, name: str, value: Any, low: float, high: float, open_low: bool, open_high: bool) -> None:
+    """`value` must be a finite number in the interval (open or closed at each end); the error names it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be a finite number, got {type(value).__name__} {value!r}")
+    if value < low or value > high or (open_low and value == low) or (open_high and value == high):
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"{owner}.{name} must lie in {interval}, got {value}")
+
+
+def _check_str(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{owner}.{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+_INF = math.inf
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """EfficientNet as ALIGN uses it: no top conv, the image embedding is the pooled last block."""
@@ -55,15 +81,37 @@ class VisionConfig:
     pooling: str = "mean"  # "mean" or "max" over the final feature map
 
     def __post_init__(self) -> None:
+        owner = "VisionConfig"
+        if not isinstance(self.stages, (list, tuple)) or not self.stages:
+            raise ValueError(f"{owner}.stages must be a non-empty list of stages, got {self.stages!r}")
+        for i, s in enumerate(self.stages):
+            if not isinstance(s, (list, tuple)) or len(s) != len(Stage._fields):
+                raise ValueError(f"{owner}.stages[{i}] must list {', '.join(Stage._fields)}, got {s!r}")
         object.__setattr__(self, "stages", tuple(Stage(*s) for s in self.stages))
-        object.__setattr__(self, "depthwise_padding", tuple(int(i) for i in self.depthwise_padding))
-        if self.pooling not in ("mean", "max"):
-            raise ValueError(f"VisionConfig.pooling must be 'mean' or 'max', got {self.pooling!r}")
-        for s in self.stages:
+        if not isinstance(self.depthwise_padding, (list, tuple)):
+            raise ValueError(
+                f"{owner}.depthwise_padding must be a list of block indices, got {self.depthwise_padding!r}"
+            )
+        object.__setattr__(self, "depthwise_padding", tuple(self.depthwise_padding))
+        for name in ("image_size", "in_chans", "divisor", "stem_ch"):
+            _check_int(owner, name, getattr(self, name))
+        for name in ("width_mult", "depth_mult"):
+            _check_float(owner, name, getattr(self, name), 0.0, _INF, open_low=True, open_high=True)
+        _check_float(owner, "se_ratio", self.se_ratio, 0.0, 1.0, open_low=True, open_high=False)
+        _check_float(owner, "bn_eps", self.bn_eps, 0.0, _INF, open_low=True, open_high=True)
+        _check_float(owner, "bn_momentum", self.bn_momentum, 0.0, 1.0, open_low=False, open_high=False)
+        _check_float(owner, "drop_path_rate", self.drop_path_rate, 0.0, 1.0, open_low=False, open_high=True)
+        _check_str(owner, "act", self.act, ("silu", "swish", "relu", "gelu"))
+        _check_str(owner, "pooling", self.pooling, ("mean", "max"))
+        for i, s in enumerate(self.stages):
+            for name in Stage._fields:
+                _check_int(f"{owner}.stages[{i}]", name, getattr(s, name))
             if s.stride not in (1, 2):
                 raise ValueError(f"stage strides must be 1 or 2, got {s.stride} in {s}")
             if s.kernel % 2 != 1:
                 raise ValueError(f"depthwise kernels must be odd, got {s.kernel} in {s}")
+        for i, block in enumerate(self.depthwise_padding):
+            _check_int(owner, f"depthwise_padding[{i}]", block, low=0, high=self.num_blocks - 1)
 
     def channels(self, ch: int) -> int:
         """Scale a channel count by `width_mult`, rounded to `divisor` but never down by more than 10%."""
@@ -105,8 +153,23 @@ class TextConfig:
     pooling: str = "cls"
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"TextConfig.pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        owner = "TextConfig"
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            _check_int(owner, name, getattr(self, name))
+        _check_int(owner, "pad_token_id", self.pad_token_id, low=0, high=self.vocab_size - 1)
+        _check_float(owner, "layer_norm_eps", self.layer_norm_eps, 0.0, _INF, open_low=True, open_high=True)
+        for name in ("hidden_dropout", "attention_dropout"):
+            _check_float(owner, name, getattr(self, name), 0.0, 1.0, open_low=False, open_high=True)
+        _check_str(owner, "act", self.act, ("gelu",))
+        _check_str(owner, "pooling", self.pooling, ("cls", "mean"))
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(
                 f"TextConfig.hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
@@ -132,6 +195,9 @@ class AlignConfig:
             object.__setattr__(self, "vision", VisionConfig(**self.vision))
         if isinstance(self.text, dict):
             object.__setattr__(self, "text", TextConfig(**self.text))
+        _check_int("AlignConfig", "projection_dim", self.projection_dim)
+        _check_float("AlignConfig", "temperature_init", self.temperature_init, 0.0, _INF, True, True)
+        _check_float("AlignConfig", "label_smoothing", self.label_smoothing, 0.0, 1.0, False, True)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -141,6 +207,9 @@ class AlignConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlignConfig:
+        for name, value in (("config", d), ("vision", d.get("vision", {})), ("text", d.get("text", {}))):
+            if not isinstance(value, dict):
+                raise ValueError(f"AlignConfig {name} must be a JSON object, got {type(value).__name__}")
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known

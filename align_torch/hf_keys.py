@@ -132,10 +132,13 @@ def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
         raise ValueError(f"config.json is for model_type {hf.get('model_type')!r}, not 'align'")
     v = hf.get("vision_config") or {}
     t = hf.get("text_config") or {}
+    for name, sub in (("vision_config", v), ("text_config", t)):
+        if not isinstance(sub, dict):
+            raise ValueError(f"field {name!r} must be a JSON object, got {type(sub).__name__}")
     d = VisionConfig()
-    table = {
-        name: v.get(key, default)
-        for name, key, default in (
+    table = {  # Stage's fields in order, by their config.json names
+        key: v.get(key, default)
+        for _, key, default in (
             ("kernel", "kernel_sizes", [s.kernel for s in d.stages]),
             ("stride", "strides", [s.stride for s in d.stages]),
             ("expand", "expand_ratios", [s.expand for s in d.stages]),
@@ -144,6 +147,9 @@ def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
             ("repeats", "num_block_repeats", [s.repeats for s in d.stages]),
         )
     }
+    for key, col in table.items():
+        if not isinstance(col, list):
+            raise ValueError(f"field 'vision_config.{key}' must be a list, got {type(col).__name__} {col!r}")
     if len({len(col) for col in table.values()}) != 1:
         raise ValueError(f"vision_config stage lists differ in length: { {k: len(c) for k, c in table.items()} }")
     stages = tuple(Stage(*row) for row in zip(*table.values(), strict=True))

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import AlignConfig
+from .config_files import read_json_object
 from .fileio import atomic_dir
 from .hf_keys import config_from_hf, config_to_hf, hf_to_native, native_to_hf
 from .hub import resolve_model_dir
@@ -31,6 +32,7 @@ WEIGHTS_FILE = "model.safetensors"
 # Files that travel with a model folder so the processor loads from the same place.
 PROCESSOR_FILES = (
     "preprocessor_config.json",
+    "processor_config.json",  # transformers 5's layout: the image processor settings nested in it
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
@@ -112,10 +114,15 @@ def read_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_sharded(folder: Path, index_path: Path) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{str(index_path)!r} is not a valid shard index (needs a 'weight_map')") from e
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{str(index_path)!r}: field 'weight_map' must be a non-empty object of key -> shard")
+    for key, shard in weight_map.items():
+        # A shard is a file beside the index: no folders, so an index cannot point outside the checkpoint.
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(
+                f"{str(index_path)!r}: field 'weight_map' maps {key!r} to {shard!r}; expected a file name in the folder"
+            )
     sd: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         sd.update(read_tensor_file(folder / shard))
@@ -127,9 +134,9 @@ def _read_sharded(folder: Path, index_path: Path) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from e
+        return read_json_object(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def is_native(folder: Path) -> bool:
@@ -143,13 +150,18 @@ def read_config(folder: str | os.PathLike) -> AlignConfig:
         raise CheckpointError(f"{str(folder)!r} has no {CONFIG_FILE}; it is not a model folder")
     raw = _read_json(folder / CONFIG_FILE)
     if raw.get("format") == NATIVE_FORMAT:
+        if raw.get("version") != NATIVE_VERSION:
+            raise CheckpointError(
+                f"{str(folder / CONFIG_FILE)!r}: field 'version' is {raw.get('version')!r}; this align_torch reads "
+                f"version {NATIVE_VERSION} (a newer align_torch wrote it, or the file was edited)"
+            )
         try:
             return AlignConfig.from_dict(raw["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"bad native config in {str(folder / CONFIG_FILE)!r}: {e}") from e
     try:
         return config_from_hf(raw)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"bad Hugging Face config in {str(folder / CONFIG_FILE)!r}: {e}") from e
 
 
