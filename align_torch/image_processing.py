@@ -47,11 +47,21 @@ class BatchFeature(dict):
 
 def _size_hw(size: Any, name: str) -> tuple[int, int]:
     """Read a size as preprocessor_config.json writes it: {"height", "width"} or one int for a square."""
-    if isinstance(size, int):
-        return size, size
     if isinstance(size, dict) and "height" in size and "width" in size:
-        return int(size["height"]), int(size["width"])
-    raise ValueError(f"{name} must be an int or a dict with 'height' and 'width', got {size!r}")
+        size = (size["height"], size["width"])
+    elif _is_int(size):
+        size = (size, size)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size)):
+        raise ValueError(f"{name} must be a positive int or a dict with positive 'height' and 'width', got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -73,19 +83,36 @@ class AlignImageProcessor:
     # The file as read, so save_pretrained keeps keys this class does not use (image_processor_type, ...).
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.startswith("do_") or f.name in ("rescale_offset", "include_top"):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{f.name} must be true or false, got {value!r}")
+        self.size = _size_hw(self.size, "size")
+        self.crop_size = _size_hw(self.crop_size, "crop_size")
+        if not _is_int(self.resample) or self.resample not in {int(r) for r in PIL.Image.Resampling}:
+            raise ValueError(f"resample must be a PIL resampling filter 0-5, got {self.resample!r}")
+        if not _is_number(self.rescale_factor):
+            raise ValueError(f"rescale_factor must be a finite number, got {self.rescale_factor!r}")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 3 and all(_is_number(v) for v in value)):
+                raise ValueError(f"{name} must be 3 finite numbers (one per RGB channel), got {value!r}")
+        if 0 in self.image_std:
+            raise ValueError(f"image_std must not be 0, got {list(self.image_std)}")
+
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> AlignImageProcessor:
         """Build from the contents of preprocessor_config.json; keys not given keep align-base's values."""
+        if not isinstance(config, dict):
+            raise ValueError(f"an image processor config must be a JSON object, got {type(config).__name__}")
         names = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in config.items() if k in names}
-        if "size" in kwargs:
-            kwargs["size"] = _size_hw(kwargs["size"], "size")
-        if "crop_size" in kwargs:
-            kwargs["crop_size"] = _size_hw(kwargs["crop_size"], "crop_size")
         for key in ("image_mean", "image_std"):
             if key in kwargs:
                 value = kwargs[key]
-                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else (float(value),) * 3
+                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
         return cls(**kwargs, extra=dict(config))
 
     def to_dict(self) -> dict[str, Any]:

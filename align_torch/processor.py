@@ -1,8 +1,10 @@
 """AlignProcessor: the tokenizer and the image processor of a checkpoint folder, called together.
 
 `AlignProcessor.from_pretrained("kakaobrain/align-base")(text=..., images=...)` gives the inputs of
-`AlignModel` as transformers' AlignProcessor does, from the same files (preprocessor_config.json,
-tokenizer_config.json, special_tokens_map.json, vocab.txt or tokenizer.json).
+`AlignModel` as transformers' AlignProcessor does, from the same files. Two layouts are read and written:
+transformers 4's (preprocessor_config.json, tokenizer_config.json, special_tokens_map.json, vocab.txt or
+tokenizer.json; what kakaobrain/align-base ships) and transformers 5's (processor_config.json with the image
+processor settings under "image_processor", tokenizer_config.json, tokenizer.json).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .config_files import field_error, read_json_object
 from .hub import resolve_model_dir
 from .image_processing import AlignImageProcessor, BatchFeature, ImageInput
 from .tokenizer import AlignTokenizer
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+PROCESSOR_CONFIG = "processor_config.json"  # transformers 5
+LAYOUTS = ("transformers4", "transformers5")
 
 
 class AlignProcessor:
@@ -40,11 +45,7 @@ class AlignProcessor:
         folder = resolve_model_dir(
             name_or_path, weights=False, revision=revision, cache_dir=None if cache_dir is None else str(cache_dir)
         )
-        config_path = folder / PREPROCESSOR_CONFIG
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} has no {PREPROCESSOR_CONFIG}; is it an ALIGN checkpoint?")
-        image_processor = AlignImageProcessor.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        return cls(image_processor, AlignTokenizer.from_pretrained(folder))
+        return cls(read_image_processor(folder), AlignTokenizer.from_pretrained(folder))
 
     def __call__(
         self,
@@ -82,16 +83,29 @@ class AlignProcessor:
         """Shortcut for `self.tokenizer.batch_decode`."""
         return self.tokenizer.batch_decode(batch, skip_special_tokens=skip_special_tokens)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike, layout: str = "transformers4") -> Path:
         """Write the processor files into `folder` (created if needed; a model folder keeps its other files).
 
-        Each file is written in a temporary folder beside it and moved into place with os.replace, so a
-        crash never leaves a half-written config or vocab for the next from_pretrained to read.
+        layout "transformers4" (default; read by transformers 4 and 5): preprocessor_config.json and the
+        tokenizer's vocab files. "transformers5": processor_config.json + tokenizer.json + tokenizer_config.json,
+        as transformers 5's AlignProcessor.save_pretrained writes them. Each file is written in a temporary
+        folder beside it and moved into place with os.replace, so a crash never leaves a half-written file.
         """
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        files = {PREPROCESSOR_CONFIG: json.dumps(self.image_processor.to_dict(), indent=2) + "\n"}
-        files |= self.tokenizer.to_files()
+        if layout == "transformers4":
+            files = {PREPROCESSOR_CONFIG: _json(self.image_processor.to_dict())}
+            files |= self.tokenizer.to_files()
+        else:
+            files = {
+                PROCESSOR_CONFIG: _json(
+                    {"image_processor": self.image_processor.to_dict()} | {"processor_class": "AlignProcessor"}
+                )
+            }
+            tokenizer_files = self.tokenizer.to_files(with_tokenizer_json=True)
+            files |= {name: tokenizer_files[name] for name in ("tokenizer_config.json", "tokenizer.json")}
         staging = Path(tempfile.mkdtemp(prefix=".processor-", dir=folder))
         try:
             for name, contents in files.items():
@@ -104,3 +118,28 @@ class AlignProcessor:
 
     def __repr__(self) -> str:
         return f"AlignProcessor(image_processor={self.image_processor!r}, tokenizer_vocab={self.tokenizer.vocab_size})"
+
+
+def read_image_processor(folder: Path) -> AlignImageProcessor:
+    """The image processor of a checkpoint folder: preprocessor_config.json (transformers 4), else the
+    "image_processor" object of processor_config.json (transformers 5). A bad field names the file."""
+    path = folder / PREPROCESSOR_CONFIG
+    if path.is_file():
+        config = read_json_object(path)
+    elif (folder / PROCESSOR_CONFIG).is_file():
+        path = folder / PROCESSOR_CONFIG
+        config = read_json_object(path).get("image_processor")
+        if not isinstance(config, dict):
+            raise field_error(path, ValueError("'image_processor' must be a JSON object of image processor settings"))
+    else:
+        raise FileNotFoundError(
+            f"{folder} has neither {PREPROCESSOR_CONFIG} nor {PROCESSOR_CONFIG}; is it an ALIGN checkpoint?"
+        )
+    try:
+        return AlignImageProcessor.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise field_error(path, e) from None
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, indent=2) + "\n"

@@ -21,6 +21,7 @@ import torch
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from .config_files import ConfigFileError, field_error, read_json_object
 from .image_processing import BatchFeature
 
 SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -46,9 +47,33 @@ def read_vocab(path: str | Path) -> dict[str, int]:
     return {token: index for index, token in enumerate(lines)}
 
 
-def _special_token(value: Any) -> str:
+def _special_token(value: Any, key: str) -> str:
     # special_tokens_map.json may store a token as a string or as an AddedToken dict {"content": ...}.
-    return value["content"] if isinstance(value, dict) else str(value)
+    content = value.get("content") if isinstance(value, dict) else value
+    if not isinstance(content, str) or not content:
+        raise ValueError(f"field {key!r} must be a token string or {{'content': token}}, got {value!r}")
+    return content
+
+
+def _options(config: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer_config.json fields AlignTokenizer uses, type-checked; a bad one raises naming it."""
+    options = {
+        "do_lower_case": config.get("do_lower_case", True),
+        "strip_accents": config.get("strip_accents"),
+        "tokenize_chinese_chars": config.get("tokenize_chinese_chars", True),
+        "model_max_length": config.get("model_max_length", DEFAULT_MAX_LENGTH),
+    }
+    for key in ("do_lower_case", "tokenize_chinese_chars"):
+        if not isinstance(options[key], bool):
+            raise ValueError(f"field {key!r} must be true or false, got {options[key]!r}")
+    if options["strip_accents"] is not None and not isinstance(options["strip_accents"], bool):
+        raise ValueError(f"field 'strip_accents' must be true, false or null, got {options['strip_accents']!r}")
+    limit = options["model_max_length"]
+    if isinstance(limit, float) and limit >= _NO_LIMIT:
+        limit = options["model_max_length"] = int(limit)  # transformers writes 1e30 for "no limit"
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+        raise ValueError(f"field 'model_max_length' must be an int >= 2, got {limit!r}")
+    return options
 
 
 class AlignTokenizer:
@@ -127,26 +152,32 @@ class AlignTokenizer:
     def from_pretrained(cls, folder: str | Path) -> AlignTokenizer:
         """Load from a checkpoint folder: tokenizer.json if present, else vocab.txt, with tokenizer_config.json."""
         folder = Path(folder)
-        config = _read_json(folder / "tokenizer_config.json")
-        special = {k: _special_token(v) for k, v in config.items() if k in SPECIAL_TOKEN_KEYS and v is not None}
-        special |= {
-            k: _special_token(v)
-            for k, v in _read_json(folder / "special_tokens_map.json").items()
-            if k in SPECIAL_TOKEN_KEYS
-        }
-        options = dict(
-            do_lower_case=config.get("do_lower_case", True),
-            strip_accents=config.get("strip_accents"),
-            tokenize_chinese_chars=config.get("tokenize_chinese_chars", True),
-            model_max_length=config.get("model_max_length", DEFAULT_MAX_LENGTH),
-            special_tokens=special,
-            config=config,
-        )
+        config_path, map_path = folder / "tokenizer_config.json", folder / "special_tokens_map.json"
+        config = read_json_object(config_path) if config_path.is_file() else {}
+        try:
+            options = _options(config)
+            special = {k: _special_token(v, k) for k, v in config.items() if k in SPECIAL_TOKEN_KEYS and v is not None}
+        except ValueError as e:
+            raise field_error(config_path, e) from None
+        tokens_map = read_json_object(map_path) if map_path.is_file() else {}
+        try:
+            special |= {k: _special_token(v, k) for k, v in tokens_map.items() if k in SPECIAL_TOKEN_KEYS}
+        except ValueError as e:
+            raise field_error(map_path, e) from None
+        options |= {"special_tokens": special, "config": config}
         if (folder / "tokenizer.json").is_file():
-            return cls(tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")), **options)
+            try:
+                backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            except Exception as e:  # the Rust loader raises plain Exception for any bad file
+                raise ConfigFileError(f"{str(folder / 'tokenizer.json')!r} is not a tokenizers file: {e}") from None
+            return cls(tokenizer=backend, **options)
         if not (folder / "vocab.txt").is_file():
             raise FileNotFoundError(f"{folder} has neither tokenizer.json nor vocab.txt")
-        return cls(read_vocab(folder / "vocab.txt"), **options)
+        try:
+            vocab = read_vocab(folder / "vocab.txt")
+        except UnicodeDecodeError as e:
+            raise ConfigFileError(f"{str(folder / 'vocab.txt')!r} is not UTF-8 text (byte {e.start})") from None
+        return cls(vocab, **options)
 
     @property
     def vocab_size(self) -> int:
@@ -271,8 +302,9 @@ class AlignTokenizer:
             batch = batch.tolist()
         return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in batch]
 
-    def to_files(self) -> dict[str, str]:
-        """{file name: contents} for tokenizer_config.json, special_tokens_map.json, vocab.txt (and tokenizer.json)."""
+    def to_files(self, with_tokenizer_json: bool = False) -> dict[str, str]:
+        """{file name: contents} for tokenizer_config.json, special_tokens_map.json, vocab.txt, and tokenizer.json
+        when loaded from one or asked for."""
         config = dict(self.config)
         config.setdefault("tokenizer_class", "BertTokenizer")
         config.update(
@@ -288,7 +320,7 @@ class AlignTokenizer:
             "special_tokens_map.json": json.dumps(self.special_tokens, indent=2, ensure_ascii=False) + "\n",
             "vocab.txt": "".join(token + "\n" for token in sorted(vocab, key=vocab.__getitem__)),
         }
-        if self.from_tokenizer_json:
+        if self.from_tokenizer_json or with_tokenizer_json:
             files["tokenizer.json"] = self._tokenizer.to_str(pretty=True)
         return files
 
@@ -310,7 +342,3 @@ def _check_utf8(texts: list[str], name: str) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ValueError(f"{name}[{i}] is not valid Unicode: {e.reason} at character {e.start}") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
