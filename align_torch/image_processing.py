@@ -219,7 +219,7 @@ def to_rgb_chw(image: ImageInput) -> np.ndarray:
         image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
     if not isinstance(image, np.ndarray):
         raise TypeError(f"an image must be a PIL.Image.Image, numpy array or torch tensor, got {type(image).__name__}")
-    if image.dtype == np.bool_ or np.issubdtype(image.dtype, np.complexfloating) or image.dtype.kind not in "uif":
+    if image.dtype.kind not in "uif":  # bool ("b"), complex ("c"), objects, strings
         raise ValueError(f"image has dtype {image.dtype}; expected uint8, another integer type or a float type")
     if image.size == 0:
         raise ValueError(f"image has shape {image.shape}, with no pixels")

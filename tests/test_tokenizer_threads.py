@@ -31,8 +31,13 @@ SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return AlignTokenizer.from_pretrained(write_checkpoint(tmp_path_factory.mktemp("tok"), ALIGN_BASE_PREPROCESSOR))
+def folder(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("tok"), ALIGN_BASE_PREPROCESSOR)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(folder):
+    return AlignTokenizer.from_pretrained(folder)
 
 
 def _call(tokenizer: AlignTokenizer, batch: list[str], settings: dict, pair: bool) -> dict:
@@ -41,7 +46,7 @@ def _call(tokenizer: AlignTokenizer, batch: list[str], settings: dict, pair: boo
     return {k: out[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
 
 
-def test_threads_with_mixed_settings_get_their_own_outputs(tokenizer):
+def test_threads_with_mixed_settings_get_their_own_outputs(tokenizer, folder):
     pool = [t for t in texts(600, seed=11) if len(t) < 100]  # short texts: many quick calls
     rng = random.Random(5)
     # (texts, settings, pair?) per call; batches of 1-4 texts so calls are short and interleave often. The
@@ -49,7 +54,10 @@ def test_threads_with_mixed_settings_get_their_own_outputs(tokenizer):
     distinct = [
         (rng.sample(pool, rng.randint(1, 4)), rng.randrange(len(SETTINGS)), rng.random() < 0.2) for _ in range(400)
     ]
-    expected = [_call(tokenizer, batch, SETTINGS[s], pair) for batch, s, pair in distinct]
+    # The reference: one fresh tokenizer per setting, used by one thread, so nothing one setting leaves
+    # behind (state, or a cached backend) can reach another.
+    fresh = [AlignTokenizer.from_pretrained(folder) for _ in SETTINGS]
+    expected = [_call(fresh[s], batch, SETTINGS[s], pair) for batch, s, pair in distinct]
     calls = [rng.randrange(len(distinct)) for _ in range(THREADS * CALLS_PER_THREAD)]
     # The mix must hold calls whose outputs differ in length, or a leak between them could not show.
     assert len({len(e["input_ids"][0]) for e in expected}) > 10
