@@ -261,7 +261,8 @@ def _high_depth_to_l(image: PIL.Image.Image) -> PIL.Image.Image:
     Scaled values are rounded to nearest. transformers clips instead (a 16-bit photo turns white): a
     deliberate difference.
     """
-    values = np.asarray(image).astype(np.float64)  # (H, W)
+    with np.errstate(invalid="ignore"):  # a signalling NaN in mode F; refused below
+        values = np.asarray(image).astype(np.float64)  # (H, W)
     low, high = float(values.min()), float(values.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError(f"a mode {image.mode} image has NaN or infinite values")
