@@ -1,6 +1,7 @@
 """align_torch: ALIGN (EfficientNet + BERT, contrastive image-text) in native PyTorch."""
 
 from .config import AlignConfig, Stage, TextConfig, VisionConfig, preset
+from .evaluate.open_clip import create_model_and_transforms, get_tokenizer
 from .model import AlignModel, AlignOutput
 from .processor import AlignProcessor
 from .weights import CheckpointError, LoadReport
@@ -15,6 +16,8 @@ __all__ = [
     "Stage",
     "TextConfig",
     "VisionConfig",
+    "create_model_and_transforms",
+    "get_tokenizer",
     "preset",
 ]
 __version__ = "0.1.0"

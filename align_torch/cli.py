@@ -16,6 +16,7 @@ COMMANDS = {
     "summary": "summary",
     "finetune": "finetune",
     "eval": "eval",
+    "clip-benchmark": "clip_benchmark",
 }
 
 

@@ -91,8 +91,10 @@ class AlignModel(nn.Module):
         normalize: bool = False,
     ) -> torch.Tensor:
         """(B, T) token ids -> (B, projection_dim): the projected pooled last hidden state ([CLS] for ALIGN,
-        not the BERT pooler)."""
+        not the BERT pooler). Without an attention mask, the pad id marks the padding (as open_clip's HF towers)."""
         check_text(self.config.text, input_ids, attention_mask, token_type_ids)
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.text.pad_token_id).long()  # (B, T)
         h = self.text_model(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
         x = self.text_projection(self.pool_text(h, attention_mask))  # (B, P)
         return F.normalize(x, dim=-1) if normalize else x

@@ -3,6 +3,9 @@
 "imagenet" is the 80-template ensemble of the CLIP paper (Radford et al. 2021, used for ALIGN's zero-shot
 ImageNet numbers as well); "simple" is the single prompt "a photo of a {}."; "none" uses the label as written,
 for labels that are already sentences ("an image of a cat").
+
+DEFAULT_TEMPLATES is the one default of `zero-shot`, `eval` and fine-tuning evaluation, so a model gets the
+same zero-shot score from each: the 80 templates, the protocol behind the published zero-shot figures.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 NO_TEMPLATES: tuple[str, ...] = ("{}",)
+
+DEFAULT_TEMPLATES = "imagenet"
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet": IMAGENET_TEMPLATES,

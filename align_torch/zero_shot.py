@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .embeddings import embed_texts, eval_mode
 from .model import AlignModel
 from .processor import AlignProcessor
-from .templates import fill, get_templates
+from .templates import DEFAULT_TEMPLATES, fill, get_templates
 
 
 def _check_class_names(class_names: Sequence[str]) -> list[str]:
@@ -45,7 +45,7 @@ def build_classifier(
     model: AlignModel,
     processor: AlignProcessor,
     class_names: Sequence[str],
-    templates: str | Sequence[str] = "simple",
+    templates: str | Sequence[str] = DEFAULT_TEMPLATES,
     *,
     batch_size: int = 256,
     progress: bool = False,

@@ -101,6 +101,8 @@ def test_padding_does_not_change_text_embeddings(tiny):
     with torch.no_grad():
         a = tiny.encode_text(ids)
         b = tiny.encode_text(padded, mask)
-        c = tiny.encode_text(padded)  # unmasked padding does change it
+        c = tiny.encode_text(padded, torch.ones_like(padded))  # attended padding does change it
+        d = tiny.encode_text(padded)  # no mask: the pad id marks the padding (open_clip callers pass ids only)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a, d, rtol=0, atol=1e-6)
     assert not torch.allclose(a, c, atol=1e-4)

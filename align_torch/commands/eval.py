@@ -1,20 +1,26 @@
-"""align-torch eval --model M [--zero-shot-dir DIR] [--retrieval MANIFEST] [--knn-train DIR --knn-val DIR]
+"""align-torch eval --model M [--zero-shot-dir DIR] [--retrieval FILE] [--train-dir DIR --val-dir DIR]
 
-Figures to cite: zero-shot top-1 on a class-per-folder dataset (folder names are the class names, with
-underscores read as spaces), image<->text recall@1/5/10 on a caption manifest, and k-NN top-1 (k=1 by
-default, Kakao Brain's ImageNet protocol) of a val folder against a train folder. Percentages.
+Figures to cite, in percent: zero-shot top-1/top-5 on a class-per-folder dataset (folder names are the class
+names, underscores read as spaces; the 80 templates by default), image<->text recall@1/5/10 on a Karpathy-split
+JSON (dataset_coco.json, dataset_flickr30k.json) or a caption manifest, k-NN top-1 (k=1, Kakao Brain's
+ImageNet protocol, and k=20 weighted) of a val folder against a train folder, and with --linear-probe a
+logistic-regression probe on the same features. Under torchrun every rank embeds its share of the images.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
-from ..templates import TEMPLATE_SETS
+from ..evaluate.linear_probe import DEFAULT_L2_GRID
+from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
 
-HELP = "evaluate a model: zero-shot top-1, retrieval recall@K, k-NN top-1"
+HELP = "evaluate a model: zero-shot top-1, retrieval recall@K, k-NN and linear-probe top-1"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,43 +28,149 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--templates",
         choices=sorted(TEMPLATE_SETS),
-        default="imagenet",
-        help="prompts for zero-shot (default: imagenet)",
+        default=DEFAULT_TEMPLATES,
+        help=f"prompts for zero-shot (default: {DEFAULT_TEMPLATES}, the 80 prompts of the CLIP and ALIGN papers)",
     )
-    p.add_argument("--retrieval", metavar="MANIFEST", help="image-caption manifest (.csv/.tsv/.jsonl) for recall@K")
-    p.add_argument("--knn-train", metavar="DIR", help="class-per-folder train images for k-NN")
-    p.add_argument("--knn-val", metavar="DIR", help="class-per-folder val images for k-NN")
-    p.add_argument("-k", "--knn-k", dest="knn_k", type=int, default=1, help="neighbours for k-NN (default: 1)")
+    p.add_argument(
+        "--retrieval",
+        metavar="FILE",
+        help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json) or image-caption manifest "
+        "(.csv/.tsv/.jsonl) for recall@1/5/10",
+    )
+    p.add_argument(
+        "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
+    )
+    p.add_argument("--split", default="test", help="Karpathy split to evaluate (default: test)")
+    p.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=5,
+        help="first N captions of each Karpathy image; 0 keeps all (default: 5, as the published figures)",
+    )
+    p.add_argument("--train-dir", "--knn-train", dest="train_dir", metavar="DIR", help="class-per-folder train images")
+    p.add_argument("--val-dir", "--knn-val", dest="val_dir", metavar="DIR", help="class-per-folder val images")
+    p.add_argument(
+        "--knn-k", type=int, nargs="+", default=[1, 20], help="neighbours for k-NN on --train-dir (default: 1 20)"
+    )
+    p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature (default: 0.07)")
+    p.add_argument("--linear-probe", action="store_true", help="also fit a linear probe on --train-dir features")
+    p.add_argument(
+        "--probe-l2",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_L2_GRID),
+        metavar="L2",
+        help="L2 strengths the linear probe's validation sweep tries (default: 1e-6 ... 1e2, one per decade)",
+    )
+    p.add_argument("--probe-solver", choices=("auto", "sklearn", "torch"), default="auto", help="(default: auto)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_model_arguments(p)
     add_batch_arguments(p, batch_size=32, images=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..data import read_manifest
-    from ..evaluate import knn_accuracy, retrieval_recall, zero_shot_accuracy
+def _load(args: argparse.Namespace):
+    """Model, processor and whether this run spans several torchrun ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return (*load_model_and_processor(args.model, args.device, fuse=not args.unfused), False)
+    from ..model import AlignModel
+    from ..processor import AlignProcessor
+    from ..train.distributed import setup_distributed
 
-    if not (args.zero_shot_dir or args.retrieval or args.knn_train or args.knn_val):
-        raise ValueError("nothing to evaluate: pass --zero-shot-dir, --retrieval, or --knn-train with --knn-val")
-    if bool(args.knn_train) != bool(args.knn_val):
-        raise ValueError("k-NN needs both --knn-train and --knn-val")
-    model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
-    common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
-    results: dict[str, object] = {"model": args.model}
+    _, device = setup_distributed(args.device)
+    model = AlignModel.from_pretrained(args.model, device=device)
+    return (
+        (model.eval() if args.unfused else model.fuse_for_inference()),
+        AlignProcessor.from_pretrained(args.model),
+        True,
+    )
+
+
+def _retrieval_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
+    from ..evaluate import read_karpathy
+    from ..data import read_manifest
+
+    path = Path(args.retrieval)
+    if path.suffix == ".json":
+        if args.captions_per_image < 0:
+            raise ValueError(f"--captions-per-image must be 0 or more, got {args.captions_per_image}")
+        per_image = args.captions_per_image or None
+        pairs = read_karpathy(path, args.image_root or path.parent, args.split, per_image)
+        info = {"format": "karpathy", "split": args.split, "captions_per_image": per_image}
+        return pairs, info
+    return [(pair.image, pair.caption) for pair in read_manifest(path).pairs], {"format": "manifest"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import knn_scores, linear_probe_scores, retrieval_recall, train_val_features, zero_shot_accuracy
+    from ..evaluate.shards import rank_and_world
+
+    if not (args.zero_shot_dir or args.retrieval or args.train_dir or args.val_dir):
+        raise ValueError("nothing to evaluate: pass --zero-shot-dir, --retrieval, or --train-dir with --val-dir")
+    if bool(args.train_dir) != bool(args.val_dir):
+        raise ValueError("k-NN and the linear probe need both --train-dir and --val-dir")
+    if any(k < 1 for k in args.knn_k):
+        raise ValueError(f"--knn-k values must be at least 1, got {args.knn_k}")
+    if any(l2 <= 0 for l2 in args.probe_l2):
+        raise ValueError(f"--probe-l2 values must be positive, got {args.probe_l2}")
+    if args.knn_temperature <= 0:
+        raise ValueError(f"--knn-temperature must be positive, got {args.knn_temperature}")
+    pairs, retrieval_info = _retrieval_pairs(args) if args.retrieval else (None, {})
+    model, processor, distributed = _load(args)
+    rank, world = rank_and_world(distributed)
+    common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.quiet, distributed=distributed)
+    results: dict[str, Any] = {"model": str(args.model), "world_size": world}
     skipped = []
     if args.zero_shot_dir:
         res = zero_shot_accuracy(model, processor, args.zero_shot_dir, args.templates, **common)
-        results["zero_shot"] = {"top1": res.top1, "num_images": res.num_images, "num_classes": res.num_classes}
+        results["zero_shot"] = {
+            "protocol": "zero-shot classification: prompt-ensemble classifier, top-1/top-5",
+            "dataset": str(args.zero_shot_dir),
+            "templates": args.templates,
+            "num_templates": len(TEMPLATE_SETS[args.templates]),
+            "num_images": res.num_images,
+            "num_classes": res.num_classes,
+            "top1": res.top1,
+            "top5": res.top5,
+        }
         skipped += res.skipped
-    if args.retrieval:
-        pairs = [(pair.image, pair.caption) for pair in read_manifest(args.retrieval).pairs]
+    if pairs is not None:
         res = retrieval_recall(model, processor, pairs, **common)
-        results["retrieval"] = res.as_dict()
+        results["retrieval"] = {
+            "protocol": "image-text retrieval recall@K: i2t per image (any caption), t2i per caption",
+            "dataset": str(args.retrieval),
+            **retrieval_info,
+            **res.as_dict(),
+        }
         skipped += res.skipped
-    if args.knn_train:
-        res = knn_accuracy(model, processor, args.knn_train, args.knn_val, k=args.knn_k, **common)
-        results["knn"] = {"k": args.knn_k, "top1": res.top1, "num_images": res.num_images}
-        skipped += res.skipped
+    if args.train_dir:
+        train, val = train_val_features(model, processor, args.train_dir, args.val_dir, **common)
+        knn = knn_scores(train, val, args.knn_k, args.knn_temperature)
+        results["knn"] = {
+            "protocol": "k-NN by cosine, train images as the gallery; k>1 votes weighted exp(cos/T)",
+            "train": str(args.train_dir),
+            "val": str(args.val_dir),
+            "k": list(args.knn_k),
+            "temperature": knn.temperature,
+            "top1": {str(k): v for k, v in knn.top1.items()},
+            "num_train": knn.num_train,
+            "num_val": knn.num_val,
+            "num_classes": knn.num_classes,
+        }
+        skipped += knn.skipped
+        if args.linear_probe:
+            probe = linear_probe_scores(train, val, l2_grid=args.probe_l2, solver=args.probe_solver)
+            results["linear_probe"] = {
+                "protocol": "logistic regression on frozen features, L2 chosen on a held-out 20% of train",
+                "top1": probe.top1,
+                "l2": probe.l2,
+                "val_top1": {f"{l2:g}": v for l2, v in probe.val_top1.items()},
+                "num_train": probe.num_train,
+                "num_val": probe.num_val,
+                "num_test": probe.num_test,
+                "solver": probe.solver,
+            }
+    if rank != 0:
+        return 0
     for path, reason in skipped:
         report_skipped("eval", path, reason)
     if args.json:
@@ -68,6 +180,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, values in results.items():
         if isinstance(values, dict):
-            shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            shown = ", ".join(_show(k, v) for k, v in values.items() if k not in ("protocol", "val_top1"))
             print(f"{name}: {shown}")
     return 0
+
+
+def _show(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{key}={value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key}@{k}={v:.2f}" for k, v in value.items())
+    return f"{key}={value}"

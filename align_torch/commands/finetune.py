@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..templates import TEMPLATE_SETS
 from ..train.config import TrainConfig
 from ._common import DEVICES
 
@@ -24,7 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--val", help="manifest for retrieval recall@1/5/10 after each epoch")
     p.add_argument("--zero-shot-dir", help="folder with one sub-folder per class, for zero-shot top-1 after each epoch")
-    p.add_argument("--templates", default="simple", help="prompt template set for --zero-shot-dir (default: simple)")
+    p.add_argument(
+        "--templates",
+        choices=sorted(TEMPLATE_SETS),
+        default=d["templates"].default,
+        help=f"prompt template set for --zero-shot-dir (default: {d['templates'].default}, as zero-shot and eval)",
+    )
     p.add_argument(
         "--out",
         required=True,

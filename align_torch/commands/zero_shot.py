@@ -1,9 +1,10 @@
-"""align-torch zero-shot IMAGE... --labels "a cat" "a dog": rank free-text labels for each image.
+"""align-torch zero-shot IMAGE... --labels cat dog: rank labels for each image.
 
-Labels are used as written by default (--templates none), which gives the model's own probabilities for
-those sentences; with bare class names ("cat", "dog"), --templates imagenet averages the CLIP paper's 80
-prompts per class and --templates simple uses "a photo of a {}.". An unreadable image is reported on stderr
-and skipped; with --strict the first one stops the run with exit status 1.
+By default each label is a class name placed in the CLIP paper's 80 prompts (--templates imagenet, the
+default of `eval` and fine-tuning evaluation too, so all three give one model the same zero-shot scores);
+--templates simple uses "a photo of a {}." and --templates none uses labels that are already sentences as
+written, which gives the model's own probabilities for them. An unreadable image is reported on stderr and
+skipped; with --strict the first one stops the run with exit status 1.
 
 --json prints {"model", "templates", "labels", "results": [{"image", "predictions": [{"label", "prob",
 "logit"}, ...]}], "skipped": [{"image", "error"}]} with predictions best first.
@@ -15,7 +16,7 @@ import argparse
 import json
 import sys
 
-from ..templates import TEMPLATE_SETS
+from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor
 
 HELP = "classify images against free-text labels (zero-shot), printing labels ranked by probability"
@@ -27,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--templates",
         choices=sorted(TEMPLATE_SETS),
-        default="none",
-        help="prompt templates around each label: none (label as written; default), simple, imagenet (80 prompts)",
+        default=DEFAULT_TEMPLATES,
+        help=f"prompt templates around each label: imagenet (80 prompts), simple, none (label as written) "
+        f"(default: {DEFAULT_TEMPLATES})",
     )
     p.add_argument("-k", "--top-k", dest="k", type=int, default=None, help="show only the k best labels per image")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

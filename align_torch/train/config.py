@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..templates import DEFAULT_TEMPLATES
+
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -23,7 +25,7 @@ class TrainConfig:
     out: str  # run folder: checkpoint.safetensors, metrics.jsonl, final/
     val: str | None = None  # manifest for retrieval recall@K each epoch
     zero_shot_dir: str | None = None  # one sub-folder per class, for zero-shot top-1 each epoch
-    templates: str = "simple"  # template set for zero-shot (align_torch.templates)
+    templates: str = DEFAULT_TEMPLATES  # template set for zero-shot, the default of `zero-shot` and `eval` too
 
     epochs: int = 1
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs when smaller)

@@ -1,0 +1,70 @@
+"""CLIP_benchmark support: a loader with its contract and a registration that lets its own CLI run ALIGN.
+
+CLIP_benchmark picks a loader by `--model_type` from `clip_benchmark.models.TYPE2FUNC` (choices from
+`MODEL_TYPES`); `register()` adds "align_torch" to both, and `main(argv)` runs its CLI with that model type,
+so no fork of CLIP_benchmark is needed:
+
+    python -m align_torch.clip_benchmark eval --dataset cifar10 --model align-base \\
+        --pretrained kakaobrain/align-base --output result.json
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from ..model import AlignModel
+from .open_clip import ImageTransform, TextTokenizer, create_model_and_transforms, get_tokenizer
+
+MODEL_TYPE = "align_torch"
+INSTALL_HINT = 'CLIP_benchmark is not installed: pip install "align-torch[clip-benchmark]"'
+
+
+def load_align(
+    model_name: str = "align-base",
+    pretrained: str | None = "kakaobrain/align-base",
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[AlignModel, ImageTransform, TextTokenizer]:
+    """CLIP_benchmark's loader contract: (model, transform, tokenizer). `pretrained` (a folder or Hub repo id)
+    names the checkpoint; when it is empty, `model_name` does."""
+    name = pretrained or model_name
+    model, _, transform = create_model_and_transforms(name, device=device, cache_dir=cache_dir)
+    return model, transform, get_tokenizer(name, cache_dir=cache_dir)
+
+
+def register() -> None:
+    """Add the "align_torch" model type to CLIP_benchmark's loader table (idempotent)."""
+    from clip_benchmark import models
+
+    models.TYPE2FUNC[MODEL_TYPE] = load_align
+    if MODEL_TYPE not in models.MODEL_TYPES:
+        # In place: clip_benchmark.cli holds this same list as its --model_type choices.
+        models.MODEL_TYPES.append(MODEL_TYPE)
+
+
+def with_model_type(argv: Sequence[str]) -> list[str]:
+    """CLIP_benchmark arguments with `--model_type align_torch` added to an `eval` that names no model type."""
+    argv = list(argv)
+    if argv[:1] == ["eval"] and not any(a == "--model_type" or a.startswith("--model_type=") for a in argv):
+        argv[1:1] = ["--model_type", MODEL_TYPE]
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run CLIP_benchmark's CLI (`eval ...`, `build ...`) with ALIGN registered; 0 on success."""
+    try:
+        register()
+        from clip_benchmark import cli
+    except ImportError as e:
+        print(f"align-torch clip-benchmark: error: {INSTALL_HINT} ({e})", file=sys.stderr)
+        return 1
+    saved = sys.argv
+    sys.argv = ["clip_benchmark", *with_model_type(sys.argv[1:] if argv is None else argv)]
+    try:
+        cli.main()
+    finally:
+        sys.argv = saved
+    return 0
