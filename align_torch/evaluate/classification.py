@@ -22,7 +22,7 @@ from ..processor import AlignProcessor
 from ..templates import DEFAULT_TEMPLATES
 from .knn import KNN_TEMPERATURE, knn_predict
 from .linear_probe import DEFAULT_L2_GRID, LinearProbeResult, linear_probe
-from .shards import embed_images_sharded
+from .shards import embed_images_sharded, percent
 
 
 @dataclass
@@ -138,9 +138,9 @@ def zero_shot_accuracy(
     top5 = None
     if len(data.classes) >= 5:
         in_top5 = (logits.topk(5, dim=1).indices == data.labels[:, None]).any(dim=1)
-        top5 = 100.0 * float(in_top5.float().mean())
+        top5 = percent(in_top5)
     return ClassificationResult(
-        top1=100.0 * float((logits.argmax(dim=1) == data.labels).float().mean()),
+        top1=percent(logits.argmax(dim=1) == data.labels),
         num_images=len(data.labels),
         num_classes=len(data.classes),
         skipped=data.skipped,
@@ -175,7 +175,7 @@ def knn_scores(
     top1 = {}
     for k in ks:
         predicted = knn_predict(train.vectors, train.labels, val.vectors, len(train.classes), k, temperature)
-        top1[k] = 100.0 * float((predicted == val.labels).float().mean())
+        top1[k] = percent(predicted == val.labels)
     return KnnResult(
         top1, temperature, len(train.labels), len(val.labels), len(train.classes), train.skipped + val.skipped
     )

@@ -35,9 +35,30 @@ def load_align(
     return model, transform, get_tokenizer(name, cache_dir=cache_dir)
 
 
+def _accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> list[float]:
+    """CLIP_benchmark's top-k accuracy (fractions), with the count read as a 0-dim value."""
+    pred = output.topk(max(topk), 1, True, True)[1].t()  # (k, N)
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return [float(correct[:k].sum()) / len(target) for k in topk]
+
+
+def fix_numpy_accuracy() -> None:
+    """CLIP_benchmark 1.6.2's zero-shot `accuracy` calls float() on a 1-element array, which NumPy 2.4 refuses
+    (LAION-AI/CLIP_benchmark#147); swap in the same computation when the installed one fails that way."""
+    from clip_benchmark.metrics import zeroshot_classification as zc
+
+    try:
+        zc.accuracy(torch.eye(2), torch.arange(2), topk=(1,))
+    except TypeError:
+        zc.accuracy = _accuracy
+
+
 def register() -> None:
-    """Add the "align_torch" model type to CLIP_benchmark's loader table (idempotent)."""
+    """Add the "align_torch" model type to CLIP_benchmark's loader table (idempotent), and make its zero-shot
+    accuracy work with the installed NumPy."""
     from clip_benchmark import models
+
+    fix_numpy_accuracy()
 
     models.TYPE2FUNC[MODEL_TYPE] = load_align
     if MODEL_TYPE not in models.MODEL_TYPES:

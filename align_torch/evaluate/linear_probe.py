@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .shards import percent
+
 SOLVERS = ("auto", "sklearn", "torch")
 DEFAULT_L2_GRID = tuple(10.0**e for e in range(-6, 3))  # 1e-6 ... 1e2
 
@@ -108,7 +110,7 @@ def fit_logistic(
 
 
 def _top1(probe: LinearProbe, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((probe.predict(features) == labels.cpu()).double().mean())
+    return percent(probe.predict(features) == labels.cpu())
 
 
 def linear_probe(

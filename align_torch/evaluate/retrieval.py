@@ -17,7 +17,7 @@ import torch
 
 from ..model import AlignModel
 from ..processor import AlignProcessor
-from .shards import embed_images_sharded, embed_texts_sharded
+from .shards import embed_images_sharded, embed_texts_sharded, percent
 
 KARPATHY_SPLITS = ("test", "val", "train", "restval")
 
@@ -51,8 +51,8 @@ def recall_at_k(
     t2i_rank = ((sims >= true_sim) & ~is_true).sum(1)  # (T,)
     best_true = sims.masked_fill(~is_true, float("-inf")).amax(0)  # (I,) best caption of each image
     i2t_rank = ((sims >= best_true[None, :]) & ~is_true).sum(0)  # (I,)
-    i2t = {k: 100.0 * float((i2t_rank < k).float().mean()) for k in ks}
-    t2i = {k: 100.0 * float((t2i_rank < k).float().mean()) for k in ks}
+    i2t = {k: percent(i2t_rank < k) for k in ks}
+    t2i = {k: percent(t2i_rank < k) for k in ks}
     return i2t, t2i
 
 

@@ -26,6 +26,11 @@ def rank_and_world(distributed: bool) -> tuple[int, int]:
     return 0, 1
 
 
+def percent(hits: torch.Tensor) -> float:
+    """100 * (number of true entries) / (number of entries), counted exactly rather than as a float32 mean."""
+    return 100.0 * int(hits.sum()) / hits.numel()
+
+
 def share(n: int, rank: int, world: int) -> slice:
     """Rank `rank`'s contiguous share of n items; the shares of ranks 0..world-1 cover 0..n in order."""
     return slice(n * rank // world, n * (rank + 1) // world)
