@@ -44,6 +44,7 @@ class StubModel(nn.Module):
         super().__init__()
         self.config = SimpleNamespace(projection_dim=image_vectors.shape[1])
         self.anchor = nn.Parameter(torch.zeros(()))
+        self.temperature = torch.tensor(1.0)
         self.image_vectors, self.text_vectors = image_vectors.float(), text_vectors.float()
         self.images_seen = 0
 

@@ -157,6 +157,19 @@ def test_knn_through_class_folders(tmp_path: Path):
     assert res.top1 == pytest.approx({1: 100 * 4 / 6, 20: 100.0})
 
 
+def test_zero_shot_with_class_names_for_id_folders(tmp_path: Path):
+    """ImageNet-style folders named by id: the prompts are built from --class-names, in sorted folder order."""
+    write_index_classes(tmp_path, "val", 2, ["n03", "n01", "n02"], start=0)  # sorted: n01 (2, 3), n02 (4, 5), ...
+    images = torch.zeros(6, 3)
+    for index, c in enumerate([2, 2, 0, 0, 1, 1]):
+        images[index, c] = 1.0
+    model, processor = StubModel(images, torch.eye(3)), stub_processor(["ant", "bee", "cat"])
+    res = evaluate.zero_shot_accuracy(model, processor, tmp_path / "val", ["{}"], class_names=["ant", "bee", "cat"])
+    assert (res.top1, res.num_classes, res.top5) == (100.0, 3, None)
+    with pytest.raises(ValueError, match="2 class names for the 3 sub-folders"):
+        evaluate.zero_shot_accuracy(model, processor, tmp_path / "val", ["{}"], class_names=["ant", "bee"])
+
+
 def test_class_folder_errors(tmp_path: Path):
     with pytest.raises(NotADirectoryError):
         evaluate.read_class_folder(tmp_path / "missing")

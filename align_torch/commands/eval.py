@@ -32,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"prompts for zero-shot (default: {DEFAULT_TEMPLATES}, the 80 prompts of the CLIP and ALIGN papers)",
     )
     p.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="zero-shot class names, one per line (or a JSON list) in sorted sub-folder order, for folders named "
+        "by id such as ImageNet's synsets (default: the folder names)",
+    )
+    p.add_argument(
         "--retrieval",
         metavar="FILE",
         help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json) or image-caption manifest "
@@ -85,6 +91,16 @@ def _load(args: argparse.Namespace):
     )
 
 
+def _read_class_names(path: str) -> list[str]:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        names = json.loads(text)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"--class-names {path}: expected a JSON list of strings")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _retrieval_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
     from ..evaluate import read_karpathy
     from ..data import read_manifest
@@ -121,10 +137,12 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"model": str(args.model), "world_size": world}
     skipped = []
     if args.zero_shot_dir:
-        res = zero_shot_accuracy(model, processor, args.zero_shot_dir, args.templates, **common)
+        names = _read_class_names(args.class_names) if args.class_names else None
+        res = zero_shot_accuracy(model, processor, args.zero_shot_dir, args.templates, class_names=names, **common)
         results["zero_shot"] = {
             "protocol": "zero-shot classification: prompt-ensemble classifier, top-1/top-5",
             "dataset": str(args.zero_shot_dir),
+            "class_names": args.class_names or "folder names",
             "templates": args.templates,
             "num_templates": len(TEMPLATE_SETS[args.templates]),
             "num_images": res.num_images,

@@ -122,18 +122,23 @@ def zero_shot_accuracy(
     root: str | os.PathLike,
     templates: str | Sequence[str] = DEFAULT_TEMPLATES,
     *,
+    class_names: Sequence[str] | None = None,
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,
 ) -> ClassificationResult:
-    """Zero-shot top-1 (and top-5) on a class-per-folder dataset, with prompts built from the folder names."""
+    """Zero-shot top-1 (and top-5) on a class-per-folder dataset, with prompts built from the folder names, or
+    from `class_names` (one per sub-folder, in sorted folder order: e.g. ImageNet's names for its synset folders)."""
     from ..zero_shot import build_classifier, classify_embeddings
 
     data = embed_class_folder(
         model, processor, root, batch_size=batch_size, workers=workers, progress=progress, distributed=distributed
     )
-    classifier = build_classifier(model, processor, data.classes, templates, progress=progress)  # (C, P)
+    if class_names is not None and len(class_names) != len(data.classes):
+        raise ValueError(f"{len(class_names)} class names for the {len(data.classes)} sub-folders of {root}")
+    names = data.classes if class_names is None else list(class_names)
+    classifier = build_classifier(model, processor, names, templates, progress=progress)  # (C, P)
     logits = classify_embeddings(model, classifier, data.vectors).logits.float().cpu()  # (N, C)
     top5 = None
     if len(data.classes) >= 5:
