@@ -19,7 +19,7 @@ from ..model import AlignModel
 from .open_clip import ImageTransform, TextTokenizer, create_model_and_transforms, get_tokenizer
 
 MODEL_TYPE = "align_torch"
-INSTALL_HINT = 'CLIP_benchmark is not installed: pip install "align-torch[clip-benchmark]"'
+INSTALL_HINT = 'pip install "align-torch[clip-benchmark]" installs it with its dependencies'
 
 
 def load_align(
@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         register()
         from clip_benchmark import cli
     except ImportError as e:
-        print(f"align-torch clip-benchmark: error: {INSTALL_HINT} ({e})", file=sys.stderr)
+        print(
+            f"align-torch clip-benchmark: error: CLIP_benchmark's CLI cannot be imported ({e}); {INSTALL_HINT}",
+            file=sys.stderr,
+        )
         return 1
     saved = sys.argv
     sys.argv = ["clip_benchmark", *with_model_type(sys.argv[1:] if argv is None else argv)]
