@@ -265,6 +265,19 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path):
 
 
 # --- the command ------------------------------------------------------------------------------------------
+def test_one_template_default_for_zero_shot_eval_and_finetune():
+    from align_torch.cli import build_parser
+    from align_torch.templates import DEFAULT_TEMPLATES
+    from align_torch.train import TrainConfig
+
+    parser = build_parser()
+    zero_shot = parser.parse_args(["zero-shot", "x.jpg", "--labels", "cat"]).templates
+    eval_ = parser.parse_args(["eval"]).templates
+    finetune = parser.parse_args(["finetune", "--model", "m", "--train", "t.csv", "--out", "o"]).templates
+    config = TrainConfig(model="m", train="t.csv", out="o").templates
+    assert zero_shot == eval_ == finetune == config == DEFAULT_TEMPLATES == "imagenet"
+
+
 def test_eval_command_json(model_dir: Path, tmp_path: Path, capsys):
     classes = write_shapes_classes(tmp_path / "classes", per_class=1)
     karpathy = write_karpathy(tmp_path / "coco", 4)
