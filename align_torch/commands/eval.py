@@ -40,8 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retrieval",
         metavar="FILE",
-        help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json) or image-caption manifest "
-        "(.csv/.tsv/.jsonl) for recall@1/5/10",
+        help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json) or image-caption manifest for recall@1/5/10",
     )
     p.add_argument(
         "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
@@ -102,8 +101,8 @@ def _read_class_names(path: str) -> list[str]:
 
 
 def _retrieval_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
-    from ..evaluate import read_karpathy
     from ..data import read_manifest
+    from ..evaluate import read_karpathy
 
     path = Path(args.retrieval)
     if path.suffix == ".json":
