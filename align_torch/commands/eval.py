@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
+from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
 
@@ -45,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
     )
-    p.add_argument("--split", default="test", help="Karpathy split to evaluate (default: test)")
+    p.add_argument(
+        "--split", choices=KARPATHY_SPLITS, default="test", help="Karpathy split to evaluate (default: test)"
+    )
     p.add_argument(
         "--captions-per-image",
         type=int,
