@@ -12,7 +12,7 @@ are the model's own `logits_per_image.softmax(-1)`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,16 +49,22 @@ def build_classifier(
     *,
     batch_size: int = 256,
     progress: bool = False,
+    embed: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(num_classes, projection_dim) L2-normalised class embeddings on the model's device.
 
     `templates` is a set name ("imagenet", "simple", "none"; see align_torch.templates) or a list of
     strings with one `{}` each. Row c is normalise(mean_t normalise(embed(template_t with class c))).
+    `embed` maps the prompts to (N, P) normalised embeddings (default: embed_texts with this model; the
+    evaluation protocols pass one that splits the prompts over torchrun ranks).
     """
     names = _check_class_names(class_names)
     templates = get_templates(templates)
     prompts = [prompt for name in names for prompt in fill(templates, name)]  # class-major: C * T prompts
-    embeds = embed_texts(model, processor.tokenizer, prompts, batch_size=batch_size, progress=progress)  # (C*T, P)
+    if embed is None:
+        embeds = embed_texts(model, processor.tokenizer, prompts, batch_size=batch_size, progress=progress)
+    else:
+        embeds = embed(prompts)  # (C*T, P)
     embeds = embeds.view(len(names), len(templates), -1).mean(dim=1)  # (C, P)
     device = next(model.parameters()).device
     return F.normalize(embeds, dim=-1).to(device)

@@ -46,7 +46,7 @@ class StubModel(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()))
         self.temperature = torch.tensor(1.0)
         self.image_vectors, self.text_vectors = image_vectors.float(), text_vectors.float()
-        self.images_seen = 0
+        self.images_seen = self.texts_seen = 0
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         level = torch.round((pixels[:, :2].mean(dim=(2, 3)) + 1) * 127.5).long()  # (B, 2): red, green
@@ -55,6 +55,7 @@ class StubModel(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, normalize=False) -> torch.Tensor:
+        self.texts_seen += len(input_ids)
         x = self.text_vectors[input_ids[:, 0]]
         return F.normalize(x, dim=-1) if normalize else x
 

@@ -147,7 +147,10 @@ def _knn_stub(root: Path) -> tuple[StubModel, object]:
         if v in (100, 103):
             row[(4 * c + 5) % 12] = 0.99
         vectors[v] = row
-    return StubModel(vectors, torch.zeros(1, 12)), stub_processor([])
+    texts = torch.zeros(3, 12)  # zero-shot: class c's name points at its train images
+    for c in range(3):
+        texts[c, 4 * c : 4 * c + 4] = 1.0
+    return StubModel(vectors, texts), stub_processor(classes)
 
 
 def test_knn_through_class_folders(tmp_path: Path):
@@ -231,11 +234,17 @@ def _run_protocols(root: Path, distributed: bool) -> dict:
     knn = evaluate.knn_accuracy(
         knn_model, knn_processor, root / "knn" / "train", root / "knn" / "val", distributed=distributed
     )
+    knn_images = knn_model.images_seen
+    zero_shot = evaluate.zero_shot_accuracy(
+        knn_model, knn_processor, root / "knn" / "val", ["{}"], distributed=distributed
+    )
     return {
+        "zero_shot": zero_shot.as_dict(),
+        "zero_shot_texts_embedded_here": knn_model.texts_seen,
         "retrieval": retrieval.as_dict(),
         "knn": {str(k): v for k, v in knn.top1.items()},
         "knn_skipped": [str(p) for p, _ in knn.skipped],
-        "images_embedded_here": [retrieval_seen, knn_model.images_seen],
+        "images_embedded_here": [retrieval_seen, knn_images],
     }
 
 
@@ -258,10 +267,14 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path):
     for out in ranks:
         assert out["retrieval"] == single["retrieval"] and out["knn"] == single["knn"]
         assert out["knn_skipped"] == single["knn_skipped"] and len(single["knn_skipped"]) == 1
+        assert out["zero_shot"] == single["zero_shot"] and single["zero_shot"]["top1"] == 100.0
     # Each rank embedded its share only: 6 of the 12 test images; 6 of the 12 train images and 3 of the 7 val
     # files (ant/0, ant/1, ant/broken) or the other 4.
     assert single["images_embedded_here"] == [12, 18]
     assert [r["images_embedded_here"] for r in ranks] == [[6, 8], [6, 10]]
+    # The 3 class prompts are split too (1 + 2), not embedded on every rank.
+    assert single["zero_shot_texts_embedded_here"] == 3
+    assert [r["zero_shot_texts_embedded_here"] for r in ranks] == [1, 2]
 
 
 # --- the command ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..processor import AlignProcessor
 from ..templates import DEFAULT_TEMPLATES
 from .knn import KNN_TEMPERATURE, knn_predict
 from .linear_probe import DEFAULT_L2_GRID, LinearProbeResult, linear_probe
-from .shards import embed_images_sharded, percent
+from .shards import embed_images_sharded, embed_texts_sharded, percent
 
 
 @dataclass
@@ -138,7 +138,11 @@ def zero_shot_accuracy(
     if class_names is not None and len(class_names) != len(data.classes):
         raise ValueError(f"{len(class_names)} class names for the {len(data.classes)} sub-folders of {root}")
     names = data.classes if class_names is None else list(class_names)
-    classifier = build_classifier(model, processor, names, templates, progress=progress)  # (C, P)
+
+    def embed(prompts: list[str]) -> torch.Tensor:
+        return embed_texts_sharded(model, processor.tokenizer, prompts, distributed=distributed, progress=progress)
+
+    classifier = build_classifier(model, processor, names, templates, embed=embed)  # (C, P)
     logits = classify_embeddings(model, classifier, data.vectors).logits.float().cpu()  # (N, C)
     top5 = None
     if len(data.classes) >= 5:
