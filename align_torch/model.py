@@ -230,8 +230,9 @@ class AlignModel(nn.Module):
             model.to(device=device, dtype=dtype)
         return model.eval()
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the native format (config.json + model.safetensors) atomically."""
+    def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = True) -> None:
+        """Write the native format (config.json + model.safetensors) atomically. An existing non-empty folder
+        is replaced only if it is a checkpoint (and `overwrite`); any other is refused."""
         from .weights import save_native
 
-        save_native(self, save_directory)
+        save_native(self, save_directory, overwrite=overwrite)

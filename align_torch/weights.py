@@ -4,6 +4,7 @@ hf_keys. Loading is strict and loud: nothing is ever left silently at random ini
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import AlignConfig
 from .config_files import read_json_object
-from .fileio import atomic_dir
+from .fileio import atomic_dir, check_destination, unreadable_reason
 from .hf_keys import config_from_hf, config_to_hf, hf_to_native, native_to_hf
 from .hub import resolve_model_dir
 
@@ -76,6 +77,9 @@ def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise CheckpointError(f"cannot read weights file {str(path)!r}: {reason}")
     if path.suffix == ".safetensors":
         try:
             sd = load_file(path, device="cpu")
@@ -239,6 +243,43 @@ def load_pretrained(
 
 
 # --- writing ------------------------------------------------------------------------------------------
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def is_checkpoint_dir(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is itself a model checkpoint (native or HF layout): config.json and weights, and only
+    files (no subfolders), so that replacing it replaces nothing but a checkpoint."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    return (
+        (folder / CONFIG_FILE).is_file()
+        and any((folder / name).is_file() for name in WEIGHTS_FILES)
+        and all(e.is_file() and not e.is_symlink() for e in entries)
+    )
+
+
+def check_checkpoint_destination(
+    folder: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()
+) -> None:
+    """Raise unless a checkpoint may be written at `folder`: absent or empty, or (with `overwrite`) a
+    checkpoint folder that holds neither the working directory nor any `protect` path."""
+    check_destination(folder, overwrite=overwrite, replaceable=is_checkpoint_dir, what="checkpoint", protect=protect)
+
+
+def checkpoint_dir(
+    folder: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()
+) -> contextlib.AbstractContextManager[Path]:
+    """`atomic_dir` for a checkpoint folder: with `overwrite`, only an existing checkpoint is replaced."""
+    return atomic_dir(folder, overwrite=overwrite, replaceable=is_checkpoint_dir, what="checkpoint", protect=protect)
+
+
 def _copy_processor_files(src: Path | None, dst: Path) -> None:
     if src is None:
         return
@@ -247,44 +288,66 @@ def _copy_processor_files(src: Path | None, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def save_native(model: AlignModel, folder: str | os.PathLike, processor_from: Path | None = None) -> None:
-    """Write config.json + model.safetensors (native names) atomically; copy processor files if given."""
+def write_native(model: AlignModel, folder: Path) -> None:
+    """config.json + model.safetensors (native names) into an existing folder, e.g. one from `checkpoint_dir`."""
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "config": model.config.to_dict()}
-    with atomic_dir(folder) as tmp:
-        save_file(sd, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(sd, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_native(
+    model: AlignModel,
+    folder: str | os.PathLike,
+    processor_from: Path | None = None,
+    overwrite: bool = False,
+    protect: tuple[str | os.PathLike, ...] = (),
+) -> None:
+    """Write config.json + model.safetensors (native names) atomically; copy processor files if given.
+    An existing non-empty `folder` is replaced only with `overwrite`, and only if it is a checkpoint."""
+    with checkpoint_dir(folder, overwrite=overwrite, protect=protect) as tmp:
+        write_native(model, tmp)
         _copy_processor_files(processor_from, tmp)
 
 
 def save_hf(
-    config: AlignConfig, sd: dict[str, torch.Tensor], folder: str | os.PathLike, processor_from: Path | None = None
+    config: AlignConfig,
+    sd: dict[str, torch.Tensor],
+    folder: str | os.PathLike,
+    processor_from: Path | None = None,
+    overwrite: bool = False,
+    protect: tuple[str | os.PathLike, ...] = (),
 ) -> None:
-    """Write an HF-layout folder (config.json + model.safetensors) that transformers' AlignModel loads."""
+    """Write an HF-layout folder (config.json + model.safetensors) that transformers' AlignModel loads; the same
+    rules as `save_native` for an existing `folder`."""
     hf_sd = native_to_hf(sd, max_positions=config.text.max_position_embeddings)
     hf_sd = {k: v.detach().contiguous().cpu() for k, v in hf_sd.items()}
-    with atomic_dir(folder) as tmp:
+    with checkpoint_dir(folder, overwrite=overwrite, protect=protect) as tmp:
         save_file(hf_sd, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
         _copy_processor_files(processor_from, tmp)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "native") -> Path:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "native", overwrite: bool = False) -> Path:
     """Convert a checkpoint folder (native or HF layout, or a Hub id) to `to` ("native" or "hf") at `dst`.
 
-    The state dict is checked against its config before anything is written."""
+    `dst` must be absent or empty unless `overwrite`, which replaces only a checkpoint folder that holds
+    neither the source nor the working directory. The state dict is checked against its config before
+    anything is written."""
     if to not in ("native", "hf"):
         raise ValueError(f"convert: to must be 'native' or 'hf', got {to!r}")
+    check_checkpoint_destination(dst, overwrite=overwrite)  # before any download
     folder = resolve_model_dir(src)
+    if os.path.realpath(dst) == os.path.realpath(folder):
+        raise ValueError("convert: destination is the source folder; choose another")
+    check_checkpoint_destination(dst, overwrite=overwrite, protect=(folder,))
     config, sd = read_checkpoint(folder)
     from .model import AlignModel
 
     model = AlignModel(config)
     load_state_dict(model, sd, strict=True)
-    if Path(dst).resolve() == folder.resolve():
-        raise ValueError("convert: destination is the source folder; choose another")
     if to == "native":
-        save_native(model, dst, processor_from=folder)
+        save_native(model, dst, processor_from=folder, overwrite=overwrite, protect=(folder,))
     else:
-        save_hf(config, model.state_dict(), dst, processor_from=folder)
+        save_hf(config, model.state_dict(), dst, processor_from=folder, overwrite=overwrite, protect=(folder,))
     return Path(dst)

@@ -21,11 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..evaluate import retrieval_recall, zero_shot_accuracy
-from ..fileio import atomic_dir
 from ..loss import global_contrastive_loss
 from ..model import AlignModel
 from ..processor import AlignProcessor
-from ..weights import save_native
+from ..weights import checkpoint_dir, write_native
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, setup_distributed
@@ -259,8 +258,9 @@ class Trainer:
         """The trained model in native format with the processor files, at out/final (rank 0)."""
         final = self.out / FINAL_DIR
         if self.dist.is_main:
-            with atomic_dir(final) as tmp:
-                save_native(self.model, tmp)
+            # A final/ from an earlier run on this --out is replaced; a folder that is not a checkpoint is refused.
+            with checkpoint_dir(final, overwrite=True) as tmp:
+                write_native(self.model, tmp)
                 self.processor.save_pretrained(tmp)
         barrier()
         return final
