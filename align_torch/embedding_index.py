@@ -2,10 +2,14 @@
 
 Format: one safetensors file (readable without align_torch) holding
 - tensor "embeddings": (N, D) float32, each row L2-normalised, so a dot product is a cosine similarity;
-- string metadata: "format" = "align_torch.embeddings", "version" = "1", "kind" = "image" or "text",
+- string metadata: "format" = "align_torch.embeddings", "version" = "2", "kind" = "image" or "text",
   "model" = the model name or folder that produced them, "items" = a JSON list of the N items in row
   order (image file paths as listed on the command line, or the texts), "skipped" = a JSON list of
   {"item", "error"} for inputs that could not be embedded.
+
+Image paths are stored with `fileio.path_to_text`: a UTF-8 name as it is, any other name (bytes that are
+not UTF-8, or starting with "file:") as "file:" + percent-encoded bytes, so every name the OS gives comes
+back byte for byte (`fileio.text_to_path`). Version "1" files (names stored as they are) are still read.
 
 Read it with `EmbeddingIndex.load(path)`, or with safetensors alone:
 `safe_open(path, "pt")` -> `.get_tensor("embeddings")`, `json.loads(.metadata()["items"])`.
@@ -22,10 +26,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .fileio import atomic_file
+from .fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
 
 FORMAT = "align_torch.embeddings"
-VERSION = "1"
+VERSION = "2"
+READABLE_VERSIONS = ("1", "2")  # "1": image paths stored as they are (only UTF-8 names could be written)
 KINDS = ("image", "text")
 
 
@@ -48,7 +53,7 @@ class EmbeddingIndex:
     """N normalised embeddings and the items they belong to, searchable by cosine similarity."""
 
     vectors: torch.Tensor  # (N, D) float32, L2-normalised
-    items: list[str]
+    items: list[str]  # texts, or image paths as str (bytes that are not UTF-8 as surrogate escapes, os.fsdecode)
     kind: str  # "image" or "text"
     model: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"item", "error"}
@@ -67,13 +72,14 @@ class EmbeddingIndex:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the file atomically: a reader sees the old file or the complete new one, never a part."""
+        encode = path_to_text if self.kind == "image" else str
         metadata = {
             "format": FORMAT,
             "version": VERSION,
             "kind": self.kind,
             "model": self.model,
-            "items": json.dumps(self.items, ensure_ascii=False),
-            "skipped": json.dumps(self.skipped, ensure_ascii=False),
+            "items": json.dumps([encode(i) for i in self.items], ensure_ascii=False),
+            "skipped": json.dumps([{**s, "item": encode(s["item"])} for s in self.skipped], ensure_ascii=False),
         }
         path = Path(path)
         with atomic_file(path) as tmp:
@@ -86,6 +92,9 @@ class EmbeddingIndex:
         path = Path(path)
         if not path.is_file():
             raise EmbeddingsFileError(f"embeddings file {str(path)!r} does not exist")
+        reason = unreadable_reason(path)
+        if reason is not None:
+            raise EmbeddingsFileError(f"cannot read embeddings file {str(path)!r}: {reason}")
         try:
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
@@ -99,19 +108,24 @@ class EmbeddingIndex:
                 vectors = f.get_tensor("embeddings")
         except (SafetensorError, OSError) as e:
             raise EmbeddingsFileError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
-        if metadata.get("version") != VERSION:
+        version = metadata.get("version")
+        if version not in READABLE_VERSIONS:
             raise EmbeddingsFileError(
-                f"{str(path)!r} has embeddings format version {metadata.get('version')!r}; this align_torch reads {VERSION!r}"
+                f"{str(path)!r} has embeddings format version {version!r}; this align_torch reads "
+                f"{', '.join(map(repr, READABLE_VERSIONS))}"
             )
         try:
+            kind = metadata["kind"]
+            decode = text_to_path if kind == "image" and version != "1" else str
+            skipped = json.loads(metadata.get("skipped", "[]"))
             return cls(
                 vectors=vectors,
-                items=json.loads(metadata["items"]),
-                kind=metadata["kind"],
+                items=[decode(i) for i in json.loads(metadata["items"])],
+                kind=kind,
                 model=metadata["model"],
-                skipped=json.loads(metadata.get("skipped", "[]")),
+                skipped=[{**s, "item": decode(s["item"])} for s in skipped],
             )
-        except (KeyError, json.JSONDecodeError, ValueError) as e:
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError, ValueError) as e:
             raise EmbeddingsFileError(f"{str(path)!r} has broken metadata: {e}") from e
 
     def search(self, query: torch.Tensor, k: int = 10) -> list[SearchHit]:
