@@ -4,6 +4,7 @@ reports unreadable files instead of raising, so one bad file never stops a long 
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -43,7 +44,7 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageLoadError(path, "no such file" if not path.exists() else "not a file")
+        raise ImageLoadError(path, _missing_reason(path))
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
     try:
@@ -61,6 +62,23 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)))  # (H, W, 3)
 
 
+def _missing_reason(path: Path) -> str:
+    """Why a path that is not a file cannot be read: a broken symbolic link says so, with its target."""
+    if not path.is_symlink():
+        return "no such file" if not path.exists() else "not a file"
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"dangling symbolic link (to {os.readlink(path)!r})"
+    return "not a file"
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def _is_hidden(path: Path, root: Path) -> bool:
     # Dotfiles include macOS "._name.jpg" metadata files, which carry an image suffix but hold no image.
     return any(part.startswith(".") for part in path.relative_to(root).parts)
@@ -70,7 +88,7 @@ def _list_folder(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, folder)
+        if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or _is_broken_link(p)) and not _is_hidden(p, folder)
     )
 
 
@@ -79,7 +97,8 @@ def list_images(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
 
     A folder is searched recursively for files with an image suffix (IMAGE_EXTENSIONS), skipping hidden
     files and folders; a glob (`photos/**/*.jpg`, recursive with `**`) and a file named explicitly are taken
-    as they are. A path that does not exist, or a glob or folder that matches nothing, raises.
+    as they are. A broken symbolic link (dangling, or a loop) is listed like a file, so that the job reports it
+    as skipped. A path that does not exist, or a glob or folder that matches nothing, raises.
     """
     if isinstance(specs, (str, os.PathLike)):
         specs = [specs]
@@ -90,24 +109,36 @@ def list_images(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
             found = _list_folder(path)
             if not found:
                 raise FileNotFoundError(f"no image files (suffixes {', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             found = [path]
         elif _GLOB_CHARS & set(str(spec)):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(str(spec)), recursive=True))
-            found = [p for p in found if p.is_file()]
+            found = _glob_files(os.path.expanduser(str(spec)))
             if not found:
                 raise FileNotFoundError(f"no files match {str(spec)!r}")
         else:
             raise FileNotFoundError(f"no such file or folder: {str(spec)!r}")
         files.extend(found)
-    seen: set[Path] = set()
+    seen: set[str] = set()
     unique = []
     for f in files:
-        key = f.resolve()
+        key = os.path.realpath(f)  # unlike Path.resolve, never raises on a symbolic link loop
         if key not in seen:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The files (and broken links) a glob matches, sorted. `**` follows links to folders, so a link loop can
+    match one file under many names; keep the shortest."""
+    by_target: dict[str, Path] = {}
+    for match in glob.glob(pattern, recursive=True):
+        p = Path(match)
+        if p.is_file() or _is_broken_link(p):
+            key = os.path.realpath(p)
+            if key not in by_target or len(p.parts) < len(by_target[key].parts):
+                by_target[key] = p
+    return sorted(by_target.values())
 
 
 @dataclass
