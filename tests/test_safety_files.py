@@ -302,7 +302,7 @@ def test_odd_file_names_round_trip_through_embed_and_search(tiny_native_dir, tmp
 
 # --- broken links are reported as skipped -------------------------------------------------------------
 def test_link_loops_and_dangling_links_are_skipped_and_reported(tiny_native_dir, tmp_path):
-    from align_torch.images import list_images
+    from align_torch.data.images import list_images
 
     folder = tmp_path / "photos"
     folder.mkdir()
