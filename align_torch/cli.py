@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         # Point stdout at /dev/null so Python's final flush does not report the closed pipe again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # stdout may be no file at all (redirected in-process)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,28 +141,38 @@ def test_overwrite_replaces_a_checkpoint(tiny_hf_dir, tmp_path, monkeypatch, exc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the old version and the temp are gone
 
 
-def test_the_destination_never_goes_missing_while_replaced(tmp_path):
-    """A separate process watching the path during 100 replacements never finds it absent."""
+def test_the_destination_never_goes_missing_while_replaced(tmp_path, monkeypatch):
+    """A separate process watching the path during 100 replacements never finds it absent (every plain rename
+    is slowed down, so that a replacement made of two renames would show its gap)."""
+    real_rename = os.rename
+
+    def slow_rename(a, b):
+        real_rename(a, b)
+        time.sleep(0.002)
+
+    monkeypatch.setattr(fileio.os, "rename", slow_rename)
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "config.json").write_text("{}")
-    watcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import os\nn=0\nwhile not os.path.exists({str(tmp_path / 'stop')!r}):\n"
-            f"    n += not os.path.isdir({str(dst)!r})\nprint(n)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    watch = textwrap.dedent(f"""
+        import os
+        print("ready", flush=True)
+        checks = missing = 0
+        while not os.path.exists({str(tmp_path / "stop")!r}):
+            checks += 1
+            missing += not os.path.isdir({str(dst)!r})
+        print(checks, missing)
+    """)
+    watcher = subprocess.Popen([sys.executable, "-c", watch], stdout=subprocess.PIPE, text=True)
     try:
+        assert watcher.stdout.readline() == "ready\n"
         for i in range(100):
             with atomic_dir(dst, overwrite=True, replaceable=lambda p: True) as tmp:
                 (tmp / "config.json").write_text(json.dumps({"i": i}))
     finally:
         (tmp_path / "stop").touch()
-        missing = int(watcher.communicate(timeout=60)[0])
+        checks, missing = map(int, watcher.communicate(timeout=60)[0].split())
+    assert checks > 100
     assert missing == 0
     assert json.loads((dst / "config.json").read_text()) == {"i": 99}
 
