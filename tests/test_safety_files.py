@@ -308,7 +308,14 @@ def test_odd_file_names_round_trip_through_embed_and_search(tiny_native_dir, tmp
     assert {os.fsencode(h.item) for h in hits} == expected
     status, stdout, stderr = run_cli("search", out, "a photo", "--json", "-k", len(ODD_NAMES))
     assert status == 0, stderr
+    stdout.encode("utf-8")
     assert {os.fsencode(text_to_path(r["item"])) for r in json.loads(stdout)["results"]} == expected
+    status, stdout, stderr = run_cli(
+        "zero-shot", os.fsdecode(folder), "--labels", "a", "b", "--json", "--model", tiny_native_dir, "--workers", 0
+    )
+    assert status == 0, stderr
+    stdout.encode("utf-8")  # what a real stdout does: a lone surrogate escape would fail here
+    assert {os.fsencode(text_to_path(r["image"])) for r in json.loads(stdout)["results"]} == expected
 
 
 # --- broken links are reported as skipped -------------------------------------------------------------

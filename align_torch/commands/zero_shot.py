@@ -7,7 +7,8 @@ written, which gives the model's own probabilities for them. An unreadable image
 skipped; with --strict the first one stops the run with exit status 1.
 
 --json prints {"model", "templates", "labels", "results": [{"image", "predictions": [{"label", "prob",
-"logit"}, ...]}], "skipped": [{"image", "error"}]} with predictions best first.
+"logit"}, ...]}], "skipped": [{"image", "error"}]} with predictions best first. Image paths are written as
+`fileio.path_to_text` gives them (a name that is not UTF-8 as "file:" + percent-encoded bytes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import sys
 
+from ..fileio import path_to_text
 from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor
 
@@ -61,16 +63,16 @@ def run(args: argparse.Namespace) -> int:
             "templates": args.templates,
             "labels": args.labels,
             "results": [
-                {"image": str(path), "predictions": [p._asdict() for p in preds]}
+                {"image": path_to_text(path), "predictions": [p._asdict() for p in preds]}
                 for path, preds in zip(images.paths, ranked, strict=True)
             ],
-            "skipped": [{"image": str(p), "error": reason} for p, reason in images.failures],
+            "skipped": [{"image": path_to_text(p), "error": reason} for p, reason in images.failures],
         }
         json.dump(payload, sys.stdout, indent=2, ensure_ascii=False)
         print()
     else:
         for path, preds in zip(images.paths, ranked, strict=True):
-            print(path)
+            print(path_to_text(path))
             for p in preds:
                 print(f"  {p.prob:.4f}  {p.label}")
     if not images.paths:
