@@ -119,6 +119,26 @@ def test_protected_paths_are_never_replaced(tmp_path, monkeypatch):
         check_destination(link, **anything)
 
 
+def test_save_pretrained_replaces_its_own_checkpoint_only(tiny_native_dir, tmp_path):
+    from align_torch import AlignModel
+
+    model = AlignModel.from_pretrained(tiny_native_dir)
+    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")  # saving again over a checkpoint is fine
+    assert is_checkpoint_dir(tmp_path / "m")
+    docs = tmp_path / "docs"
+    (docs / "drafts").mkdir(parents=True)
+    (docs / "drafts" / "paper.md").write_text("draft")
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        model.save_pretrained(docs)
+    shutil.copy(tmp_path / "m" / "config.json", docs)  # config and weights beside a subfolder: still not ours
+    shutil.copy(tmp_path / "m" / "model.safetensors", docs)
+    before = snapshot(docs)
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        model.save_pretrained(docs)
+    assert snapshot(docs) == before
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "fallback"])
 def test_overwrite_replaces_a_checkpoint(tiny_hf_dir, tmp_path, monkeypatch, exchange):
     dst = tmp_path / "model"
