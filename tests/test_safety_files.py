@@ -272,6 +272,15 @@ def test_outputs_follow_the_umask(tiny_native_dir, tmp_path, mask):
     assert stat.S_IMODE((tmp_path / "e.st").stat().st_mode) == file_mode
 
 
+def run_as_other_user(code: str) -> subprocess.CompletedProcess:
+    """Run Python `code` as a user without special rights (as root: nobody, through setpriv)."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if drop and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot read as another user")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
 def test_an_unreadable_file_says_permission_denied(tmp_path):
     folder = Path(tempfile.mkdtemp(prefix="align-torch-perm-"))
     try:
@@ -280,11 +289,7 @@ def test_an_unreadable_file_says_permission_denied(tmp_path):
         EmbeddingIndex(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(path)
         path.chmod(0o000)
         code = f"from align_torch.embedding_index import EmbeddingIndex\nEmbeddingIndex.load({str(path)!r})"
-        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
-        if drop and shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: cannot read as another user")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        proc = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        proc = run_as_other_user(code)
         assert proc.returncode != 0
         assert "permission denied" in proc.stderr.splitlines()[-1]
         assert "EmbeddingsFileError" in proc.stderr.splitlines()[-1]
@@ -360,6 +365,22 @@ def test_link_loops_and_dangling_links_are_skipped_and_reported(tiny_native_dir,
     index = EmbeddingIndex.load(out)
     assert [Path(i).name for i in index.items] == ["good.png"]
     assert sorted(Path(s["item"]).name for s in index.skipped) == sorted(broken)
+
+
+def test_an_unreadable_subfolder_is_reported(tmp_path):
+    folder = Path(tempfile.mkdtemp(prefix="align-torch-perm-"))
+    try:
+        folder.chmod(0o755)
+        _write_photo(os.fsencode(folder / "good.png"), 0)
+        (folder / "locked").mkdir(mode=0o000)
+        code = f"from align_torch.data.images import list_images\nprint([p.name for p in list_images({str(folder)!r})])"
+        proc = run_as_other_user(code)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "['good.png']"
+        assert f"skipped folder {folder / 'locked'}: permission denied" in proc.stderr
+    finally:
+        (folder / "locked").chmod(0o755)
+        shutil.rmtree(folder)
 
 
 # --- the command line fails on one line ---------------------------------------------------------------

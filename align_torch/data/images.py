@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,17 +80,26 @@ def _is_broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    # Dotfiles include macOS "._name.jpg" metadata files, which carry an image suffix but hold no image.
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _list_folder(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or _is_broken_link(p)) and not _is_hidden(p, folder)
-    )
+    """Image files under `folder`, sorted; hidden files and folders are skipped, links to folders not followed,
+    and a subfolder that cannot be read is reported in a warning (rglob would pass over it silently)."""
+
+    def unreadable(e: OSError) -> None:
+        warnings.warn(f"skipped folder {e.filename}: {(e.strerror or str(e)).lower()}", stacklevel=2)
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        # Dotfiles include macOS "._name.jpg" metadata files, which carry an image suffix but hold no image.
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            p = Path(dirpath) / name
+            if (
+                not name.startswith(".")
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and (p.is_file() or _is_broken_link(p))
+            ):
+                found.append(p)
+    return sorted(found)
 
 
 def list_images(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
