@@ -278,6 +278,9 @@ def run_as_other_user(code: str) -> subprocess.CompletedProcess:
     if drop and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot read as another user")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    probe = subprocess.run([*drop, sys.executable, "-c", "import align_torch"], capture_output=True, env=env)
+    if drop and probe.returncode != 0:
+        pytest.skip("the unprivileged user cannot run this Python environment (installed in a private folder)")
     return subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
