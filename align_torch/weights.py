@@ -336,7 +336,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "native", 
     anything is written."""
     if to not in ("native", "hf"):
         raise ValueError(f"convert: to must be 'native' or 'hf', got {to!r}")
-    check_checkpoint_destination(dst, overwrite=overwrite)  # before any download
+    local = (src,) if os.path.exists(src) else ()
+    check_checkpoint_destination(dst, overwrite=overwrite, protect=local)  # before any download
     folder = resolve_model_dir(src)
     if os.path.realpath(dst) == os.path.realpath(folder):
         raise ValueError("convert: destination is the source folder; choose another")
