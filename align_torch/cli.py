@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, (*USAGE_ERRORS, HubError)):
             print(f"{prefix}: error: {one_line(e)}", file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(e, OSError):  # the system refused (a full disk, a lost mount): its message says it all
+            print(f"{prefix}: error: {one_line(e)}", file=sys.stderr)
+            return EXIT_FAILURE
         hint = "" if args.debug else " (run with --debug for the traceback)"
         print(f"{prefix}: error: {type(e).__name__}: {one_line(e)}{hint}", file=sys.stderr)
         return EXIT_FAILURE

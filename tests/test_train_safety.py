@@ -126,7 +126,7 @@ def test_full_disk_keeps_the_previous_checkpoint(
 
     monkeypatch.setattr(state_module, "_write", writer)
     out = tmp_path / "run"
-    assert _finetune(tiny_native_dir, manifest, out, "--max-steps", "2", "--save-every", "1") == 2
+    assert _finetune(tiny_native_dir, manifest, out, "--max-steps", "2", "--save-every", "1") == 1  # runtime failure
     line = _error_line(capsys)
     assert "No space left on device" in line and "previous checkpoint (step 1) is intact" in line
     assert load_checkpoint(out / CHECKPOINT_FILE).progress.step == 1
