@@ -277,13 +277,16 @@ def test_image_batches_are_pinned_by_the_dataloader(monkeypatch):
 
 
 def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_escaped(model_dir, tmp_path):
+    from align_torch.fileio import text_to_path
+
     folder = tmp_path / "photos"
     folder.mkdir()
     shape_image("red", "circle", random.Random(0), size=32).save(os.path.join(os.fsencode(folder), b"caf\xe9.png"))
     status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "emb", "--model", model_dir, "--quiet")
     assert status == 0, stderr
     _, _, meta = read_folder(tmp_path / "emb")
-    assert meta["image_path"].tolist() == [f"{folder}/caf\\udce9.png"]
+    assert meta["image_path"].tolist() == [f"file:{folder}/caf%E9.png"]
+    assert os.fsencode(text_to_path(meta["image_path"][0])) == os.path.join(os.fsencode(folder), b"caf\xe9.png")
 
 
 def test_manifests_csv_jsonl_parquet_with_optional_captions_and_input_kinds(tmp_path, shards):

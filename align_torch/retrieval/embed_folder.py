@@ -26,13 +26,14 @@ from .. import __name__ as _package
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageItem, collate_images
 from ..embeddings import embed_texts, eval_mode
+from ..fileio import path_to_text
 from ..hub import model_reference, resolve_model_dir
 from ..image_processing import AlignImageProcessor
 from ..model import AlignModel
 from ..tokenizer import AlignTokenizer
 from .layout import DTYPES, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
-from .writer import PartitionResult, path_text, prepare_folder, write_partition
+from .writer import PartitionResult, prepare_folder, write_partition
 
 _SAMPLE_BYTES = 1 << 20
 
@@ -138,7 +139,9 @@ class EmbedSummary:
 
 
 def image_path(image: Path | TarMember) -> str:
-    return path_text(image) if isinstance(image, Path) else f"{path_text(image.shard)}:{path_text(image.name)}"
+    if isinstance(image, Path):
+        return path_to_text(image)
+    return path_to_text(os.fsencode(image.shard) + b":" + os.fsencode(image.name))
 
 
 @torch.no_grad()

@@ -20,8 +20,8 @@ finished partitions (the three files of an unfinished one may be missing or from
 partition whose images all failed has 0-row files, so numbering stays dense.
 
 `image_path` is the file path as text (absolute for folder and manifest input), or `SHARD.tar:MEMBER` for
-shard input. Parquet strings are UTF-8, so a name with bytes that are not UTF-8 is written with those bytes
-as `\\udcXX` escapes (Python's surrogateescape code points, backslash-escaped).
+shard input, through `fileio.path_to_text`: a UTF-8 name as it is, any other as "file:" and its percent-encoded
+bytes (Parquet strings are UTF-8); `fileio.text_to_path` gives back the exact bytes.
 
 Reading it with numpy and pandas alone:
 

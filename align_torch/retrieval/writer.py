@@ -15,16 +15,6 @@ from ..fileio import atomic_file
 from .layout import INFO_FILE, EmbeddingsFolderError, FolderInfo, partition_files
 
 
-def path_text(path: str | os.PathLike) -> str:
-    """A path as UTF-8-safe text: undecodable bytes (surrogateescape code points) become `\\udcXX` escapes."""
-    text = os.fsdecode(path)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
 def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
     """Create `folder` with embeddings.json, or check that an existing one was made with the same model and
     arguments; a folder that is neither empty nor ours is refused, never written into."""
