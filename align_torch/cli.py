@@ -24,6 +24,8 @@ COMMANDS = {
     "embed": "embed",
     "embed-text": "embed_text",
     "search": "search",
+    "index": "index",
+    "serve": "serve",
     "summary": "summary",
     "finetune": "finetune",
     "eval": "eval",
