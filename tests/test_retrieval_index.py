@@ -166,7 +166,9 @@ def test_auto_ivf_pq_on_200k_vectors_finds_the_nearest_neighbour_within_a_small_
     noise = normalise(rng.standard_normal((len(ids), dim))) * 0.1
     queries = normalise(folder.take("image", ids) + noise).astype(np.float32)
     _, nearest = exact_top_k(folder.chunks("image"), queries, 1)  # (Q, 1) the exact nearest neighbours
-    _, found = ix.load_index(folder, "image").search(queries, 10)
+    loaded = ix.load_index(folder, "image")
+    assert faiss.extract_index_ivf(loaded.index).nprobe == loaded.info["search"]["nprobe"] == 16  # the default
+    _, found = loaded.search(queries, 10)
     recall_at_10 = float(np.mean([n in row for n, row in zip(nearest[:, 0], found, strict=True)]))
     recall_at_1 = float(np.mean(found[:, 0] == nearest[:, 0]))
     peak = report["peak_rss"]

@@ -184,3 +184,26 @@ def test_the_page_in_headless_chromium_shows_k_thumbnails(folder, model_dir, tmp
         pixels = np.asarray(shot.convert("RGB"))
     assert pixels.std() > 20  # photos drawn, not a blank page
     print(f"\nscreenshot: {screenshot}")
+
+
+def test_a_folder_written_by_embed_is_indexed_and_searched(folder, model_dir, tmp_path):
+    """`align-torch embed DIR --out EMB` (two partitions), then `index` and `search` on what it wrote."""
+    out = tmp_path / "emb"
+    images = folder.parent / "images"
+    status, _, stderr = run_cli(
+        "embed", images, "--out", out, "--model", model_dir, "--partition-size", 4, "--workers", 0, "--quiet"
+    )
+    assert status == 0, stderr
+    status, _, stderr = run_cli("index", out, "--kind", "flat")
+    assert status == 0 and (out / "index" / "image.index").is_file(), stderr
+    photo = images / "coffee.jpg"
+    answers = []
+    for extra in ([], ["--exact"]):
+        status, stdout, stderr = run_cli("search", out, "--image", photo, "-k", 6, "--json", *extra)
+        assert status == 0, stderr
+        answers.append(json.loads(stdout)["results"])
+    assert answers[0][0]["image_path"] == str(photo) and answers[0][0]["score"] == pytest.approx(1.0, abs=2e-3)
+    assert [r["id"] for r in answers[0]] == [r["id"] for r in answers[1]]
+    assert sorted(r["image_path"] for r in answers[0]) == sorted(str(p) for p in images.glob("*.jpg"))
+    status, _, stderr = run_cli("index", out, "--kind", "ivf-pq", "--max-memory", "1MB")
+    assert status == 2 and "does not fit in --max-memory 1MB" in stderr

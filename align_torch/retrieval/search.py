@@ -108,7 +108,8 @@ class Collection:
     def dim(self, target: str) -> int:
         return self.folder.dim(target) if self.folder is not None else self.file.dim
 
-    def _check_target(self, target: str | None) -> str:
+    def resolve_target(self, target: str | None) -> str:
+        """The embeddings a query searches: `target`, or image when the collection has them, else text."""
         target = target or ("image" if "image" in self.targets else self.targets[0])
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -140,7 +141,7 @@ class Collection:
         """Top-k hits per query vector ((Q, D) or (D,), normalised here), best first."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an integer of at least 1, got {k!r}")
-        target = self._check_target(target)
+        target = self.resolve_target(target)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim(target):
             where = "the file's" if self.file is not None else f"the {target} embeddings of {str(self.path)!r}"
@@ -218,7 +219,7 @@ class Collection:
         """(Q, D) normalised embeddings of images (paths or PIL images), with the collection's model."""
         import torch
 
-        from ..images import load_image
+        from ..data.images import load_image
 
         model, processor = self._load_model()
         pil = [load_image(im) if isinstance(im, (str, os.PathLike)) else im for im in images]

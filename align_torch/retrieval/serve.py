@@ -106,7 +106,7 @@ class SearchServer(ThreadingHTTPServer):
             row = h.to_dict()
             row["image"] = f"/image/{h.id}" if h.image_path is not None else None
             rows.append(row)
-        return {"query": query, "target": target or self.collection._check_target(None), "results": rows}
+        return {"query": query, "target": target or self.collection.resolve_target(None), "results": rows}
 
     def _image_file(self, row: int) -> Path | None:
         collection = self.collection
@@ -123,7 +123,7 @@ class SearchServer(ThreadingHTTPServer):
         return None
 
     def _thumbnail(self, row: int) -> bytes | None:
-        from ..images import ImageLoadError, load_image
+        from ..data.images import ImageLoadError, load_image
 
         path = self._image_file(row)
         if path is None:
