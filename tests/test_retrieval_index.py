@@ -182,3 +182,16 @@ def test_auto_ivf_pq_on_200k_vectors_finds_the_nearest_neighbour_within_a_small_
     assert recall_at_10 >= 0.95
     assert peak - report["rss_before"] < 1.5 * 64 * MiB  # the build's own memory: the budget plus allocator slack
     assert peak < vector_bytes
+
+
+def test_without_faiss_index_and_search_say_how_to_go_on(tmp_path, monkeypatch, capsys):
+    from align_torch.cli import main
+
+    root = write_folder(tmp_path / "c", [normalise(np.random.default_rng(0).standard_normal((50, 8)))])
+    ix.build_index(root, kind="flat")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    assert main(["index", str(root), "--kind", "flat"]) == 2
+    assert 'pip install "align-torch[index]"' in capsys.readouterr().err
+    with pytest.raises(ValueError, match="search exactly with --exact"):
+        Collection(root).search_vectors(np.ones(8), k=1)
+    assert len(Collection(root, use_index=False).search_vectors(np.ones(8), k=2)[0]) == 2

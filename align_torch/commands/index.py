@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         print(summary)
         return 0
     print(f"align-torch index: building a {summary}", file=sys.stderr)
-    built = build_index(folder, args.modality, args.kind, budget, args.out)
+    try:
+        built = build_index(folder, args.modality, args.kind, budget, args.out)
+    except ImportError as e:  # FAISS is an optional extra
+        print(f"align-torch index: error: {e}", file=sys.stderr)
+        return 2
     print(f"indexed {plan.count:,} vectors in {built.seconds:.1f} s -> {built.path}", file=sys.stderr)
     return 0

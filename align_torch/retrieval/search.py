@@ -126,7 +126,10 @@ class Collection:
         if target not in self._indexes:
             from .index import load_index
 
-            self._indexes[target] = load_index(self.folder, target)
+            try:
+                self._indexes[target] = load_index(self.folder, target)
+            except ImportError as e:  # an index is there but FAISS is not: say how to go on
+                raise ValueError(f"{e}; or search exactly with --exact (use_index=False)") from None
         return self._indexes[target]
 
     def _chunks(self, target: str) -> Iterator[tuple[int, np.ndarray]]:
