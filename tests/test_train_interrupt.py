@@ -33,11 +33,14 @@ def _train_losses(out: Path) -> list[tuple[int, float]]:
 
 
 def _stop_at(command: list[str], out: Path, step: int, sig: signal.Signals) -> subprocess.CompletedProcess:
-    """Start the command, send `sig` once metrics.jsonl shows `step`, and wait for the process to end."""
+    """Start the command, send `sig` once metrics.jsonl shows `step` (and, for kill -9, once a checkpoint exists
+    to resume from: step 2's line is logged before its checkpoint is written), and wait for the process to end."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
+    need_checkpoint = sig == signal.SIGKILL
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "metrics.jsonl").is_file() and any(s >= step for s, _ in _train_losses(out)):
+        reached = (out / "metrics.jsonl").is_file() and any(s >= step for s, _ in _train_losses(out))
+        if reached and (not need_checkpoint or (out / CHECKPOINT_FILE).is_file()):
             proc.send_signal(sig)
             break
         time.sleep(0.02)
