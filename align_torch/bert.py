@@ -48,7 +48,7 @@ class Attention(nn.Module):
         self.k = nn.Linear(D, D)
         self.v = nn.Linear(D, D)
         self.out = nn.Linear(D, D)
-        self.dropout = cfg.attention_dropout
+        self.dropout = nn.Dropout(cfg.attention_dropout)  # on the attention probabilities
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = False
@@ -58,14 +58,14 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         v = self.v(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        p_drop = self.dropout if self.training else 0.0
+        p_drop = self.dropout.p if self.training else 0.0
         probs = None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # (B, H, T, T)
-            y = F.dropout(probs, p_drop, self.training) @ v  # (B, H, T, hd)
+            y = self.dropout(probs) @ v  # (B, H, T, hd)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
+from .indices import take_indices
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -62,24 +63,21 @@ class Stem(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel gate: global mean -> reduce -> act -> expand -> sigmoid, times the input.
-
-    `inplace=True` (set by `fuse_for_inference`) gates the input in place when no gradient flows through it.
-    """
+    """Channel gate: global mean -> reduce -> act -> expand -> sigmoid, times the input."""
 
     def __init__(self, ch: int, se_ch: int, act: str):
         super().__init__()
         self.reduce = nn.Conv2d(ch, se_ch, 1)
         self.act = make_act(act)
         self.expand = nn.Conv2d(se_ch, ch, 1)
-        self.inplace = False
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the (B, C, 1, 1) channel weights in (0, 1)."""
+        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        return torch.sigmoid(self.expand(self.act(self.reduce(s))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        gate = torch.sigmoid(self.expand(self.act(self.reduce(s))))  # (B, C, 1, 1)
-        if self.inplace and not (torch.is_grad_enabled() and x.requires_grad):
-            return x.mul_(gate)
-        return x * gate
+        return x * self.gate(x)
 
 
 class MBConv(nn.Module):
@@ -93,7 +91,6 @@ class MBConv(nn.Module):
         kernel: int,
         stride: int,
         expand: int,
-        drop_path: float,
         symmetric_pad: bool = False,
         first_in_stage: bool = False,
     ):
@@ -108,12 +105,11 @@ class MBConv(nn.Module):
             self.expand_conv = self.expand_bn = self.expand_act = None
 
         # Stride 1: "same" padding. Stride 2: transformers pads (k//2 - 1) left/top and k//2 right/bottom
-        # (ZeroPad2d + "valid" conv), unless the block is listed in `depthwise_padding` (symmetric k//2).
-        self.dw_pad: tuple[int, int, int, int] | None = None
-        conv_pad = kernel // 2
-        if stride == 2 and not symmetric_pad:
-            self.dw_pad = (kernel // 2 - 1, kernel // 2, kernel // 2 - 1, kernel // 2)
-            conv_pad = 0
+        # (ZeroPad2d + "valid" conv), unless the config lists the block in `symmetric_pad` (k//2 all round).
+        asymmetric = stride == 2 and not symmetric_pad
+        lo, hi = kernel // 2 - 1, kernel // 2
+        self.dw_pad = nn.ZeroPad2d((lo, hi, lo, hi)) if asymmetric else nn.Identity()
+        conv_pad = 0 if asymmetric else kernel // 2
         self.dw_conv = nn.Conv2d(mid, mid, kernel, stride=stride, padding=conv_pad, groups=mid, bias=False)
         self.dw_bn = nn.BatchNorm2d(mid, **bn)
         self.dw_act = make_act(cfg.act)
@@ -127,36 +123,13 @@ class MBConv(nn.Module):
         # As transformers: a stage's first block never adds its input, even where width rounding makes its
         # in and out channels equal (tiny configs; never at B0-B7 widths, where the original would add it).
         self.has_residual = stride == 1 and in_ch == out_ch and not first_in_stage
-        self.drop_path = DropPath(drop_path) if self.has_residual else nn.Identity()
-
-        # CPU inference only (set by `fuse_for_inference`): split the batch so that no expanded map is larger
-        # than this many bytes. None: never split.
-        self.cpu_chunk_bytes: int | None = None
-
-    def chunk_size(self, x: torch.Tensor) -> int:
-        """How many samples of `x` (B, in, H, W) to run at once: B, unless `cpu_chunk_bytes` says fewer."""
-        if self.cpu_chunk_bytes is None or self.training or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return x.shape[0]  # inductor plans its own buffers
-        per_sample = self.dw_conv.in_channels * x.shape[2] * x.shape[3] * x.element_size()  # one expanded map
-        return max(1, self.cpu_chunk_bytes // per_sample)
+        self.drop_path = DropPath(0.0) if self.has_residual else nn.Identity()  # rate: EfficientNet's schedule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.chunk_size(x)
-        if n < x.shape[0]:
-            # Samples are independent in eval mode. Smaller maps stay in the CPU's cache between the expand,
-            # depthwise and project convs, and the allocator recycles their buffers instead of mapping (and
-            # page-faulting) fresh memory for every large temporary.
-            return torch.cat([self.forward_batch(chunk) for chunk in x.split(n)])  # (B, out, H/s, W/s)
-        return self.forward_batch(x)
-
-    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """The block on the whole of `x`, never split."""
         shortcut = x  # (B, in, H, W)
         if self.expand_conv is not None:
             x = self.expand_act(self.expand_bn(self.expand_conv(x)))  # (B, mid, H, W)
-        if self.dw_pad is not None:
-            x = F.pad(x, self.dw_pad)
-        x = self.dw_act(self.dw_bn(self.dw_conv(x)))  # (B, mid, H/s, W/s)
+        x = self.dw_act(self.dw_bn(self.dw_conv(self.dw_pad(x))))  # (B, mid, H/s, W/s)
         x = self.se(x)
         x = self.project_bn(self.project_conv(x))  # (B, out, H/s, W/s)
         if self.has_residual:
@@ -181,7 +154,6 @@ class EfficientNet(nn.Module):
         self.stem = Stem(cfg)
         blocks: list[MBConv] = []
         stage_ends: list[int] = []
-        n = cfg.num_blocks
         for stage in cfg.stages:
             out_ch = cfg.channels(stage.out_ch)
             for j in range(cfg.repeats(stage.repeats)):
@@ -194,8 +166,7 @@ class EfficientNet(nn.Module):
                         kernel=stage.kernel,
                         stride=stage.stride if j == 0 else 1,
                         expand=stage.expand,
-                        drop_path=cfg.drop_path_rate * i / n,
-                        symmetric_pad=i in cfg.depthwise_padding,
+                        symmetric_pad=i in cfg.symmetric_pad,
                         first_in_stage=j == 0,
                     )
                 )
@@ -204,6 +175,13 @@ class EfficientNet(nn.Module):
         self.stage_ends: tuple[int, ...] = tuple(stage_ends)  # index of the last block of each stage
         self.num_features = cfg.num_features
         self.grad_checkpointing = False
+        self.set_drop_path_rate(cfg.drop_path_rate)
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Stochastic depth increasing linearly with depth: block i drops with probability rate * i / N."""
+        for i, block in enumerate(self.blocks):
+            if isinstance(block.drop_path, DropPath):
+                block.drop_path.p = rate * i / len(self.blocks)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations."""
@@ -223,12 +201,12 @@ class EfficientNet(nn.Module):
         return x
 
     def forward_intermediates(
-        self, pixel_values: torch.Tensor, indices: list[int] | None = None, stop_early: bool = True
+        self, pixel_values: torch.Tensor, indices: Sequence[int] | None = None, stop_early: bool = False
     ) -> VisionIntermediates:
         """Stem and block outputs. `indices` selects positions in hidden_states (0 = stem, i + 1 = block i;
         negatives count from the end); with `stop_early`, no block after the last selected one runs."""
         n = len(self.blocks) + 1
-        wanted = set(range(n)) if indices is None else {i % n if -n <= i < n else _bad_index(i, n) for i in indices}
+        wanted = take_indices(indices, n, "image hidden-state")
         last = max(wanted) if (stop_early and wanted) else n - 1
         hidden: list[torch.Tensor | None] = [None] * n
         x = self.stem(pixel_values)
@@ -274,7 +252,3 @@ def _keep_bn_stats(block: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
-
-
-def _bad_index(i: int, n: int) -> int:
-    raise IndexError(f"hidden-state index {i} out of range for {n} states (stem + {n - 1} blocks)")

@@ -1,5 +1,9 @@
 """The inference fast path: `fuse_for_inference(model)` turns a loaded AlignModel into an inference-only one.
 
+The model files (efficientnet.py, bert.py, model.py) hold the recipe only; everything here is for inference.
+`fuse_for_inference` swaps in subclasses that own the fast path (`FusedMBConv`, `FusedSqueezeExcite`,
+`FusedConv2d`, `FusedAlignModel`), so an unfused model runs the paper's sequence and nothing else.
+
 What it does, and why each step is exact (fp32 outputs agree with the unfused model to float rounding):
 - every BatchNorm is folded into the convolution before it (in eval mode BN is a per-channel affine map,
   so `bn(conv(x)) == conv'(x)` with `w' = w * g / sqrt(v + eps)`, `b' = b - m * g / sqrt(v + eps)`); the BN
@@ -9,8 +13,13 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
   weights reordered once into oneDNN's blocked layout and cached), and the squeeze-excite gate multiplies
   in place: two passes over each depthwise map instead of four (conv, BatchNorm, SiLU, gate), and none of
   the large temporary buffers whose allocation (page faults) costs as much as the arithmetic on a small CPU.
+  The oneDNN op is private to PyTorch (`torch.ops.mkldnn._convolution_pointwise`, checked with torch
+  2.13.0), so the first fused model of a process compares it with the plain conv + SiLU on a few layers and,
+  if they disagree or the op fails, warns once and runs every conv the plain way.
   Elsewhere (CUDA, autocast, torch.compile, inputs that need gradients) it is the plain conv + F.silu;
-- the image tower moves to channels_last (cuDNN and oneDNN both run depthwise and 1x1 convs faster in NHWC);
+- the image tower stays NCHW on the CPU: the oneDNN convs return NHWC maps whatever the layout, and
+  bench/README.md measures NCHW weights as fast as or faster than channels_last there. On CUDA the tower
+  moves to channels_last, where cuDNN runs depthwise and 1x1 convs faster in NHWC;
 - on the CPU, a block whose expanded maps for the whole batch exceed `cpu_chunk_mb` (16 MiB) runs on slices of
   the batch and concatenates the results (exact: samples are independent in eval mode). At align-base's
   289 px the first stages' maps are 16-64 MiB for a batch of 4; sliced, they stay in cache from one conv to
@@ -19,8 +28,9 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
   text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
   change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
   runs only in eager mode; call `trim_padding` yourself before a compiled text tower;
-- `encode_text_packed` goes further for batches of captions of mixed lengths: every per-token op runs on the
-  real tokens only (no padding at all outside attention), and the last layer on [CLS] only.
+- `encode_text` (so `get_text_features`, the model's forward and every command) goes further for [CLS]
+  -pooled towers: `encode_text_packed` runs every per-token op on the real tokens only (no padding at all
+  outside attention), and the last layer on [CLS] only. Mean-pooled towers keep the trimmed padded path.
 
 A fused model refuses to train: `model.train()`, a forward in training mode and asking for gradients of the
 folded weights all raise, because the folded weights are no longer the checkpoint's parameters. Gradients
@@ -31,6 +41,7 @@ study the insides of a block (block outputs and `forward_intermediates` are neve
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .efficientnet import MBConv, SqueezeExcite
+from .input_checks import check_text
+from .model import AlignModel
+
 if TYPE_CHECKING:
     from .bert import Bert
-    from .model import AlignModel
 
 FUSED_ERROR = "fused for inference; reload the model to train"
 
@@ -69,6 +83,37 @@ def _onednn_conv(conv: FusedConv2d, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+@functools.cache
+def onednn_agrees() -> bool:
+    """Once per process: do the private oneDNN op and the plain conv + SiLU give the same maps here?
+
+    Checks a depthwise and a 1x1 conv of random weights, NCHW and NHWC inputs. On a mismatch or an error
+    (a torch whose private op changed) it warns once and every FusedConv2d runs the plain way.
+    """
+    if not _ONEDNN:
+        return False
+    g = torch.Generator().manual_seed(0)
+    try:
+        for groups, k, ch in ((8, 3, 8), (1, 1, 8)):
+            conv = FusedConv2d(ch, 16 if groups == 1 else ch, k, padding=k // 2, groups=groups).eval()
+            conv.act = "silu"
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+                for x in (torch.randn(2, ch, 9, 7, generator=g), torch.randn(2, ch, 6, 6, generator=g)):
+                    x = x if x.shape[-1] == 7 else x.contiguous(memory_format=torch.channels_last)
+                    torch.testing.assert_close(_onednn_conv(conv, x), conv._plain(x), atol=1e-4, rtol=1e-4)
+    except (RuntimeError, AssertionError) as err:
+        warnings.warn(
+            f"oneDNN's fused conv does not agree with the plain conv in torch {torch.__version__} ({err}); "
+            "fused models run conv then SiLU instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
 class FusedConv2d(nn.Conv2d):
     """A convolution with the following BatchNorm folded in, and with `act="silu"` the SiLU after it.
 
@@ -77,6 +122,7 @@ class FusedConv2d(nn.Conv2d):
     """
 
     act: str = ""
+    onednn: bool = True  # False: never the oneDNN call (asked for, or after it failed once)
 
     def train(self, mode: bool = True) -> FusedConv2d:
         if mode:
@@ -105,7 +151,8 @@ class FusedConv2d(nn.Conv2d):
             and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and x.requires_grad)  # the oneDNN op has no backward
             and not torch.compiler.is_compiling()  # inductor fuses the plain ops itself
-            and not self.__dict__.get("_onednn_failed", False)
+            and self.onednn
+            and onednn_agrees()
         )
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +177,7 @@ class FusedConv2d(nn.Conv2d):
                 return _onednn_conv(self, x)
             except RuntimeError as err:
                 y = self._plain(x)  # a bad input raises PyTorch's own error here, and oneDNN stays on
-                self.__dict__["_onednn_failed"] = True
+                self.onednn = False
                 warnings.warn(
                     f"oneDNN's fused conv failed ({err}); this layer runs as conv then SiLU from now on",
                     RuntimeWarning,
@@ -194,6 +241,61 @@ def _fold_pairs(module: nn.Module, pairs: tuple[tuple[str, str, str], ...]) -> N
         if act_name and type(getattr(module, act_name)) is nn.SiLU:
             fused.act = "silu"
             setattr(module, act_name, nn.Identity())
+
+
+class FusedSqueezeExcite(SqueezeExcite):
+    """The gate multiplies the depthwise map in place when no gradient flows through it: nothing else reads
+    that map, and a fresh (B, C, H, W) buffer per block costs page faults on a small CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        return x.mul_(self.gate(x))
+
+
+class FusedMBConv(MBConv):
+    """An MBConv that, on the CPU in eager mode, runs large batches in slices of at most `cpu_chunk_bytes`
+    of expanded map (None: never slices)."""
+
+    cpu_chunk_bytes: int | None = None
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        """How many samples of `x` (B, in, H, W) to run at once: B, unless `cpu_chunk_bytes` says fewer."""
+        if self.cpu_chunk_bytes is None or self.training or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return x.shape[0]  # inductor plans its own buffers
+        per_sample = self.dw_conv.in_channels * x.shape[2] * x.shape[3] * x.element_size()  # one expanded map
+        return max(1, self.cpu_chunk_bytes // per_sample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.chunk_size(x)
+        if n >= x.shape[0]:
+            return super().forward(x)
+        # Samples are independent in eval mode. Smaller maps stay in the CPU's cache between the expand,
+        # depthwise and project convs, and the allocator recycles their buffers instead of mapping (and
+        # page-faulting) fresh memory for every large temporary.
+        return torch.cat([super(FusedMBConv, self).forward(chunk) for chunk in x.split(n)])  # (B, out, H/s, W/s)
+
+
+class FusedAlignModel(AlignModel):
+    """An AlignModel after `fuse_for_inference`: `encode_text` takes the packed path for [CLS]-pooled towers."""
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """`AlignModel.encode_text`, through `encode_text_packed` where it is exact and traceable."""
+        check_text(self.config.text, input_ids, attention_mask, token_type_ids)  # before the mask is read
+        packable = (
+            self.config.text.pooling == "cls"
+            and not torch.compiler.is_compiling()  # packing depends on the mask's values
+            and (attention_mask is None or bool(attention_mask[:, 0].all()))  # right-padded texts only
+        )
+        if packable:
+            return encode_text_packed(self, input_ids, attention_mask, token_type_ids, normalize)
+        return super().encode_text(input_ids, attention_mask, token_type_ids, normalize)
 
 
 def trim_padding(
@@ -288,8 +390,8 @@ def encode_text_packed(
     """`model.encode_text` through `packed_cls_states`: the fastest exact text path for padded captions."""
     if model.config.text.pooling != "cls":
         raise ValueError(f"encode_text_packed reads [CLS]; this model pools text by {model.config.text.pooling!r}")
-    x = model.text_projection(packed_cls_states(model.text_model, input_ids, attention_mask, token_type_ids))
-    return F.normalize(x, dim=-1) if normalize else x  # (B, P)
+    cls = packed_cls_states(model.text_model, input_ids, attention_mask, token_type_ids)  # (B, D)
+    return model.project_text(cls, normalize)  # (B, P)
 
 
 def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
@@ -313,15 +415,20 @@ def is_fused(model: nn.Module) -> bool:
 
 
 def fuse_for_inference(
-    model: AlignModel, channels_last: bool = True, trim_text: bool = True, cpu_chunk_mb: float | None = 16
+    model: AlignModel,
+    channels_last: bool | None = None,
+    trim_text: bool = True,
+    cpu_chunk_mb: float | None = 16,
+    onednn: bool = True,
 ) -> AlignModel:
     """Make `model` an inference-only fast model, in place, and return it (see the module docstring).
 
     `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
-    them; on the CPU in fp32 the oneDNN convs return NHWC maps either way). `trim_text` cuts padded text
-    batches to their longest real text in eager mode. `cpu_chunk_mb`: on the CPU, a block whose expanded
-    maps would exceed this many MiB for the whole batch runs on slices of the batch (None: never). Fusing a
-    fused model does nothing more. Reload the model to train it again.
+    them); None: on CUDA only (on the CPU the oneDNN convs return NHWC maps either way, and NCHW weights
+    measured as fast or faster). `trim_text` cuts padded text batches to their longest real text in eager
+    mode. `cpu_chunk_mb`: on the CPU, a block whose expanded maps would exceed this many MiB for the whole
+    batch runs on slices of the batch (None: never). `onednn=False` keeps PyTorch's public conv + SiLU on the
+    CPU. Fusing a fused model does nothing more. Reload the model to train it again.
     """
     if cpu_chunk_mb is not None and not cpu_chunk_mb > 0:
         raise ValueError(f"cpu_chunk_mb must be a positive number of MiB or None, got {cpu_chunk_mb!r}")
@@ -332,10 +439,18 @@ def fuse_for_inference(
     _fold_pairs(vision.stem, _STEM_PAIRS)
     for block in vision.blocks:
         _fold_pairs(block, _BLOCK_PAIRS)
-        block.se.inplace = True  # the gate may overwrite the depthwise output: nothing else reads it
+        block.__class__ = FusedMBConv
+        block.se.__class__ = FusedSqueezeExcite
         block.cpu_chunk_bytes = None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20)
+    convs = [m for m in vision.modules() if isinstance(m, FusedConv2d)]
+    if not onednn or (convs and convs[0].weight.device.type == "cpu" and not onednn_agrees()):
+        for conv in convs:
+            conv.onednn = False
+    if channels_last is None:
+        channels_last = vision.stem.conv.weight.device.type == "cuda"
     if channels_last:
         vision.to(memory_format=torch.channels_last)
+    model.__class__ = FusedAlignModel
     # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim.
     if trim_text and model.config.text.pooling == "cls":
         model.text_model.register_forward_pre_hook(_trim_hook, with_kwargs=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
+
+from .indices import take_indices
 
 if TYPE_CHECKING:
     from .model import AlignModel
@@ -37,18 +38,6 @@ class AlignIntermediates:
     text_embeds: torch.Tensor | None
 
 
-def _positions(indices: Sequence[int] | None, n: int, what: str) -> set[int]:
-    """Normalise possibly negative positions into range(n); None selects all."""
-    if indices is None:
-        return set(range(n))
-    out = set()
-    for i in indices:
-        if not -n <= i < n:
-            raise IndexError(f"{what} index {i} out of range for {n} positions")
-        out.add(i % n)
-    return out
-
-
 def _image_positions(
     model: AlignModel, indices: Sequence[int] | None, stages: Sequence[int] | None
 ) -> tuple[set[int], list[int]]:
@@ -58,11 +47,8 @@ def _image_positions(
     stage_pos = [end + 1 for end in tower.stage_ends]  # block i's output sits at position i + 1
     if indices is None and stages is None:
         return set(range(n)), stage_pos
-    wanted = _positions(indices or [], n, "image hidden-state")
-    for s in stages or []:
-        if not -len(stage_pos) <= s < len(stage_pos):
-            raise IndexError(f"stage index {s} out of range for {len(stage_pos)} stages")
-        wanted.add(stage_pos[s])
+    wanted = take_indices(indices or [], n, "image hidden-state")
+    wanted |= {stage_pos[s] for s in take_indices(stages or [], len(stage_pos), "stage")}
     return wanted, stage_pos
 
 
@@ -91,13 +77,12 @@ def forward_intermediates(
         image_hidden = out.hidden_states
         image_stages_out = [image_hidden[p] for p in stage_pos]
         if out.last_hidden_state is not None:
-            pooled = model.vision_model.pool(out.last_hidden_state)  # (B, C)
-            image_embeds = F.normalize(model.project_image(pooled), dim=-1)  # (B, P)
+            image_embeds = model.project_image(model.vision_model.pool(out.last_hidden_state), normalize=True)
 
     text_hidden = text_attn = text_embeds = None
     if input_ids is not None:
         n = len(model.text_model.layers) + 1
-        wanted = _positions(text_indices, n, "text hidden-state")
+        wanted = take_indices(text_indices, n, "text hidden-state")
         last = max(wanted) if (stop_early and wanted) else n - 1
         out = model.text_model(
             input_ids,
@@ -113,8 +98,7 @@ def forward_intermediates(
             text_attn = [a if i + 1 in wanted else None for i, a in enumerate(out.attentions)]
             text_attn += [None] * (n - 1 - len(text_attn))
         if last == n - 1:
-            pooled = model.pool_text(out.last_hidden_state, attention_mask)  # (B, D)
-            text_embeds = F.normalize(model.text_projection(pooled), dim=-1)  # (B, P)
+            text_embeds = model.project_text(model.pool_text(out.last_hidden_state, attention_mask), normalize=True)
 
     return AlignIntermediates(
         image_hidden_states=image_hidden,

@@ -65,12 +65,18 @@ class AlignModel(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, 3, H, W) -> (B, projection_dim) image embeddings."""
         check_pixels(self.config.vision, pixel_values)
-        x = self.project_image(self.vision_model(pixel_values))  # (B, P)
+        return self.project_image(self.vision_model(pixel_values), normalize)  # (B, P)
+
+    def project_image(self, pooled: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, C) pooled image features -> (B, projection_dim); the projection is the identity for ALIGN's
+        own configs. `normalize`: unit length."""
+        x = pooled if self.image_projection is None else self.image_projection(pooled)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(B, C) pooled image features -> (B, projection_dim); the identity for ALIGN's own configs."""
-        return pooled if self.image_projection is None else self.image_projection(pooled)
+    def project_text(self, pooled: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, D) pooled text states -> (B, projection_dim). `normalize`: unit length."""
+        x = self.text_projection(pooled)
+        return F.normalize(x, dim=-1) if normalize else x
 
     def pool_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) last hidden states -> (B, D): the [CLS] state (ALIGN) or, with `TextConfig.pooling`
@@ -96,8 +102,7 @@ class AlignModel(nn.Module):
         if attention_mask is None:
             attention_mask = (input_ids != self.config.text.pad_token_id).long()  # (B, T)
         h = self.text_model(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
-        x = self.text_projection(self.pool_text(h, attention_mask))  # (B, P)
-        return F.normalize(x, dim=-1) if normalize else x
+        return self.project_text(self.pool_text(h, attention_mask), normalize)  # (B, P)
 
     def get_image_features(self, pixel_values: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         """transformers' name: un-normalised (B, projection_dim) image embeddings."""
@@ -193,13 +198,19 @@ class AlignModel(nn.Module):
         self.text_model.set_grad_checkpointing(enable)
 
     def fuse_for_inference(
-        self, channels_last: bool = True, trim_text: bool = True, cpu_chunk_mb: float | None = 16
+        self,
+        channels_last: bool | None = None,
+        trim_text: bool = True,
+        cpu_chunk_mb: float | None = 16,
+        onednn: bool = True,
     ) -> AlignModel:
-        """Fold BatchNorms and SiLUs into the convs, go channels_last, trim text padding, slice large CPU
-        batches; in place, inference only (see align_torch.fast)."""
+        """Fold BatchNorms and SiLUs into the convs, pack text batches, slice large CPU batches, channels_last
+        on CUDA; in place, inference only (see align_torch.fast for each argument)."""
         from .fast import fuse_for_inference
 
-        return fuse_for_inference(self, channels_last=channels_last, trim_text=trim_text, cpu_chunk_mb=cpu_chunk_mb)
+        return fuse_for_inference(
+            self, channels_last=channels_last, trim_text=trim_text, cpu_chunk_mb=cpu_chunk_mb, onednn=onednn
+        )
 
     # --- loading and saving ---------------------------------------------------------------------------
     @classmethod

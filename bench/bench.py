@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' randomised transformers models
 
 from align_torch import AlignModel  # noqa: E402
-from align_torch.fast import encode_text_packed, trim_padding  # noqa: E402
+from align_torch.fast import trim_padding  # noqa: E402
 from align_torch.hf_keys import config_from_hf, hf_to_native  # noqa: E402
 from align_torch.weights import load_state_dict  # noqa: E402
 
@@ -186,16 +186,18 @@ def image_variants(hf, ours: AlignModel, args: argparse.Namespace, device: torch
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
     hf_cl = copy.deepcopy(hf).to(memory_format=torch.channels_last)
-    fused_cl = copy.deepcopy(ours).fuse_for_inference()  # the default: channels_last
-    fused_nchw = copy.deepcopy(ours).fuse_for_inference(channels_last=False)
+    fused = copy.deepcopy(ours).fuse_for_inference()  # the default: NCHW on the CPU, channels_last on CUDA
+    fused_cl = copy.deepcopy(ours).fuse_for_inference(channels_last=True)
+    fused_plain = copy.deepcopy(ours).fuse_for_inference(onednn=False)
     v = [
         Variant("transformers fp32", lambda: _features(hf.get_image_features(pixel_values=pixels)), True),
         Variant(
             "transformers fp32 channels_last", lambda: _features(hf_cl.get_image_features(pixel_values=pixels_cl)), True
         ),
         Variant("align_torch fp32", lambda: ours.encode_image(pixels)),
-        Variant("align_torch fused", lambda: fused_cl.encode_image(pixels)),
-        Variant("align_torch fused NCHW", lambda: fused_nchw.encode_image(pixels)),
+        Variant("align_torch fused", lambda: fused.encode_image(pixels)),
+        Variant("align_torch fused channels_last", lambda: fused_cl.encode_image(pixels)),
+        Variant("align_torch fused, oneDNN off", lambda: fused_plain.encode_image(pixels)),
     ]
     if args.bf16:
 
@@ -278,8 +280,8 @@ def text_variants(hf, ours: AlignModel, batch: dict, args: argparse.Namespace, d
     v = [
         Variant("transformers fp32, 64 tokens", lambda: _features(hf.get_text_features(**batch)), True),
         Variant("align_torch fp32, 64 tokens", lambda: ours.encode_text(**batch)),
-        Variant("align_torch fused, trimmed", lambda: fused.encode_text(**batch)),
-        Variant("align_torch fused, packed", lambda: encode_text_packed(fused, **batch)),
+        Variant("align_torch fused, trimmed", lambda: AlignModel.encode_text(fused, **batch)),
+        Variant("align_torch fused (packed)", lambda: fused.encode_text(**batch)),
     ]
     if args.bf16:
 

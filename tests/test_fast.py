@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -12,8 +13,11 @@ from hf_reference import smooth_images
 from torch import nn
 
 from align_torch import AlignModel
+from align_torch.efficientnet import MBConv, SqueezeExcite
 from align_torch.fast import (
     FusedConv2d,
+    FusedMBConv,
+    FusedSqueezeExcite,
     _fold_pairs,
     encode_text_packed,
     fold_bn,
@@ -46,8 +50,8 @@ def _inputs(vocab: int, batch: int = 3, length: int = 16, pad_to: int = 24, seed
 @pytest.mark.parametrize("channels_last", [False, True, None])
 def test_fused_equals_reference(tiny, channels_last):
     pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
-    if channels_last is None:  # the default
-        fused, channels_last = copy.deepcopy(tiny).fuse_for_inference(), True
+    if channels_last is None:  # the default: NCHW on the CPU
+        fused, channels_last = copy.deepcopy(tiny).fuse_for_inference(), False
     else:
         fused = copy.deepcopy(tiny).fuse_for_inference(channels_last=channels_last)
     with torch.no_grad():
@@ -159,7 +163,7 @@ def test_a_failing_onednn_call_falls_back_once_with_a_warning(tiny, monkeypatch)
         # A bad input is the caller's error, in PyTorch's words, and does not switch oneDNN off.
         with pytest.raises(RuntimeError, match="channels"):
             conv(torch.randn(2, conv.in_channels + 1, 9, 9))
-        assert not conv.__dict__.get("_onednn_failed")
+        assert conv.onednn
         calls = []
 
         def broken(*args):
@@ -171,6 +175,39 @@ def test_a_failing_onednn_call_falls_back_once_with_a_warning(tiny, monkeypatch)
             torch.testing.assert_close(conv(x), expect, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(conv(x), expect, atol=1e-5, rtol=1e-5)
     assert calls == [1], "after one failure the layer stays on the plain path"
+
+
+@needs_onednn
+def test_onednn_self_check_falls_back_to_plain_convs_once(tiny, monkeypatch):
+    """If the private op disagrees with the plain conv (a changed torch), fusing warns once and every conv
+    of every fused model runs the plain way; `onednn=False` asks for that without a check."""
+    import align_torch.fast as fast
+
+    pixels, _, _ = _inputs(tiny.config.text.vocab_size)
+    real = fast._onednn_conv
+    monkeypatch.setattr(fast, "_onednn_conv", lambda conv, x: real(conv, x) * 1.01)
+    fast.onednn_agrees.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="does not agree with the plain conv"):
+            first = copy.deepcopy(tiny).fuse_for_inference()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            second = copy.deepcopy(tiny).fuse_for_inference()
+        with torch.no_grad():
+            ref = tiny.encode_image(pixels)
+            for model in (first, second):
+                out = model.encode_image(pixels)
+                assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+                convs = [m for m in model.vision_model.modules() if isinstance(m, FusedConv2d)]
+                assert not any(c.onednn or "_onednn_weight" in c.__dict__ for c in convs)
+    finally:
+        fast.onednn_agrees.cache_clear()
+    monkeypatch.undo()
+    assert fast.onednn_agrees(), "the real op agrees with the plain conv in this torch"
+    plain = copy.deepcopy(tiny).fuse_for_inference(onednn=False)
+    with torch.no_grad():
+        plain.encode_image(pixels)
+    assert not any("_onednn_weight" in m.__dict__ for m in plain.vision_model.modules())
 
 
 def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
@@ -188,7 +225,7 @@ def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
 
 def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
     se = copy.deepcopy(tiny).fuse_for_inference().vision_model.blocks[0].se
-    assert se.inplace
+    assert isinstance(se, FusedSqueezeExcite)
     x = torch.rand(2, se.reduce.in_channels, 5, 5)
     with torch.no_grad():
         expect = tiny.vision_model.blocks[0].se(x.clone())
@@ -198,7 +235,7 @@ def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
     x = torch.rand(2, se.reduce.in_channels, 5, 5, requires_grad=True)
     y = se(x)
     assert y.data_ptr() != x.data_ptr() and y.grad_fn is not None
-    assert not tiny.vision_model.blocks[0].se.inplace, "an unfused model never gates in place"
+    assert type(tiny.vision_model.blocks[0].se) is SqueezeExcite, "an unfused model never gates in place"
 
 
 def test_cpu_batches_are_sliced_to_the_chunk_budget_without_changing_results(tiny):
@@ -224,13 +261,14 @@ def test_cpu_batches_are_sliced_to_the_chunk_budget_without_changing_results(tin
 
 
 def test_chunk_budget_never_splits_training_or_bad_values(tiny):
-    model = copy.deepcopy(tiny)
-    block = model.vision_model.blocks[0]
-    x = torch.randn(4, block.expand_conv.in_channels if block.expand_conv else block.dw_conv.in_channels, 8, 8)
-    assert block.chunk_size(x) == 4, "unfused models never split"
+    assert all(type(b) is MBConv for b in tiny.vision_model.blocks), "unfused blocks are the plain recipe"
+    block = copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=None).vision_model.blocks[0]
+    assert isinstance(block, FusedMBConv)
+    x = torch.randn(4, block.dw_conv.in_channels, 8, 8)
+    assert block.chunk_size(x) == 4, "no budget: never split"
     block.cpu_chunk_bytes = 1
     assert block.chunk_size(x) == 1
-    block.train()
+    block.training = True  # set behind train()'s back, which a fused block refuses
     assert block.chunk_size(x) == 4, "BatchNorm's batch statistics need the whole batch"
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="cpu_chunk_mb"):
@@ -323,13 +361,54 @@ def test_trimmed_text_gives_identical_embeddings(tiny):
     torch.testing.assert_close(fused.text_projection(by_name), ref, atol=1e-6, rtol=1e-6)
 
 
-def test_mean_pooled_text_is_not_trimmed(tiny):
+def test_mean_pooled_text_is_neither_trimmed_nor_packed(tiny, monkeypatch):
     _, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
     model = AlignModel(tiny.config.replace(text=dataclasses.replace(tiny.config.text, pooling="mean"))).eval()
     model.load_state_dict(tiny.state_dict(), strict=False)
     fused = copy.deepcopy(model).fuse_for_inference()
+    packed = _count_packed(monkeypatch)
+    lengths: list[int] = []
+    fused.text_model.embeddings.register_forward_hook(lambda _m, _i, out: lengths.append(out.shape[1]))
     with torch.no_grad():
         torch.testing.assert_close(fused.encode_text(ids, mask), model.encode_text(ids, mask), atol=1e-6, rtol=1e-6)
+    assert lengths == [32], "a mean-pooled tower sees the caller's full-length batch"
+    assert packed == []
+
+
+def _count_packed(monkeypatch) -> list[int]:
+    """Record the batch size of every `packed_cls_states` call from now on."""
+    import align_torch.fast as fast
+
+    calls: list[int] = []
+    real = fast.packed_cls_states
+
+    def counting(bert, input_ids, *args):
+        calls.append(input_ids.shape[0])
+        return real(bert, input_ids, *args)
+
+    monkeypatch.setattr(fast, "packed_cls_states", counting)
+    return calls
+
+
+def test_fused_text_features_take_the_packed_path(tiny, monkeypatch):
+    """A fused model's `get_text_features` (the model-card call), `encode_text` and forward all pack
+    [CLS]-pooled text and equal the unfused model's; the unfused model never packs."""
+    pixels, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
+    fused = copy.deepcopy(tiny).fuse_for_inference()
+    calls = _count_packed(monkeypatch)
+    with torch.no_grad():
+        ref = tiny.get_text_features(input_ids=ids, attention_mask=mask)
+        assert calls == [], "the unfused model keeps the padded path"
+        out = fused.get_text_features(input_ids=ids, attention_mask=mask)
+        assert calls == [3]
+        both = fused(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        assert calls == [3, 3]
+        # Left-padded texts cannot be packed: the trimmed padded path takes them, still exact.
+        left = fused.encode_text(ids.flip(1), mask.flip(1))
+        assert calls == [3, 3]
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(both.text_embeds, F.normalize(ref, dim=-1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(left, tiny.encode_text(ids.flip(1), mask.flip(1)), atol=1e-5, rtol=1e-5)
 
 
 def test_packed_text_equals_padded(tiny):

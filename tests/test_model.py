@@ -46,8 +46,6 @@ def _deterministic(model: AlignModel) -> AlignModel:
     for mod in model.modules():
         if isinstance(mod, torch.nn.Dropout) or mod.__class__.__name__ == "DropPath":
             mod.p = 0.0
-    for layer in model.text_model.layers:
-        layer.attn.dropout = 0.0
     return model
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..efficientnet import DropPath, EfficientNet
 from ..model import AlignModel
 
 
@@ -46,14 +45,6 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
             m.momentum = momentum
 
 
-def set_drop_path_rate(tower: EfficientNet, rate: float) -> None:
-    """Per-sample stochastic depth on the residual blocks: block i drops with probability rate * i / N."""
-    n = len(tower.blocks)
-    for i, block in enumerate(tower.blocks):
-        if isinstance(block.drop_path, DropPath):
-            block.drop_path.p = rate * i / n
-
-
 def prepare_model(
     model: AlignModel,
     *,
@@ -66,7 +57,7 @@ def prepare_model(
 ) -> list[RemovableHandle]:
     """Apply a run's training semantics to a model in place; returns the hooks that hold modules in eval."""
     set_bn_momentum(model, bn_momentum)
-    set_drop_path_rate(model.vision_model, drop_path_rate)
+    model.vision_model.set_drop_path_rate(drop_path_rate)
     model.set_grad_checkpointing(grad_checkpointing)
     # ALIGN embeds text from the [CLS] state, never the BERT pooler: a parameter without a gradient would
     # stall DDP, so the pooler is frozen (it is still saved, so checkpoints round-trip).
