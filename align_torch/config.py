@@ -76,8 +76,9 @@ class VisionConfig:
     bn_momentum: float = 0.01
     # Per-sample stochastic depth, linearly increased: block i drops with drop_path_rate * i / num_blocks.
     drop_path_rate: float = 0.2
-    # Blocks whose stride-2 depthwise conv pads symmetrically instead of (k//2 - 1, k//2).
-    depthwise_padding: tuple[int, ...] = ()
+    # Blocks whose stride-2 depthwise conv pads symmetrically instead of (k//2 - 1, k//2) (transformers
+    # lists them as `depthwise_padding`).
+    symmetric_pad: tuple[int, ...] = ()
     pooling: str = "mean"  # "mean" or "max" over the final feature map
 
     def __post_init__(self) -> None:
@@ -88,11 +89,9 @@ class VisionConfig:
             if not isinstance(s, (list, tuple)) or len(s) != len(Stage._fields):
                 raise ValueError(f"{owner}.stages[{i}] must list {', '.join(Stage._fields)}, got {s!r}")
         object.__setattr__(self, "stages", tuple(Stage(*s) for s in self.stages))
-        if not isinstance(self.depthwise_padding, (list, tuple)):
-            raise ValueError(
-                f"{owner}.depthwise_padding must be a list of block indices, got {self.depthwise_padding!r}"
-            )
-        object.__setattr__(self, "depthwise_padding", tuple(self.depthwise_padding))
+        if not isinstance(self.symmetric_pad, (list, tuple)):
+            raise ValueError(f"{owner}.symmetric_pad must be a list of block indices, got {self.symmetric_pad!r}")
+        object.__setattr__(self, "symmetric_pad", tuple(self.symmetric_pad))
         for name in ("image_size", "in_chans", "divisor", "stem_ch"):
             _check_int(owner, name, getattr(self, name))
         for name in ("width_mult", "depth_mult"):
@@ -110,8 +109,8 @@ class VisionConfig:
                 raise ValueError(f"stage strides must be 1 or 2, got {s.stride} in {s}")
             if s.kernel % 2 != 1:
                 raise ValueError(f"depthwise kernels must be odd, got {s.kernel} in {s}")
-        for i, block in enumerate(self.depthwise_padding):
-            _check_int(owner, f"depthwise_padding[{i}]", block, low=0, high=self.num_blocks - 1)
+        for i, block in enumerate(self.symmetric_pad):
+            _check_int(owner, f"symmetric_pad[{i}]", block, low=0, high=self.num_blocks - 1)
 
     def channels(self, ch: int) -> int:
         """Scale a channel count by `width_mult`, rounded to `divisor` but never down by more than 10%."""
@@ -202,7 +201,7 @@ class AlignConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["vision"]["stages"] = [list(s) for s in self.vision.stages]
-        d["vision"]["depthwise_padding"] = list(self.vision.depthwise_padding)
+        d["vision"]["symmetric_pad"] = list(self.vision.symmetric_pad)
         return d
 
     @classmethod
@@ -216,6 +215,8 @@ class AlignConfig:
         if unknown:
             raise ValueError(f"unknown AlignConfig fields: {sorted(unknown)}")
         vision = dict(d.pop("vision", {}))
+        if "depthwise_padding" in vision:  # the name configs written before the rename use
+            vision["symmetric_pad"] = vision.pop("depthwise_padding")
         text = dict(d.pop("text", {}))
         for name, sub, sub_cls in (("vision", vision, VisionConfig), ("text", text, TextConfig)):
             bad = set(sub) - {f.name for f in dataclasses.fields(sub_cls)}

@@ -125,6 +125,47 @@ def _names(keys: list[str], limit: int = 12) -> str:
 # --- configs ------------------------------------------------------------------------------------------
 _ACTS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu"}
 
+# (our field, transformers' key) for the fields that carry over as they are; absent keys take our defaults,
+# which are transformers' too. What needs more than a rename (stages, image size, activation names, BN
+# momentum, pad id) is written out in the two functions below.
+_VISION_FIELDS = (
+    ("in_chans", "num_channels"),
+    ("width_mult", "width_coefficient"),
+    ("depth_mult", "depth_coefficient"),
+    ("divisor", "depth_divisor"),
+    ("se_ratio", "squeeze_expansion_ratio"),
+    ("bn_eps", "batch_norm_eps"),
+    ("drop_path_rate", "drop_connect_rate"),
+    ("symmetric_pad", "depthwise_padding"),  # the blocks whose stride-2 depthwise conv pads symmetrically
+    ("pooling", "pooling_type"),
+)
+_STAGE_FIELDS = (
+    ("kernel", "kernel_sizes"),
+    ("stride", "strides"),
+    ("expand", "expand_ratios"),
+    ("in_ch", "in_channels"),
+    ("out_ch", "out_channels"),
+    ("repeats", "num_block_repeats"),
+)
+_TEXT_FIELDS = (
+    ("vocab_size", "vocab_size"),
+    ("hidden_size", "hidden_size"),
+    ("num_layers", "num_hidden_layers"),
+    ("num_heads", "num_attention_heads"),
+    ("intermediate_size", "intermediate_size"),
+    ("max_position_embeddings", "max_position_embeddings"),
+    ("type_vocab_size", "type_vocab_size"),
+    ("layer_norm_eps", "layer_norm_eps"),
+    ("hidden_dropout", "hidden_dropout_prob"),
+    ("attention_dropout", "attention_probs_dropout_prob"),
+    ("act", "hidden_act"),
+)
+_ALIGN_FIELDS = (("projection_dim", "projection_dim"), ("temperature_init", "temperature_init_value"))
+
+
+def _json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
 
 def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
     """transformers' AlignConfig dict (config.json) -> AlignConfig. Absent fields take transformers' defaults."""
@@ -135,64 +176,29 @@ def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
     for name, sub in (("vision_config", v), ("text_config", t)):
         if not isinstance(sub, dict):
             raise ValueError(f"field {name!r} must be a JSON object, got {type(sub).__name__}")
-    d = VisionConfig()
-    table = {  # Stage's fields in order, by their config.json names
-        key: v.get(key, default)
-        for _, key, default in (
-            ("kernel", "kernel_sizes", [s.kernel for s in d.stages]),
-            ("stride", "strides", [s.stride for s in d.stages]),
-            ("expand", "expand_ratios", [s.expand for s in d.stages]),
-            ("in_ch", "in_channels", [s.in_ch for s in d.stages]),
-            ("out_ch", "out_channels", [s.out_ch for s in d.stages]),
-            ("repeats", "num_block_repeats", [s.repeats for s in d.stages]),
-        )
-    }
-    for key, col in table.items():
+    columns = {key: v.get(key, [getattr(s, name) for s in VisionConfig().stages]) for name, key in _STAGE_FIELDS}
+    for key, col in columns.items():
         if not isinstance(col, list):
             raise ValueError(f"field 'vision_config.{key}' must be a list, got {type(col).__name__} {col!r}")
-    if len({len(col) for col in table.values()}) != 1:
-        raise ValueError(f"vision_config stage lists differ in length: { {k: len(c) for k, c in table.items()} }")
-    stages = tuple(Stage(*row) for row in zip(*table.values(), strict=True))
+    if len({len(col) for col in columns.values()}) != 1:
+        raise ValueError(f"vision_config stage lists differ in length: { {k: len(c) for k, c in columns.items()} }")
     act = v.get("hidden_act", "swish")
     if act not in _ACTS:
         raise ValueError(f"vision_config.hidden_act {act!r} is not supported; expected one of {sorted(_ACTS)}")
     image_size = v.get("image_size", 600)
+    # batch_norm_momentum is deliberately not read: transformers stores the TF decay (0.99) and passes it to
+    # PyTorch, where it means the opposite. We keep the original's behaviour (0.01 in PyTorch terms).
     vision = VisionConfig(
+        **{name: v[key] for name, key in _VISION_FIELDS if key in v},
         image_size=image_size[0] if isinstance(image_size, (list, tuple)) else int(image_size),
-        in_chans=v.get("num_channels", 3),
-        width_mult=v.get("width_coefficient", 2.0),
-        depth_mult=v.get("depth_coefficient", 3.1),
-        divisor=v.get("depth_divisor", 8),
-        stages=stages,
-        se_ratio=v.get("squeeze_expansion_ratio", 0.25),
+        stages=tuple(Stage(*row) for row in zip(*columns.values(), strict=True)),
         act=_ACTS[act],
-        bn_eps=v.get("batch_norm_eps", 1e-3),
-        # batch_norm_momentum is deliberately not read: transformers stores the TF decay (0.99) and passes it
-        # to PyTorch, where it means the opposite. We keep the original's behaviour (0.01 in PyTorch terms).
-        drop_path_rate=v.get("drop_connect_rate", 0.2),
-        depthwise_padding=tuple(v.get("depthwise_padding", ())),
-        pooling=v.get("pooling_type", "mean"),
     )
     text = TextConfig(
-        vocab_size=t.get("vocab_size", 30522),
-        hidden_size=t.get("hidden_size", 768),
-        num_layers=t.get("num_hidden_layers", 12),
-        num_heads=t.get("num_attention_heads", 12),
-        intermediate_size=t.get("intermediate_size", 3072),
-        max_position_embeddings=t.get("max_position_embeddings", 512),
-        type_vocab_size=t.get("type_vocab_size", 2),
-        layer_norm_eps=t.get("layer_norm_eps", 1e-12),
-        hidden_dropout=t.get("hidden_dropout_prob", 0.1),
-        attention_dropout=t.get("attention_probs_dropout_prob", 0.1),
-        act=t.get("hidden_act", "gelu"),
-        pad_token_id=t.get("pad_token_id", 0) if t.get("pad_token_id", 0) is not None else 0,
+        **{name: t[key] for name, key in _TEXT_FIELDS if key in t},
+        pad_token_id=t.get("pad_token_id") or 0,
     )
-    return AlignConfig(
-        vision=vision,
-        text=text,
-        projection_dim=hf.get("projection_dim", 640),
-        temperature_init=hf.get("temperature_init_value", 1.0),
-    )
+    return AlignConfig(vision=vision, text=text, **{name: hf[key] for name, key in _ALIGN_FIELDS if key in hf})
 
 
 def config_to_hf(cfg: AlignConfig) -> dict[str, Any]:
@@ -204,45 +210,21 @@ def config_to_hf(cfg: AlignConfig) -> dict[str, Any]:
     return {
         "architectures": ["AlignModel"],
         "model_type": "align",
-        "projection_dim": cfg.projection_dim,
-        "temperature_init_value": cfg.temperature_init,
         "initializer_range": 0.02,
+        **{key: getattr(cfg, name) for name, key in _ALIGN_FIELDS},
         "vision_config": {
             "model_type": "align_vision_model",
-            "num_channels": v.in_chans,
+            **{key: _json(getattr(v, name)) for name, key in _VISION_FIELDS},
+            **{key: [getattr(s, name) for s in v.stages] for name, key in _STAGE_FIELDS},
             "image_size": v.image_size,
-            "width_coefficient": v.width_mult,
-            "depth_coefficient": v.depth_mult,
-            "depth_divisor": v.divisor,
-            "kernel_sizes": [s.kernel for s in v.stages],
-            "in_channels": [s.in_ch for s in v.stages],
-            "out_channels": [s.out_ch for s in v.stages],
-            "depthwise_padding": list(v.depthwise_padding),
-            "strides": [s.stride for s in v.stages],
-            "num_block_repeats": [s.repeats for s in v.stages],
-            "expand_ratios": [s.expand for s in v.stages],
-            "squeeze_expansion_ratio": v.se_ratio,
             "hidden_act": "swish" if v.act == "silu" else v.act,
             # transformers uses hidden_dim as the AvgPool2d kernel; any value >= the final map size is the mean.
             "hidden_dim": max(v.num_features, 640),
-            "pooling_type": v.pooling,
-            "batch_norm_eps": v.bn_eps,
             "batch_norm_momentum": 1.0 - v.bn_momentum,  # back to the TF decay transformers stores
-            "drop_connect_rate": v.drop_path_rate,
         },
         "text_config": {
             "model_type": "align_text_model",
-            "vocab_size": t.vocab_size,
-            "hidden_size": t.hidden_size,
-            "num_hidden_layers": t.num_layers,
-            "num_attention_heads": t.num_heads,
-            "intermediate_size": t.intermediate_size,
-            "hidden_act": t.act,
-            "hidden_dropout_prob": t.hidden_dropout,
-            "attention_probs_dropout_prob": t.attention_dropout,
-            "max_position_embeddings": t.max_position_embeddings,
-            "type_vocab_size": t.type_vocab_size,
-            "layer_norm_eps": t.layer_norm_eps,
+            **{key: getattr(t, name) for name, key in _TEXT_FIELDS},
             "pad_token_id": t.pad_token_id,
         },
     }

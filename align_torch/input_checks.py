@@ -130,7 +130,7 @@ def _final_size(cfg: VisionConfig, size: int) -> int:
             if j == 0 and stage.stride == 2:
                 k = stage.kernel
                 # Depthwise padding: symmetric k//2 each side, or transformers' (k//2 - 1, k//2).
-                pad = 2 * (k // 2) if block in cfg.depthwise_padding else k - 2
+                pad = 2 * (k // 2) if block in cfg.symmetric_pad else k - 2
                 size = (size + pad - k) // 2 + 1
             block += 1
     return size

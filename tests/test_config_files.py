@@ -122,8 +122,8 @@ def test_config_constructors_refuse_bad_values_by_field():
         TextConfig(vocab_size=1000, pad_token_id=1000)
     with pytest.raises(ValueError, match="VisionConfig.width_mult must lie in"):
         VisionConfig(width_mult=0.0)
-    with pytest.raises(ValueError, match=r"depthwise_padding\[0\] must be at least 0"):
-        VisionConfig(depthwise_padding=(-1,))
+    with pytest.raises(ValueError, match=r"symmetric_pad\[0\] must be at least 0"):
+        VisionConfig(symmetric_pad=(-1,))
     assert AlignConfig.from_dict(align_tiny().to_dict()) == align_tiny()
 
 
