@@ -12,14 +12,13 @@ from contextlib import nullcontext
 import numpy as np
 import PIL.Image
 import pytest
+import skimage.data as skimage_data
 import torch
+import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR, SMALL_PREPROCESSOR
+from matplotlib import cbook
 
 from align_torch.image_processing import AlignImageProcessor, BatchFeature, center_crop, to_rgb_chw
-
-transformers = pytest.importorskip("transformers")
-skimage_data = pytest.importorskip("skimage.data")
-cbook = pytest.importorskip("matplotlib.cbook")
 
 
 def _photos() -> dict[str, PIL.Image.Image]:

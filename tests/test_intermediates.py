@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hf_reference import assert_close
+from hf_reference import smooth_images as images  # photo-like: see smooth_images and the parity tests
 
 from align_torch import AlignModel, preset
 
@@ -26,11 +27,6 @@ def texts(batch: int, T: int, vocab: int, seed: int = 0) -> dict[str, torch.Tens
         mask[i, :n] = 1
         types[i, n // 2 : n] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 3, size, size, generator=g) * 2 - 1  # the processor's [-1, 1] range
 
 
 def compare_with_transformers(ours: AlignModel, ref, pixels: torch.Tensor, text: dict[str, torch.Tensor]) -> None:

@@ -12,14 +12,13 @@ import copy
 
 import PIL.Image
 import pytest
+import skimage.data as skimage_data
 import torch
 import torch.nn.functional as F
+import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR
 from checkpoints import write_hf_checkpoint
-
-transformers = pytest.importorskip("transformers")
-skimage_data = pytest.importorskip("skimage.data")
-cbook = pytest.importorskip("matplotlib.cbook")
+from matplotlib import cbook
 
 pytestmark = pytest.mark.slow
 

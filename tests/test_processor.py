@@ -8,16 +8,15 @@ import os
 import numpy as np
 import PIL.Image
 import pytest
+import skimage.data as skimage_data
 import torch
+import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR, SMALL_PREPROCESSOR, texts, write_checkpoint
 
 import align_torch.hub
 from align_torch.hub import HubError
 from align_torch.image_processing import BatchFeature
 from align_torch.processor import AlignProcessor
-
-transformers = pytest.importorskip("transformers")
-skimage_data = pytest.importorskip("skimage.data")
 
 PHOTOS = [PIL.Image.fromarray(getattr(skimage_data, n)()) for n in ("chelsea", "coffee", "astronaut")]
 CAPTIONS = ["a photo of a cat", "a cup of coffee", "an astronaut"]

@@ -10,11 +10,10 @@ import json
 
 import pytest
 import torch
+import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR, ALIGN_BASE_TOKENIZER_CONFIG, texts, write_checkpoint
 
 from align_torch.tokenizer import AlignTokenizer, read_vocab
-
-transformers = pytest.importorskip("transformers")
 
 TEXTS = texts(1200)
 FIELDS = ("input_ids", "attention_mask", "token_type_ids")

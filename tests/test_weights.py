@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import align_torch.hub as hub
 from align_torch import AlignModel, CheckpointError
 from align_torch.cli import main as cli
-from align_torch.hf_keys import DROPPED_HF_KEYS, hf_to_native, native_to_hf
+from align_torch.hf_keys import hf_to_native, native_to_hf
 from align_torch.weights import read_tensor_file
 
 
@@ -61,7 +61,11 @@ def test_key_map_covers_both_directions(tiny_hf):
         hf_to_native({**sd, "vision_model.encoder.blocks.0.mystery.weight": torch.zeros(1)})
     with pytest.raises(KeyError, match="not_a_layer"):
         native_to_hf({"not_a_layer.weight": torch.zeros(1)})
-    assert DROPPED_HF_KEYS == ("text_model.embeddings.position_ids",)
+    # align-base's .bin carries position_ids, a buffer of 0..T-1 with no native counterpart: dropped on the way
+    # in, written back (as transformers expects) on the way out when asked.
+    positions = torch.arange(64).expand((1, -1))
+    assert set(hf_to_native({**sd, "text_model.embeddings.position_ids": positions})) == set(native)
+    assert torch.equal(native_to_hf(native, max_positions=64)["text_model.embeddings.position_ids"], positions)
 
 
 def test_hf_native_hf_is_bit_exact_and_transformers_loads_it(tmp_path):
