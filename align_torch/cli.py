@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 # subcommand -> module under align_torch.commands
 COMMANDS = {
+    "init": "init",
     "convert": "convert",
     "zero-shot": "zero_shot",
     "embed": "embed",

@@ -72,11 +72,19 @@ def test_bad_sizes_say_what_is_wrong():
         summarize(preset("align-tiny"), text_tokens=65)
 
 
-def test_cli_summary_for_a_preset_and_a_folder(capsys, tiny_hf_dir):
+def test_cli_summary_for_a_preset_and_a_folder(capsys, tiny_hf_dir, monkeypatch):
     assert main(["summary", "--model", "align-base", "--stages-only"]) == 0
     out = capsys.readouterr().out
     assert "stage 6 (blocks 51-54)" in out and "block 54" not in out
     assert "62.1M params, 16.80 GFLOP at 289 px" in out
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("summary without --model must not ask the Hub")
+
+    monkeypatch.setattr("align_torch.hub.resolve_model_dir", no_hub)
+    assert main(["summary", "--stages-only"]) == 0, "no --model: the built-in align-base preset"
+    assert capsys.readouterr().out == out
+    monkeypatch.undo()
 
     assert main(["summary", "--model", str(tiny_hf_dir), "--json", "--image-size", "96"]) == 0
     d = json.loads(capsys.readouterr().out)

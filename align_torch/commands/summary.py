@@ -1,4 +1,4 @@
-"""align-torch summary --model PATH_OR_ID_OR_PRESET [--image-size N] [--tokens N] [--stages-only] [--json]"""
+"""align-torch summary [--model PATH_OR_ID_OR_PRESET] [--image-size N] [--tokens N] [--stages-only] [--json]"""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ HELP = "parameters, FLOPs and output shapes per stage and block of a model or pr
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="kakaobrain/align-base",
+        default="align-base",
         help="preset name (align-base, align-tiny, align-b0 .. align-b7), model folder or Hub repo id "
-        "(only its config.json is read; default: kakaobrain/align-base)",
+        "(only its config.json is read; default: the built-in align-base preset, the same architecture as "
+        "kakaobrain/align-base, no download)",
     )
     p.add_argument("--image-size", type=int, default=None, help="image side in px (default: the config's)")
     p.add_argument("--tokens", type=int, default=64, help="text length in tokens (default: 64)")

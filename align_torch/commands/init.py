@@ -1,0 +1,29 @@
+"""align-torch init DIR [--preset align-tiny|align-base] [--seed N]"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write a random-weight model with processor files to a new folder, to try every command offline"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..starter import STARTER_PRESETS
+
+    p.add_argument("folder", help="where to write the model; must not exist yet, or be empty")
+    p.add_argument(
+        "--preset",
+        choices=STARTER_PRESETS,
+        default="align-tiny",
+        help="architecture: align-tiny (a few MB, seconds per command) or align-base (the real model's size, "
+        "about 700 MB) (default: align-tiny)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..starter import write_starter_checkpoint
+
+    folder = write_starter_checkpoint(args.folder, args.preset, seed=args.seed)
+    print(f"wrote a random-weight {args.preset} model to {folder} (its embeddings mean nothing; use --model {folder})")
+    return 0
