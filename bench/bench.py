@@ -295,7 +295,7 @@ def text_variants(hf, ours: AlignModel, batch: dict, args: argparse.Namespace, d
 
         v += [
             Variant("transformers bf16, 64 tokens", hf_bf16, True),
-            Variant("align_torch fused bf16, trimmed", ours_bf16),
+            Variant("align_torch fused bf16 (packed)", ours_bf16),
         ]
     if args.compile:
         dtype_ctx = bf16 if args.bf16 else nullcontext()

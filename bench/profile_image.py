@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     pixels = torch.randn(args.batch, 3, 289, 289)
     variants = {
         "unfused": model.vision_model,
-        "fused NCHW": copy.deepcopy(model).fuse_for_inference(channels_last=False).vision_model,
-        "fused (default)": copy.deepcopy(model).fuse_for_inference().vision_model,
+        "fused (default: NCHW on the CPU)": copy.deepcopy(model).fuse_for_inference().vision_model,
+        "fused channels_last": copy.deepcopy(model).fuse_for_inference(channels_last=True).vision_model,
     }
     table = {name: profile(tower, pixels, args.iters) for name, tower in variants.items()}
     roles = list(dict.fromkeys(k for t in table.values() for k in t))
