@@ -65,7 +65,13 @@ def forward_intermediates(
     output_attentions: bool = True,
     stop_early: bool = False,
 ) -> AlignIntermediates:
-    """See `AlignModel.forward_intermediates`."""
+    """Hidden states of both towers (either alone works), text attention probabilities, embeddings.
+
+    `image_indices` pick image positions (0 = stem, i + 1 = block i; negatives count from the end) and
+    `image_stages` add the last block of those stages; `text_indices` pick text positions (0 = embeddings,
+    i + 1 = layer i). None everywhere selects everything. With `stop_early`, nothing after the last selected
+    position runs (and that tower's embedding is None). `AlignModel.forward_intermediates` is this function.
+    """
     if pixel_values is None and input_ids is None:
         raise ValueError("forward_intermediates needs pixel_values, input_ids or both")
     image_hidden = image_stages_out = image_embeds = None

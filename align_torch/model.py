@@ -4,9 +4,7 @@ joins the image and text towers."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +14,8 @@ from .bert import Bert
 from .config import AlignConfig
 from .efficientnet import EfficientNet
 from .input_checks import check_batches, check_kwargs, check_pixels, check_text
+from .intermediates import forward_intermediates
 from .loss import contrastive_loss
-
-if TYPE_CHECKING:
-    from .intermediates import AlignIntermediates
 
 
 @dataclass
@@ -157,40 +153,9 @@ class AlignModel(nn.Module):
             loss=loss,
         )
 
-    def forward_intermediates(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        *,
-        image_indices: Sequence[int] | None = None,
-        image_stages: Sequence[int] | None = None,
-        text_indices: Sequence[int] | None = None,
-        output_attentions: bool = True,
-        stop_early: bool = False,
-    ) -> AlignIntermediates:
-        """Hidden states of both towers (either alone works), text attention probabilities, embeddings.
-
-        `image_indices` pick image positions (0 = stem, i + 1 = block i; negatives count from the end) and
-        `image_stages` add the last block of those stages; `text_indices` pick text positions (0 =
-        embeddings, i + 1 = layer i). None everywhere selects everything. With `stop_early`, nothing after
-        the last selected position runs (and that tower's embedding is None). See align_torch.intermediates.
-        """
-        from .intermediates import forward_intermediates
-
-        return forward_intermediates(
-            self,
-            pixel_values,
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            image_indices=image_indices,
-            image_stages=image_stages,
-            text_indices=text_indices,
-            output_attentions=output_attentions,
-            stop_early=stop_early,
-        )
+    # Hidden states of both towers, text attention probabilities and the embeddings, with selection and early
+    # stopping: the function in align_torch.intermediates, as a method.
+    forward_intermediates = forward_intermediates
 
     # --- training helpers -----------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
