@@ -18,7 +18,7 @@ What it does, and why each step is exact (fp32 outputs agree with the unfused mo
   if they disagree or the op fails, warns once and runs every conv the plain way.
   Elsewhere (CUDA, autocast, torch.compile, inputs that need gradients) it is the plain conv + F.silu;
 - the image tower stays NCHW on the CPU: the oneDNN convs return NHWC maps whatever the layout, and
-  bench/README.md measures NCHW weights as fast as or faster than channels_last there. On CUDA the tower
+  bench/README.md measures NCHW and channels_last weights as equally fast there within noise. On CUDA the tower
   moves to channels_last, where cuDNN runs depthwise and 1x1 convs faster in NHWC;
 - on the CPU, a block whose expanded maps for the whole batch exceed `cpu_chunk_mb` (16 MiB) runs on slices of
   the batch and concatenates the results (exact: samples are independent in eval mode). At align-base's
@@ -425,7 +425,7 @@ def fuse_for_inference(
 
     `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
     them); None: on CUDA only (on the CPU the oneDNN convs return NHWC maps either way, and NCHW weights
-    measured as fast or faster). `trim_text` cuts padded text batches to their longest real text in eager
+    measured as fast). `trim_text` cuts padded text batches to their longest real text in eager
     mode. `cpu_chunk_mb`: on the CPU, a block whose expanded maps would exceed this many MiB for the whole
     batch runs on slices of the batch (None: never). `onednn=False` keeps PyTorch's public conv + SiLU on the
     CPU. Fusing a fused model does nothing more. Reload the model to train it again.
