@@ -27,7 +27,7 @@ from ..processor import AlignProcessor
 from ..weights import checkpoint_dir, write_native
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
-from .distributed import all_reduce_, barrier, gather_objects, setup_distributed
+from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .guards import (
     EXAMPLES_SHOWN,
     Interrupted,
@@ -191,7 +191,9 @@ class Trainer:
         else:
             last_eval, self.logger = None, None
         # Every rank must agree whether the final evaluation already ran (it has a barrier).
-        last_eval = int(all_reduce_(torch.tensor(-1 if last_eval is None else last_eval), "max").item())
+        last_eval = int(
+            all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
+        )
         self._last_eval_step = None if last_eval < 0 else last_eval
 
     def _take_lock(self) -> None:
@@ -202,7 +204,7 @@ class Trainer:
                 self._lock = acquire_run_lock(self.out)
             except RunLockedError as e:
                 error = e
-        if all_reduce_(torch.tensor(int(error is not None)), "max").item():
+        if all_reduce_(torch.tensor(int(error is not None), device=self.device), "max").item():
             raise error or RunLockedError(f"rank 0 could not lock {self.out}")
 
     def _load(self, checkpoint: Checkpoint) -> None:
@@ -347,14 +349,16 @@ class Trainer:
             p.epoch_images = p.epoch_unreadable = 0
             self._evaluate(result)
             self.save()
-            if all_reduce_(torch.tensor(int(self.stop.requested)), "max").item():
+            if all_reduce_(torch.tensor(int(self.stop.requested), device=self.device), "max").item():
                 self._stop_here()
 
     def _sync_step(self) -> bool:
         """After each step, on every rank: add up the images tried and unreadable, stop on too many unreadable,
         and agree on whether any rank was asked to stop (so all ranks stop at the same step boundary)."""
         p, cfg = self.progress, self.cfg
-        counts = all_reduce_(torch.tensor([self._tried, self._unreadable, int(self.stop.requested)]), "sum")
+        counts = all_reduce_(
+            torch.tensor([self._tried, self._unreadable, int(self.stop.requested)], device=self.device), "sum"
+        )
         p.epoch_images += int(counts[0])
         p.epoch_unreadable += int(counts[1])
         self._tried = self._unreadable = 0
@@ -385,7 +389,7 @@ class Trainer:
             self._unreadable += len(batch.failures)
             self._bad_examples += [reason for _, reason in batch.failures][: EXAMPLES_SHOWN - len(self._bad_examples)]
             # Every rank must take part in every collective: skip a micro-batch on all ranks if any is empty.
-            if all_reduce_(torch.tensor(len(batch)), "min").item() == 0:
+            if reduce_scalar(len(batch), "min", self.device) == 0:
                 p.skipped_batches += 1
                 continue
             batch = batch.to(self.device)
@@ -414,8 +418,8 @@ class Trainer:
         # Before anything can save them: a step that broke the weights must never become "the last good".
         self._check_tensors("weights", [*self.model.parameters(), *self.model.buffers()])
         p.step += 1
-        loss = all_reduce_(torch.stack(losses).mean().float().cpu(), "sum").item() / self.dist.world
-        pairs = int(all_reduce_(torch.tensor(pairs), "sum").item())
+        loss = all_reduce_(torch.stack(losses).mean().float(), "sum").item() / self.dist.world
+        pairs = int(reduce_scalar(pairs, "sum", self.device))
         return StepRecord(
             step=p.step,
             epoch=p.epoch,
@@ -432,7 +436,7 @@ class Trainer:
         return f"the last good checkpoint is {self.checkpoint_path} (step {self._saved_step}), untouched"
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        bad = all_reduce_((~torch.isfinite(loss.detach())).float().cpu(), "max").item() > 0
+        bad = all_reduce_((~torch.isfinite(loss.detach())).float(), "max").item() > 0
         if bad:
             raise NonFiniteLossError(
                 f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
@@ -440,7 +444,7 @@ class Trainer:
             )
 
     def _check_tensors(self, what: str, tensors: list[torch.Tensor]) -> None:
-        bad = all_reduce_(torch.tensor(float(not all_finite(tensors))), "max").item() > 0
+        bad = reduce_scalar(float(not all_finite(tensors)), "max", self.device) > 0
         if bad:
             raise NonFiniteLossError(
                 f"{what} are not finite at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
