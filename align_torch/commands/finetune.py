@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="pairs per rank per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--micro-batch-size", type=int, help="GradCache: embed the batch in chunks of this many pairs")
     p.add_argument("--lr", type=float, default=d["lr"].default)
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
     p.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
+        micro_batch_size=args.micro_batch_size,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

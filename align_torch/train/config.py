@@ -31,6 +31,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs when smaller)
     batch_size: int = 32  # per rank, per micro-batch; the loss contrasts the gathered batch of all ranks
     grad_accum: int = 1  # micro-batches per optimiser step (each micro-batch is its own contrastive batch)
+    micro_batch_size: int | None = None  # GradCache: embed the batch in chunks of this many pairs
     max_length: int = 64  # tokens, as ALIGN
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction range
     hflip: bool = False  # off by default: captions may say left or right
@@ -72,6 +73,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise ValueError(
+                f"micro_batch_size must be between 1 and batch_size ({self.batch_size}), got {self.micro_batch_size}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.warmup < 0 or self.workers < 0:

@@ -163,6 +163,11 @@ class Batch:
     def __len__(self) -> int:
         return self.pixel_values.shape[0]
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Pairs start..stop-1 (a view); `failures` stay with the whole batch."""
+        cut = {f.name: getattr(self, f.name)[start:stop] for f in dataclasses.fields(self) if f.name != "failures"}
+        return Batch(**cut, failures=[])
+
 
 @dataclass
 class Collate:

@@ -28,6 +28,7 @@ from ..weights import checkpoint_dir, write_native
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
+from .gradcache import embed_pairs, gradcache_backward
 from .guards import (
     EXAMPLES_SHOWN,
     Interrupted,
@@ -80,17 +81,9 @@ def forward_loss(
     model: torch.nn.Module, batch: Batch, temperature: torch.Tensor, label_smoothing: float, precision: str = "fp32"
 ) -> torch.Tensor:
     """This rank's share of ALIGN's loss over the global batch (see global_contrastive_loss). `model` may be
-    DDP-wrapped; the loss itself is computed in float32 outside autocast."""
-    with torch.autocast(batch.pixel_values.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        out = model(
-            input_ids=batch.input_ids,
-            pixel_values=batch.pixel_values,
-            attention_mask=batch.attention_mask,
-            token_type_ids=batch.token_type_ids,
-        )
-    return global_contrastive_loss(
-        out.text_embeds.float(), out.image_embeds.float(), temperature.float(), label_smoothing
-    )
+    DDP-wrapped; the loss itself is computed in float32 (or float64) outside autocast."""
+    text, image = embed_pairs(model, batch, precision)
+    return global_contrastive_loss(text, image, temperature.to(text.dtype), label_smoothing)
 
 
 class Trainer:
@@ -394,10 +387,23 @@ class Trainer:
                 continue
             batch = batch.to(self.device)
             last = micro == cfg.grad_accum - 1
-            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                loss = forward_loss(model, batch, self.model.temperature, cfg.label_smoothing, cfg.precision)
-                self._check_finite(loss)
-                (loss / cfg.grad_accum).backward()
+            if cfg.micro_batch_size is not None:
+                loss = gradcache_backward(
+                    model,
+                    batch,
+                    self.model.temperature,
+                    cfg.label_smoothing,
+                    cfg.micro_batch_size,
+                    cfg.precision,
+                    scale=1 / cfg.grad_accum,
+                    sync=last,
+                    check_loss=self._check_finite,
+                )
+            else:
+                with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                    loss = forward_loss(model, batch, self.model.temperature, cfg.label_smoothing, cfg.precision)
+                    self._check_finite(loss)
+                    (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
             pairs += len(batch)
             synced = last
