@@ -1,72 +1,120 @@
-"""TrainConfig: every choice a fine-tuning run makes, in one frozen dataclass saved with each checkpoint."""
+"""TrainConfig: every choice a fine-tuning run makes, in one frozen dataclass saved with each checkpoint.
+
+Each field carries its help text, and `align-torch finetune`'s options are derived from the fields
+(train/args.py), so a knob is written once. What defines the model (BN momentum, drop-path, label
+smoothing) lives in the model config: the fields here of that kind only override it for a run, and the
+trainer writes the override into the model's config, which `final/config.json` records.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..templates import DEFAULT_TEMPLATES
+from ..device import DEVICES
+from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "epochs", "max_steps")
+RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed")
+
+# Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
+# (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
+# initialised or modified small model needs to learn in few steps (measured in README, "Recipes").
+RECIPES: dict[str, dict[str, Any]] = {
+    "finetune": {},
+    "scratch": {"bn_momentum": 0.1, "drop_path_rate": 0.0, "clip_grad": 0.0},
+}
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
+    """A TrainConfig field: its default, its help text and options for its command-line flag."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """A fine-tuning run. Defaults follow the original ALIGN where it made a choice (see README)."""
 
-    model: str  # folder or Hub id to start from
-    train: str  # manifest (.csv/.tsv/.jsonl) or WebDataset shards (.tar file, folder or glob)
-    out: str  # run folder: checkpoint.safetensors, metrics.jsonl, final/
-    val: str | None = None  # manifest for retrieval recall@K each epoch
-    zero_shot_dir: str | None = None  # one sub-folder per class, for zero-shot top-1 each epoch
-    templates: str = DEFAULT_TEMPLATES  # template set for zero-shot, the default of `zero-shot` and `eval` too
+    model: str = opt(help="model folder (native or Hugging Face layout) or Hub repo id to start from")
+    train: str = opt(help="manifest (.csv/.tsv/.jsonl/.parquet with image, caption) or .tar shards (file/folder/glob)")
+    out: str = opt(help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)")
+    val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
+    zero_shot_dir: str | None = opt(None, "folder with one sub-folder per class, for zero-shot top-1 after each epoch")
+    templates: str = opt(
+        DEFAULT_TEMPLATES,
+        "prompt template set for --zero-shot-dir, the default of `zero-shot` and `eval` too",
+        choices=tuple(sorted(TEMPLATE_SETS)),
+    )
 
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs when smaller)
-    batch_size: int = 32  # per rank, per micro-batch; the loss contrasts the gathered batch of all ranks
-    grad_accum: int = 1  # micro-batches per optimiser step (each micro-batch is its own contrastive batch)
-    micro_batch_size: int | None = None  # GradCache: embed the batch in chunks of this many pairs
-    max_length: int = 64  # tokens, as ALIGN
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction range
-    hflip: bool = False  # off by default: captions may say left or right
-    max_unreadable_fraction: float = 0.5  # stop when more of an epoch's images than this cannot be read
+    epochs: int = opt(1, "passes over the training data")
+    max_steps: int | None = opt(None, "stop after this many optimiser steps (when fewer than the epochs give)")
+    batch_size: int = opt(32, "pairs per rank per contrastive batch; the loss contrasts the batch of all ranks")
+    grad_accum: int = opt(1, "contrastive batches per optimiser step (each its own contrastive batch)")
+    micro_batch_size: int | None = opt(
+        None, "GradCache: embed each batch in chunks of this many pairs (memory grows with it, not the batch)"
+    )
+    max_length: int = opt(64, "caption tokens, as ALIGN")
+    crop_scale: tuple[float, float] = opt(
+        (0.9, 1.0),
+        "random resized crop: range of the area fraction kept (open_clip's fine-tuning default)",
+        metavar=("MIN", "MAX"),
+    )
+    crop_ratio: tuple[float, float] = opt(
+        (3 / 4, 4 / 3), "random resized crop: aspect-ratio range", metavar=("MIN", "MAX")
+    )
+    hflip: bool = opt(False, "random horizontal flips (off by default: captions may say left or right)")
+    augment: bool = opt(
+        True, "no random crop or flip: resize and centre-crop as the eval processor", flag="--no-augment"
+    )
+    max_unreadable_fraction: float = opt(0.5, "stop when more of an epoch's images than this cannot be read")
 
-    optimizer: str = "adamw"
-    lr: float = 1e-5
-    weight_decay: float = 1e-5  # ALIGN's; never applied to BN/LN weights, biases or the temperature
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    warmup: int = 0  # optimiser steps of linear warmup
-    schedule: str = "cosine"  # decay after warmup, to 0 at the last step
-    clip_grad: float | None = 1.0  # max global gradient norm; None: no clipping
-    temperature_min: float | None = None  # clamp the learned temperature from below after each step
+    optimizer: str = opt("adamw", "optimiser", choices=OPTIMIZERS)
+    lr: float = opt(1e-5, "peak learning rate")
+    weight_decay: float = opt(1e-5, "ALIGN's; never applied to BN/LN weights, biases or the temperature")
+    betas: tuple[float, float] = opt((0.9, 0.999), "Adam/LAMB betas", metavar=("BETA1", "BETA2"))
+    eps: float = opt(1e-6, "Adam/LAMB epsilon")
+    warmup: int = opt(0, "optimiser steps of linear warmup")
+    schedule: str = opt("cosine", "decay after warmup, to 0 at the last step", choices=SCHEDULES)
+    clip_grad: float | None = opt(1.0, "max global gradient norm; 0 disables clipping")
+    temperature_min: float | None = opt(None, "clamp the learned temperature from below after each step")
 
-    label_smoothing: float = 0.1
-    bn_momentum: float = 0.01  # PyTorch convention; transformers uses 0.99 (TF's decay, misread)
-    drop_path_rate: float = 0.2  # per-sample stochastic depth, block i at rate * i / num_blocks
-    freeze_bn: bool = False  # BatchNorm in eval mode throughout: running statistics untouched
-    lock_image: bool = False  # LiT: image tower frozen and in eval mode
-    lock_text: bool = False
+    label_smoothing: float | None = opt(
+        None, "override the model config's label smoothing (align-base: 0.1)", default_text="the model config's"
+    )
+    bn_momentum: float | None = opt(
+        None,
+        "override the model config's BN momentum, PyTorch convention (ALIGN: 0.01)",
+        default_text="the model config's",
+    )
+    drop_path_rate: float | None = opt(
+        None, "override the model config's stochastic depth rate (ALIGN: 0.2)", default_text="the model config's"
+    )
+    freeze_bn: bool = opt(
+        False, "BatchNorm normalises with and keeps its running statistics (exact with micro-batches)"
+    )
+    lock_image: bool = opt(False, "LiT: freeze the image tower")
+    lock_text: bool = opt(False, "freeze the text tower and projection")
 
-    precision: str = "fp32"
-    grad_checkpointing: bool = False
-    device: str = "auto"
-    workers: int = 0
-    seed: int = 0
-    log_every: int = 10  # optimiser steps between metrics.jsonl lines
-    save_every: int = 500  # optimiser steps between checkpoints (and at each epoch end)
-    progress: bool = True
+    precision: str = opt("fp32", "bf16: autocast for the towers; the loss stays float32", choices=PRECISIONS)
+    grad_checkpointing: bool = opt(False, "recompute activations in backward (both towers)")
+    device: str = opt("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
+    workers: int = opt(0, "DataLoader processes (0: load in the main process)")
+    seed: int = opt(0, "seed for data order, augmentation and drop-path/dropout")
+    log_every: int = opt(10, "optimiser steps between metrics.jsonl lines")
+    save_every: int = opt(500, "optimiser steps between checkpoints (and at each epoch end)")
+    progress: bool = opt(True, "no progress bar", flag="--quiet")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
-        object.__setattr__(self, "betas", tuple(float(v) for v in self.betas))
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS}
+        for name in ("crop_scale", "crop_ratio", "betas"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if self.clip_grad == 0:
+            object.__setattr__(self, "clip_grad", None)
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -85,17 +133,31 @@ class TrainConfig:
             raise ValueError(
                 f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}"
             )
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if not 0 <= self.drop_path_rate < 1 or not 0 <= self.bn_momentum <= 1:
-            raise ValueError("drop_path_rate must be in [0, 1) and bn_momentum in [0, 1]")
+        for name in ("crop_scale", "crop_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi or (name == "crop_scale" and hi > 1):
+                raise ValueError(
+                    f"{name} must satisfy 0 < min <= max{' <= 1' * (name == 'crop_scale')}, got {(lo, hi)}"
+                )
+        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.bn_momentum is not None and not 0 <= self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:
             raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad must be > 0 (or None for no clipping), got {self.clip_grad}")
+        if self.clip_grad is not None and self.clip_grad < 0:
+            raise ValueError(f"clip_grad must be > 0 (or 0 for no clipping), got {self.clip_grad}")
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **fields: Any) -> TrainConfig:
+        """A config whose unspecified fields come from RECIPES[recipe], then the dataclass defaults."""
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+        return cls(**{**RECIPES[recipe], **fields})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

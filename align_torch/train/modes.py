@@ -1,4 +1,6 @@
-"""What is trained and how: BatchNorm freezing, locked towers (LiT), and ALIGN's BN momentum and drop-path.
+"""What is trained and how: BatchNorm freezing, locked towers (LiT), and the model config's BN momentum,
+drop-path and label smoothing (overridden for a run by writing them into the config, so what trains is what
+`final/config.json` records).
 
 `model.train()` would put a frozen BatchNorm or a locked tower back into train mode; the helpers here
 register a forward pre-hook that puts the module back in eval mode before every forward, so the freeze
@@ -6,6 +8,8 @@ survives any number of `.train()` calls (the trainer's, an evaluation's, a user'
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -45,19 +49,44 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
             m.momentum = momentum
 
 
+def set_training_knobs(
+    model: AlignModel,
+    *,
+    bn_momentum: float | None = None,
+    drop_path_rate: float | None = None,
+    label_smoothing: float | None = None,
+) -> None:
+    """Write the given knobs into `model.config` (the one place they live, saved with the model), then make
+    the modules follow the config; None keeps the config's value."""
+    vision = model.config.vision
+    vision_changes = {
+        k: v for k, v in (("bn_momentum", bn_momentum), ("drop_path_rate", drop_path_rate)) if v is not None
+    }
+    if vision_changes:
+        vision = dataclasses.replace(vision, **vision_changes)
+    config = model.config.replace(vision=vision)
+    if label_smoothing is not None:
+        config = config.replace(label_smoothing=label_smoothing)
+    model.config = config
+    model.vision_model.cfg = vision
+    set_bn_momentum(model, vision.bn_momentum)
+    model.vision_model.set_drop_path_rate(vision.drop_path_rate)
+
+
 def prepare_model(
     model: AlignModel,
     *,
-    bn_momentum: float = 0.01,
-    drop_path_rate: float = 0.2,
+    bn_momentum: float | None = None,
+    drop_path_rate: float | None = None,
+    label_smoothing: float | None = None,
     freeze_bn: bool = False,
     lock_image: bool = False,
     lock_text: bool = False,
     grad_checkpointing: bool = False,
 ) -> list[RemovableHandle]:
-    """Apply a run's training semantics to a model in place; returns the hooks that hold modules in eval."""
-    set_bn_momentum(model, bn_momentum)
-    model.vision_model.set_drop_path_rate(drop_path_rate)
+    """Apply a run's training semantics to a model in place; returns the hooks that hold modules in eval.
+    BN momentum, drop-path and label smoothing come from `model.config` unless given (then recorded there)."""
+    set_training_knobs(model, bn_momentum=bn_momentum, drop_path_rate=drop_path_rate, label_smoothing=label_smoothing)
     model.set_grad_checkpointing(grad_checkpointing)
     # ALIGN embeds text from the [CLS] state, never the BERT pooler: a parameter without a gradient would
     # stall DDP, so the pooler is frozen (it is still saved, so checkpoints round-trip).

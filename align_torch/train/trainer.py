@@ -144,6 +144,7 @@ class Trainer:
             self.model,
             bn_momentum=cfg.bn_momentum,
             drop_path_rate=cfg.drop_path_rate,
+            label_smoothing=cfg.label_smoothing,
             freeze_bn=cfg.freeze_bn,
             lock_image=cfg.lock_image,
             lock_text=cfg.lock_text,
@@ -155,7 +156,11 @@ class Trainer:
         self.val_pairs: list[Pair] = read_pairs(cfg.val).pairs if cfg.val else []
         image_processor = self.processor.image_processor
         crop = tuple(image_processor.crop_size if image_processor.do_center_crop else image_processor.size)
-        transform = TrainTransform(image_processor, size=crop, scale=cfg.crop_scale, hflip=cfg.hflip)
+        transform = (
+            TrainTransform(image_processor, size=crop, scale=cfg.crop_scale, ratio=cfg.crop_ratio, hflip=cfg.hflip)
+            if cfg.augment
+            else None
+        )
         self.dataset = PairDataset(pairs.pairs, image_processor, transform, seed=cfg.seed)
         self.collate = Collate(self.processor.tokenizer, cfg.max_length, crop)
         self.skipped_empty_captions = pairs.skipped_empty_captions
@@ -392,7 +397,7 @@ class Trainer:
                     model,
                     batch,
                     self.model.temperature,
-                    cfg.label_smoothing,
+                    self.model.config.label_smoothing,
                     cfg.micro_batch_size,
                     cfg.precision,
                     scale=1 / cfg.grad_accum,
@@ -401,7 +406,9 @@ class Trainer:
                 )
             else:
                 with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                    loss = forward_loss(model, batch, self.model.temperature, cfg.label_smoothing, cfg.precision)
+                    loss = forward_loss(
+                        model, batch, self.model.temperature, self.model.config.label_smoothing, cfg.precision
+                    )
                     self._check_finite(loss)
                     (loss / cfg.grad_accum).backward()
             losses.append(loss.detach())
