@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"trained {p.step} steps ({p.epoch} epochs); skipped {p.skipped_images} unreadable images and "
-        f"{trainer.skipped_empty_captions} empty captions; model and processor in {result.final_dir}"
+        f"{trainer.skipped_empty_captions} empty captions; {trainer.trainable}; model and processor in "
+        f"{result.final_dir}"
     )
     return 0

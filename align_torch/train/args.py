@@ -43,7 +43,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 kind = next(a for a in args if a is not type(None))
                 args = typing.get_args(kind)
             if typing.get_origin(kind) is tuple:
-                kwargs.update(nargs=len(args), type=args[0])
+                kwargs.update(nargs="+" if args[-1] is Ellipsis else len(args), type=args[0])
             else:
                 kwargs["type"] = kind
             for key in ("choices", "metavar"):

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..device import DEVICES
 from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from .lora import DEFAULT_TARGETS
 
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -100,6 +101,15 @@ class TrainConfig:
     lock_image: bool = opt(False, "LiT: freeze the image tower")
     lock_text: bool = opt(False, "freeze the text tower and projection")
 
+    lora_rank: int | None = opt(
+        None, "LoRA: train rank-R adapters (and the head) instead of the whole model; needs peft"
+    )
+    lora_alpha: float | None = opt(
+        None, "LoRA scale numerator: adapters are scaled by alpha / rank", default_text="rank"
+    )
+    lora_targets: tuple[str, ...] = opt(DEFAULT_TARGETS, "LoRA: names of the nn.Linear / 1x1 nn.Conv2d layers adapted")
+    lora_head: bool = opt(True, "LoRA: keep the projections and temperature frozen too", flag="--lora-freeze-head")
+
     precision: str = opt("fp32", "bf16: autocast for the towers; the loss stays float32", choices=PRECISIONS)
     grad_checkpointing: bool = opt(False, "recompute activations in backward (both towers)")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
@@ -110,6 +120,7 @@ class TrainConfig:
     progress: bool = opt(True, "no progress bar", flag="--quiet")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         for name in ("crop_scale", "crop_ratio", "betas"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.clip_grad == 0:
@@ -145,6 +156,10 @@ class TrainConfig:
             raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:

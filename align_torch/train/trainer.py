@@ -39,6 +39,7 @@ from .guards import (
     ignore_sigint,
 )
 from .lock import RunLockedError, acquire_run_lock, release_run_lock
+from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
 from .modes import prepare_model
 from .optim import build_optimizer, build_scheduler
@@ -54,6 +55,7 @@ from .state import (
 )
 
 FINAL_DIR = "final"
+ADAPTERS_DIR = "adapters"  # LoRA runs: the adapters alone, beside the merged final/
 
 
 @dataclass
@@ -150,6 +152,10 @@ class Trainer:
             lock_text=cfg.lock_text,
             grad_checkpointing=cfg.grad_checkpointing,
         )
+        if cfg.lora_rank is not None:
+            self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
+        else:
+            self.trainable = count_trainable(self.model)
         self.model.to(self.device).train()
 
         pairs = read_pairs(cfg.train)
@@ -258,10 +264,13 @@ class Trainer:
         """The trained model in native format with the processor files, at out/final (rank 0)."""
         final = self.out / FINAL_DIR
         if self.dist.is_main:
+            lora = has_lora(self.model)
             # A final/ from an earlier run on this --out is replaced; a folder that is not a checkpoint is refused.
             with checkpoint_dir(final, overwrite=True) as tmp:
-                write_native(self.model, tmp)
+                write_native(merged_copy(self.model) if lora else self.model, tmp)
                 self.processor.save_pretrained(tmp)
+            if lora:
+                save_adapters(self.model, self.out / ADAPTERS_DIR)
         barrier()
         return final
 
