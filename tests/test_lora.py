@@ -95,3 +95,40 @@ def test_merge_folds_random_adapters_exactly():
     assert 0 < count.trainable < count.total / 2
     with pytest.raises(ValueError, match="name no module"):
         add_lora(AlignModel(align_tiny()), rank=2, targets=("query",))
+
+
+@pytest.mark.slow
+def test_lora_on_a_random_tiny_model_learns_shapes(tiny_native_dir: Path, tmp_path: Path):
+    """Adapters (rank 16) and the head alone, on coloured shapes from random init: zero-shot top-1 on
+    held-out shapes far above chance (9 classes, 11%). Measured: 79.6% after 200 steps (seed 0)."""
+    from _train_data import write_shapes_classes
+
+    from align_torch import AlignProcessor
+    from align_torch.evaluate import zero_shot_accuracy
+
+    processor = AlignProcessor.from_pretrained(tiny_native_dir)
+    torch.manual_seed(0)
+    model = AlignModel(AlignModel.from_pretrained(tiny_native_dir).config)
+    with torch.no_grad():
+        model.temperature.fill_(0.1)
+    held_out = write_shapes_classes(tmp_path / "held_out", per_class=6)
+    cfg = TrainConfig.from_recipe(
+        "scratch",
+        model=str(tiny_native_dir),
+        train=str(write_shapes_manifest(tmp_path / "train", 180)),
+        out=str(tmp_path / "run"),
+        epochs=1000,
+        max_steps=200,
+        batch_size=18,
+        lr=1e-2,
+        warmup=10,
+        lora_rank=16,
+        progress=False,
+        save_every=10**6,
+    )
+    trainer = Trainer(cfg, model=model, processor=processor)
+    trainer.fit()
+    after = zero_shot_accuracy(model, processor, held_out, ["a {}"])
+    print(f"LoRA zero-shot top-1 {after.top1:.1f}%; {trainer.trainable}")
+    assert after.top1 > 3 * 100 / 9
+    assert trainer.trainable.trainable < trainer.trainable.total / 4

@@ -431,6 +431,7 @@ class Trainer:
         self._check_tensors("gradients", [q.grad for q in self.model.parameters() if q.grad is not None])
         if cfg.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses; the scheduler then moves on
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -446,7 +447,7 @@ class Trainer:
             step=p.step,
             epoch=p.epoch,
             loss=loss,
-            lr=self.scheduler.get_last_lr()[0],
+            lr=lr,
             temperature=float(self.model.temperature.detach()),
             pairs_per_s=pairs / (time.perf_counter() - start),
             skipped_images=p.skipped_images,
