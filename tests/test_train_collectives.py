@@ -5,6 +5,7 @@ left as they are) with the backend `setup_distributed` chooses for a CUDA run, a
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ class _FakeGroup:
 
     def all_gather_object(self, outputs, obj, group=None):
         self._check("all_gather_object", torch.empty(0))  # objects travel as CPU byte tensors
-        outputs[:] = [obj] * len(outputs)
+        outputs[:] = [copy.deepcopy(obj) for _ in outputs]  # each rank's own object, as a real gather gives
 
     def barrier(self, group=None, async_op=False, device_ids=None):
         self._check("barrier", torch.empty(0))
