@@ -1,7 +1,7 @@
 """Which training settings let a randomly initialised tiny model learn: zero-shot top-1 on held-out coloured
 shapes (9 classes, chance 11%) after the same steps, for ALIGN's fine-tuning settings and `--recipe scratch`.
 
-    python bench/recipe_shapes.py [--steps 200] [--lr 1e-3] [--seeds 0 1 2]
+    python bench/recipe_shapes.py [--steps 200] [--lr 1e-3] [--seeds 0 1 2] [--settings 0 2]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--settings", type=int, nargs="+", default=list(range(len(SETTINGS))), help="rows to run (0-based)")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +45,9 @@ def main() -> None:
         train = write_shapes_manifest(tmp / "train", 180)
         held_out = write_shapes_classes(tmp / "held_out", per_class=6)
         print(f"{args.steps} steps, batch 18, lr {args.lr}, tiny preset from random init; zero-shot top-1 %")
-        for name, (recipe, changes) in SETTINGS.items():
+        for row, (name, (recipe, changes)) in enumerate(SETTINGS.items()):
+            if row not in args.settings:
+                continue
             scores = []
             for seed in args.seeds:
                 torch.manual_seed(seed)
@@ -55,7 +58,7 @@ def main() -> None:
                     recipe,
                     model=str(model_dir),
                     train=str(train),
-                    out=str(tmp / f"run-{recipe}-{len(scores)}-{seed}"),
+                    out=str(tmp / f"run-{row}-{seed}"),
                     epochs=1000,
                     max_steps=args.steps,
                     batch_size=18,
