@@ -115,7 +115,8 @@ def _temp_path(path: Path, tag: str) -> Path:
     return path.parent / f".{_stem(path)}.{tag}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -143,7 +144,7 @@ def clean_leftovers(path: str | os.PathLike) -> list[Path]:
         if match is None:
             continue
         pid, same_host = int(match["pid"]), match["host"] == _host_tag()
-        if same_host and (pid == os.getpid() or _pid_alive(pid)):
+        if same_host and (pid == os.getpid() or pid_alive(pid)):
             continue  # a write in progress
         leftover = Path(entry.path)
         if same_host and _is_our_leftover(leftover, pid):

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..fileio import pid_alive
+
 LOCK_FILE = "run.lock"
 
 
@@ -23,16 +25,6 @@ def _holder(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def acquire_run_lock(folder: str | os.PathLike) -> Path:
@@ -53,7 +45,7 @@ def acquire_run_lock(folder: str | os.PathLike) -> Path:
                 raise RunLockedError(
                     f"{path} exists but does not name a run; if no run uses {folder}, delete it and start again"
                 ) from None
-            if holder.get("host") != me["host"] or _alive(holder["pid"]):
+            if holder.get("host") != me["host"] or pid_alive(holder["pid"]):
                 raise RunLockedError(
                     f"{folder} is in use by pid {holder['pid']} on {holder.get('host')} (since {holder.get('since')}); "
                     f"wait for it, or if that run is gone, delete {path}"
