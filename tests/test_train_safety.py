@@ -217,13 +217,16 @@ def test_one_run_per_folder(tiny_native_dir: Path, manifest: Path, tmp_path: Pat
 def test_metrics_keep_only_what_the_checkpoint_has_seen(tmp_path: Path):
     records = [
         {"type": "train", "step": 3, "epoch": 0},
-        {"type": "eval", "step": 3, "epoch": 1},  # after the epoch ended: redone if the checkpoint is from before
+        {"type": "eval", "step": 3, "epoch": 0},  # after the epoch ended: redone if the checkpoint is from before
         {"type": "train", "step": 4, "epoch": 1},
     ]
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"type": "train", "st'  # torn by a kill
     (tmp_path / "metrics.jsonl").write_text(text)
-    assert drop_records_after(tmp_path, 3, 0) is None
+    assert drop_records_after(tmp_path, 3, 0, eval_pending=True) is None
     assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records[:1]
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert drop_records_after(tmp_path, 3, 0) == 3  # saved after a mid-epoch evaluation (--max-steps)
+    assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records[:2]
     (tmp_path / "metrics.jsonl").write_text(text)
     assert drop_records_after(tmp_path, 3, 1) == 3
     assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records[:2]

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     paths = list_images(args.images)
     model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
-    classifier = build_classifier(model, processor, args.labels, args.templates)  # (C, P)
+    classifier = build_classifier(model, processor, args.labels, args.templates, progress=not args.quiet)  # (C, P)
     try:
         images = embed_image_files(
             "zero-shot", model, processor, paths, args, progress=not args.quiet and len(paths) > 1

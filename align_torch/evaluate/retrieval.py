@@ -94,7 +94,7 @@ def retrieval_recall(
         texts.extend(captions_of[path])
         owner.extend([i] * len(captions_of[path]))
     text_vectors = embed_texts_sharded(
-        model, processor.tokenizer, texts, distributed=distributed, batch_size=batch_size
+        model, processor.tokenizer, texts, distributed=distributed, batch_size=batch_size, progress=progress
     )  # (T, P)
     sims = text_vectors @ images.vectors.t()  # (T, I)
     i2t, t2i = recall_at_k(sims, torch.tensor(owner), ks)

@@ -12,10 +12,11 @@ from ..fileio import atomic_file
 METRICS_FILE = "metrics.jsonl"
 
 
-def drop_records_after(folder: str | os.PathLike, step: int, epoch: int) -> int | None:
+def drop_records_after(folder: str | os.PathLike, step: int, epoch: int, *, eval_pending: bool = False) -> int | None:
     """Keep only the records of `folder/metrics.jsonl` at or before (step, epoch), the point a run restarts
-    from, so the steps it runs again are not written twice (a torn last line goes too). Returns the step of
-    the last evaluation kept, if any."""
+    from, so the steps it runs again are not written twice (a torn last line goes too). `eval_pending`: the
+    checkpoint was saved after the last batch of an epoch but before that epoch's evaluation, so an evaluation
+    at `step` is dropped (it runs again). Returns the step of the last evaluation kept, if any."""
     path = Path(folder) / METRICS_FILE
     if not path.is_file():
         return None
@@ -28,7 +29,11 @@ def drop_records_after(folder: str | os.PathLike, step: int, epoch: int) -> int 
         if not isinstance(record, dict):
             continue
         at = (record.get("step", 0), record.get("epoch", 0))
-        if at <= (step, epoch):
+        if record.get("type") == "eval":
+            keep = at[0] < step or (at[0] == step and not eval_pending)
+        else:
+            keep = at <= (step, epoch)
+        if keep:
             kept.append(line)
             if record.get("type") == "eval":
                 last_eval = record.get("step")

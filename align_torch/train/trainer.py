@@ -43,6 +43,7 @@ from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapter
 from .metrics import MetricsLogger, drop_records_after
 from .modes import prepare_model
 from .optim import build_optimizer, build_scheduler
+from .skipped import SkippedLog, skipped_record
 from .state import (
     CHECKPOINT_FILE,
     LEGACY_CHECKPOINT_FILE,
@@ -117,6 +118,9 @@ class Trainer:
         self._lock: Path | None = None
         self._last_eval_step: int | None = None
         self._tried, self._unreadable, self._bad_examples = 0, 0, []  # this rank's, since the last sync
+        self._skipped: list[dict[str, str]] = []  # this rank's unreadable images since the last sync
+        self.logger: MetricsLogger | None = None
+        self.skipped_log: SkippedLog | None = None
 
     def request_stop(self) -> None:
         """Stop at the next step boundary with a checkpoint, as Ctrl-C does (usable from a callback)."""
@@ -190,8 +194,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         if self.dist.is_main:
-            last_eval = drop_records_after(self.out, self.progress.step, self.progress.epoch)
+            last_eval = drop_records_after(
+                self.out, self.progress.step, self.progress.epoch, eval_pending=self._epoch_done()
+            )
             self.logger = MetricsLogger(self.out)
+            self.skipped_log = SkippedLog(self.out)
         else:
             last_eval, self.logger = None, None
         # Every rank must agree whether the final evaluation already ran (it has a barrier).
@@ -313,6 +320,8 @@ class Trainer:
             bar.close()
             if self.logger is not None:
                 self.logger.close()
+            if self.skipped_log is not None:
+                self.skipped_log.close()
         result.progress = self.progress
         return result
 
@@ -369,6 +378,11 @@ class Trainer:
         p.epoch_images += int(counts[0])
         p.epoch_unreadable += int(counts[1])
         self._tried = self._unreadable = 0
+        if counts[1]:  # some rank met an unreadable image: name it in skipped.jsonl (once per file)
+            gathered = gather_objects(self._skipped)
+            if self.skipped_log is not None:
+                self.skipped_log.add(record for records in gathered for record in records)
+        self._skipped = []
         check_unreadable(
             p,
             source=cfg.train,
@@ -395,6 +409,7 @@ class Trainer:
             self._tried += len(batch) + len(batch.failures)
             self._unreadable += len(batch.failures)
             self._bad_examples += [reason for _, reason in batch.failures][: EXAMPLES_SHOWN - len(self._bad_examples)]
+            self._skipped += [skipped_record(self.dataset.pairs[i], reason) for i, reason in batch.failures]
             # Every rank must take part in every collective: skip a micro-batch on all ranks if any is empty.
             if reduce_scalar(len(batch), "min", self.device) == 0:
                 p.skipped_batches += 1
@@ -481,23 +496,42 @@ class Trainer:
                 dist.all_reduce(param.grad)
                 param.grad /= self.dist.world
 
+    def _epoch_done(self) -> bool:
+        """Whether every batch of the current epoch ran (its end, and evaluation, are still to come)."""
+        return self.progress.batch >= self.steps_per_epoch * self.cfg.grad_accum
+
+    def _share_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics): DDP broadcasts them before each forward,
+        so after the last one each rank holds its own batch's update, and the evaluation must see one model."""
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer, src=0)
+
     def _evaluate(self, result: TrainResult) -> None:
-        cfg = self.cfg
+        """Evaluate on every rank, each embedding its share of the images and texts (gathered in input order);
+        rank 0 writes the record. A collective: every rank calls it at the same step."""
+        cfg, p = self.cfg, self.progress
         if not (self.val_pairs or cfg.zero_shot_dir):
             return
-        record: dict[str, Any] = {"type": "eval", "step": self.progress.step, "epoch": self.progress.epoch}
-        if self.dist.is_main:
-            if self.val_pairs:
-                pairs = [(pair.image, pair.caption) for pair in self.val_pairs]
-                res = retrieval_recall(self.model, self.processor, pairs, batch_size=cfg.batch_size)
-                record |= res.as_dict("val/")
-            if cfg.zero_shot_dir:
-                res = zero_shot_accuracy(self.model, self.processor, cfg.zero_shot_dir, cfg.templates)
-                record |= res.as_dict("zero_shot/")
+        # `epoch` is the 0-based epoch of the last step evaluated, as in the train records: at the end of an
+        # epoch the progress has already moved on to the next one.
+        epoch = p.epoch - 1 if p.batch == 0 and p.epoch > 0 else p.epoch
+        record: dict[str, Any] = {"type": "eval", "step": p.step, "epoch": epoch}
+        distributed = self.dist.world > 1
+        if distributed:
+            self._share_buffers()
+        common = dict(progress=cfg.progress and self.dist.is_main, distributed=distributed)
+        if self.val_pairs:
+            pairs = [(pair.image, pair.caption) for pair in self.val_pairs]
+            res = retrieval_recall(self.model, self.processor, pairs, batch_size=cfg.batch_size, **common)
+            record |= res.as_dict("val/")
+        if cfg.zero_shot_dir:
+            res = zero_shot_accuracy(self.model, self.processor, cfg.zero_shot_dir, cfg.templates, **common)
+            record |= res.as_dict("zero_shot/")
+        if self.logger is not None:
             self.logger.log(record)
             tqdm.write(
                 "eval: " + ", ".join(f"{k}={v:.2f}" for k, v in record.items() if isinstance(v, float)), file=sys.stderr
             )
         result.evaluations.append(record)
-        self._last_eval_step = self.progress.step
+        self._last_eval_step = p.step
         barrier()
