@@ -156,12 +156,14 @@ def test_zero_shot_json_ranks_labels_with_the_models_probabilities(collection, t
 def test_zero_shot_text_output_and_strict(collection, model_dir):
     folder, _ = collection
     args = ("--labels", "cat", "dog", "--templates", "imagenet", "-k", "1", "--model", model_dir, "--workers", 0)
-    status, stdout, _ = run_cli("zero-shot", folder / "chelsea.jpg", *args)
+    status, stdout, stderr = run_cli("zero-shot", folder / "chelsea.jpg", *args)
+    assert "160/160" in stderr  # a progress bar over the classifier's 2 x 80 prompts
     lines = stdout.splitlines()
     assert status == 0 and lines[0] == str(folder / "chelsea.jpg") and len(lines) == 2
     prob, label = lines[1].split()
     # The text form prints the JSON form's best prediction (which the test above checks against the model).
-    status, stdout, _ = run_cli("zero-shot", folder / "chelsea.jpg", *args, "--json")
+    status, stdout, stderr = run_cli("zero-shot", folder / "chelsea.jpg", *args, "--json", "--quiet")
+    assert "160/160" not in stderr
     best = json.loads(stdout)["results"][0]["predictions"][0]
     assert status == 0 and label == best["label"] and float(prob) == pytest.approx(best["prob"], abs=1e-4)
     status, _, stderr = run_cli("zero-shot", folder / "chelsea.jpg", folder / "truncated.jpg", *args, "--strict")
