@@ -149,8 +149,10 @@ def test_zero_shot_json_ranks_labels_with_the_models_probabilities(collection, t
         assert sorted(p["label"] for p in preds) == sorted(labels)
         for p in preds:
             c = labels.index(p["label"])
-            assert p["logit"] == pytest.approx(logits[c].item(), abs=TOL)
-            assert p["prob"] == pytest.approx(logits.softmax(-1)[c].item(), abs=TOL)
+            # The command runs the fused model, whose float32 rounding differs from the plain model's by up to a
+            # few 1e-5 here (1.01e-5 seen on one thread); a wrong label or probability is off by far more.
+            assert p["logit"] == pytest.approx(logits[c].item(), rel=5 * TOL, abs=5 * TOL)
+            assert p["prob"] == pytest.approx(logits.softmax(-1)[c].item(), abs=5 * TOL)
 
 
 def test_zero_shot_text_output_and_strict(collection, model_dir):

@@ -282,11 +282,14 @@ def test_one_template_default_for_zero_shot_eval_and_finetune():
     from align_torch.cli import build_parser
     from align_torch.templates import DEFAULT_TEMPLATES
     from align_torch.train import TrainConfig
+    from align_torch.train.args import config_from_args
 
     parser = build_parser()
     zero_shot = parser.parse_args(["zero-shot", "x.jpg", "--labels", "cat"]).templates
     eval_ = parser.parse_args(["eval"]).templates
-    finetune = parser.parse_args(["finetune", "--model", "m", "--train", "t.csv", "--out", "o"]).templates
+    # finetune's options not given stay out of the namespace; the run's config fills them in.
+    finetune = config_from_args(parser.parse_args(["finetune", "--model", "m", "--train", "t.csv", "--out", "o"]))
+    finetune = finetune.templates
     config = TrainConfig(model="m", train="t.csv", out="o").templates
     assert zero_shot == eval_ == finetune == config == DEFAULT_TEMPLATES == "imagenet"
 
