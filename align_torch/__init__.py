@@ -6,25 +6,36 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import AlignConfig, Stage, TextConfig, VisionConfig, preset
+    from .checkpoint.weights import CheckpointError, LoadReport
     from .evaluate.open_clip import create_model_and_transforms, get_tokenizer
-    from .model import AlignModel, AlignOutput
-    from .processor import AlignProcessor
-    from .weights import CheckpointError, LoadReport
+    from .inference.convert import convert
+    from .inference.embed import embed_images, embed_texts
+    from .inference.fast import fuse_for_inference
+    from .inspect.heatmap import similarity_heatmap
+    from .inspect.summary import summarize
+    from .model.align import AlignModel, AlignOutput
+    from .model.config import AlignConfig, Stage, TextConfig, VisionConfig, preset
+    from .preprocess.processor import AlignProcessor
 
 # Imported on first use, so that the parts that need no model (reading an embeddings folder, building a FAISS
 # index) start without loading PyTorch: about 190 MB of resident memory and seconds of start-up.
 _EXPORTS = {
-    "AlignConfig": "config",
-    "Stage": "config",
-    "TextConfig": "config",
-    "VisionConfig": "config",
-    "preset": "config",
-    "AlignModel": "model",
-    "AlignOutput": "model",
-    "AlignProcessor": "processor",
-    "CheckpointError": "weights",
-    "LoadReport": "weights",
+    "AlignConfig": "model.config",
+    "Stage": "model.config",
+    "TextConfig": "model.config",
+    "VisionConfig": "model.config",
+    "preset": "model.config",
+    "AlignModel": "model.align",
+    "AlignOutput": "model.align",
+    "AlignProcessor": "preprocess.processor",
+    "CheckpointError": "checkpoint.weights",
+    "LoadReport": "checkpoint.weights",
+    "convert": "inference.convert",
+    "fuse_for_inference": "inference.fast",
+    "embed_images": "inference.embed",
+    "embed_texts": "inference.embed",
+    "similarity_heatmap": "inspect.heatmap",
+    "summarize": "inspect.summary",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -38,9 +49,15 @@ __all__ = [
     "Stage",
     "TextConfig",
     "VisionConfig",
+    "convert",
     "create_model_and_transforms",
+    "embed_images",
+    "embed_texts",
+    "fuse_for_inference",
     "get_tokenizer",
     "preset",
+    "similarity_heatmap",
+    "summarize",
 ]
 __version__ = "0.1.0"
 

@@ -81,7 +81,7 @@ def _one_line_warnings(command: str) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .hub import HubError
+    from .checkpoint.hub import HubError
 
     args = build_parser().parse_args(argv)
     prefix = f"align-torch {args.command}"

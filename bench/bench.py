@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' randomised transformers models
 
 from align_torch import AlignModel  # noqa: E402
-from align_torch.fast import trim_padding  # noqa: E402
-from align_torch.hf_keys import config_from_hf, hf_to_native  # noqa: E402
-from align_torch.weights import load_state_dict  # noqa: E402
+from align_torch.checkpoint.hf_keys import config_from_hf, hf_to_native  # noqa: E402
+from align_torch.checkpoint.weights import load_state_dict  # noqa: E402
+from align_torch.inference.fast import fuse_for_inference, trim_padding  # noqa: E402
 
 TEXT_TOKENS = 64  # align-base's tokenizer pads to 64
 # Real caption lengths in tokens, [CLS] and [SEP] included (COCO-like captions of 6-22 words).
@@ -186,9 +186,9 @@ def image_variants(hf, ours: AlignModel, args: argparse.Namespace, device: torch
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
     hf_cl = copy.deepcopy(hf).to(memory_format=torch.channels_last)
-    fused = copy.deepcopy(ours).fuse_for_inference()  # the default: NCHW on the CPU, channels_last on CUDA
-    fused_cl = copy.deepcopy(ours).fuse_for_inference(channels_last=True)
-    fused_plain = copy.deepcopy(ours).fuse_for_inference(onednn=False)
+    fused = fuse_for_inference(copy.deepcopy(ours))  # the default: NCHW on the CPU, channels_last on CUDA
+    fused_cl = fuse_for_inference(copy.deepcopy(ours), channels_last=True)
+    fused_plain = fuse_for_inference(copy.deepcopy(ours), onednn=False)
     v = [
         Variant("transformers fp32", lambda: _features(hf.get_image_features(pixel_values=pixels)), True),
         Variant(
@@ -276,7 +276,7 @@ def timm_variants(pixels_cl: torch.Tensor, args: argparse.Namespace, device: tor
 
 def text_variants(hf, ours: AlignModel, batch: dict, args: argparse.Namespace, device: torch.device) -> list[Variant]:
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
-    fused = copy.deepcopy(ours).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(ours))
     v = [
         Variant("transformers fp32, 64 tokens", lambda: _features(hf.get_text_features(**batch)), True),
         Variant("align_torch fp32, 64 tokens", lambda: ours.encode_text(**batch)),
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{report['device']}, torch {report['torch']}, transformers {report['transformers']}")
     print(table(results))
     if args.json is not None:
-        from align_torch.fileio import atomic_file
+        from align_torch.util.fileio import atomic_file
 
         with atomic_file(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=1))

@@ -30,8 +30,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' p
 from _proc_data import ALIGN_BASE_PREPROCESSOR, write_checkpoint  # noqa: E402
 
 from align_torch import AlignModel, AlignProcessor  # noqa: E402
-from align_torch.config import preset  # noqa: E402
 from align_torch.data import list_images, load_image  # noqa: E402
+from align_torch.inference.fast import fuse_for_inference  # noqa: E402
+from align_torch.model.config import preset  # noqa: E402
 from align_torch.retrieval.embed_folder import embed_to_folder  # noqa: E402
 from align_torch.retrieval.partitions import plan_input  # noqa: E402
 
@@ -73,7 +74,7 @@ def main() -> None:
         pre = {**ALIGN_BASE_PREPROCESSOR, "size": {"height": resize, "width": resize}}
         write_checkpoint(model_dir, {**pre, "crop_size": {"height": side, "width": side}})
         processor = AlignProcessor.from_pretrained(model_dir)
-        model = AlignModel.from_pretrained(model_dir, device=device).fuse_for_inference()
+        model = fuse_for_inference(AlignModel.from_pretrained(model_dir, device=device))
         files = list_images(tmp / "images")
 
         # Decode + resize + crop in this process only: the rate one DataLoader worker (one core) sustains.

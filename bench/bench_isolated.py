@@ -58,10 +58,11 @@ def worker(side: str, checkpoint: Path, batch: int, iters: int) -> dict[str, obj
 
     else:
         from align_torch import AlignModel
+        from align_torch.inference.fast import fuse_for_inference
 
         model = AlignModel.from_pretrained(checkpoint).eval()
         if side == "align_torch fused":
-            model.fuse_for_inference()
+            fuse_for_inference(model)
 
         def run() -> torch.Tensor:
             return model.encode_image(pixels)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['ratio_best']:.2f}x | {row['ratio_median']:.2f}x | {row['page_faults_per_call']:,.0f} |"
         )
     if args.json is not None:
-        from align_torch.fileio import atomic_file
+        from align_torch.util.fileio import atomic_file
 
         with atomic_file(args.json) as tmp_file:
             record = {"machine": machine, "batch": args.batch, "memory": memory, "rows": rows}

@@ -39,8 +39,8 @@ def _models():
     from hf_reference import hf_align_model
 
     from align_torch import AlignModel
-    from align_torch.hf_keys import config_from_hf, hf_to_native
-    from align_torch.weights import load_state_dict
+    from align_torch.checkpoint.hf_keys import config_from_hf, hf_to_native
+    from align_torch.checkpoint.weights import load_state_dict
 
     hf = hf_align_model(seed=0)
     native = AlignModel(config_from_hf(hf.config.to_dict()))

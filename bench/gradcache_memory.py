@@ -30,7 +30,7 @@ def measure(preset: str, batch: int, micro: int | None, device: str, bf16: bool,
     import torch
 
     from align_torch import AlignModel
-    from align_torch.config import align_base, align_tiny
+    from align_torch.model.config import align_base, align_tiny
     from align_torch.train.data import Batch
     from align_torch.train.gradcache import gradcache_backward
     from align_torch.train.modes import prepare_model

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from align_torch import AlignModel  # noqa: E402
-from align_torch.efficientnet import MBConv  # noqa: E402
+from align_torch.inference.fast import fuse_for_inference  # noqa: E402
+from align_torch.model.efficientnet import MBConv  # noqa: E402
 
 # module attribute name -> role in the table
 ROLES = {
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     pixels = torch.randn(args.batch, 3, 289, 289)
     variants = {
         "unfused": model.vision_model,
-        "fused (default: NCHW on the CPU)": copy.deepcopy(model).fuse_for_inference().vision_model,
-        "fused channels_last": copy.deepcopy(model).fuse_for_inference(channels_last=True).vision_model,
+        "fused (default: NCHW on the CPU)": fuse_for_inference(copy.deepcopy(model)).vision_model,
+        "fused channels_last": fuse_for_inference(copy.deepcopy(model), channels_last=True).vision_model,
     }
     table = {name: profile(tower, pixels, args.iters) for name, tower in variants.items()}
     roles = list(dict.fromkeys(k for t in table.values() for k in t))
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{ms:.1f} ({100 * t.get(role, 0.0) / t['total']:.0f}%)")
         print(f"| {role} | " + " | ".join(cells) + " |")
     if args.json is not None:
-        from align_torch.fileio import atomic_file
+        from align_torch.util.fileio import atomic_file
 
         with atomic_file(args.json) as tmp:
             tmp.write_text(json.dumps({"batch": args.batch, "seconds_per_forward": table}, indent=1))

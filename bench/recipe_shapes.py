@@ -28,8 +28,8 @@ def main() -> None:
 
     from align_torch import AlignModel, AlignProcessor
     from align_torch.evaluate import zero_shot_accuracy
+    from align_torch.inference.convert import convert
     from align_torch.train import TrainConfig, Trainer
-    from align_torch.weights import convert
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=200)

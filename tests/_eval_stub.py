@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from align_torch.image_processing import AlignImageProcessor
+from align_torch.preprocess.image_processing import AlignImageProcessor
 
 # A small eval processor: resize + centre crop keep a solid colour exact.
 PROCESSOR_CONFIG = {

@@ -68,7 +68,7 @@ def photo_collection(root: Path, model_dir: Path) -> Path:
     import skimage.data
 
     from align_torch import AlignModel, AlignProcessor
-    from align_torch.embeddings import embed_images, embed_texts
+    from align_torch.inference.embed import embed_images, embed_texts
 
     images = root / "images"
     images.mkdir(parents=True)

@@ -55,7 +55,7 @@ def tiny_hf_dir(tiny_hf) -> Path:
 @pytest.fixture(scope="session")
 def tiny_native_dir(tiny_hf_dir, tmp_path_factory) -> Path:
     """The tiny checkpoint converted to the native format (with processor files)."""
-    from align_torch.weights import convert
+    from align_torch.inference.convert import convert
 
     return convert(tiny_hf_dir, tmp_path_factory.mktemp("tiny_native") / "model")
 

@@ -15,8 +15,8 @@ from _job_data import write_collection
 from align_torch import AlignModel, AlignProcessor
 from align_torch.cli import main
 from align_torch.data.images import load_image
-from align_torch.device import resolve_device
-from align_torch.embedding_index import EmbeddingIndex
+from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from align_torch.util.device import resolve_device
 
 TOL = 1e-5
 JOB_COMMANDS = ("zero-shot", "embed", "embed-text", "search")
@@ -121,7 +121,7 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr("align_torch.embedding_index.save_file", crash)
+    monkeypatch.setattr("align_torch.retrieval.embeddings_file.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         EmbeddingIndex(torch.zeros(1, 4), ["c"], "text", "m").save(out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
@@ -196,7 +196,7 @@ def test_embed_text_and_search_find_the_matching_text(tiny, model_dir, tmp_path)
 
 def test_job_commands_fuse_the_model_unless_told_not_to(collection, model_dir, tmp_path, monkeypatch):
     from align_torch.commands import _common
-    from align_torch.fast import is_fused
+    from align_torch.inference.fast import is_fused
 
     loaded: list[AlignModel] = []
     real = _common.load_model_and_processor

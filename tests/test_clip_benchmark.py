@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from _train_data import CLASSES, shape_image, write_shapes_classes
+from align_torch.evaluate.clip_benchmark import load_align
 from torch.utils.data import DataLoader, Dataset
 
 from align_torch.cli import main
-from align_torch.clip_benchmark import load_align
 from align_torch.data.images import load_image
 from align_torch.evaluate import read_class_folder, read_karpathy
 from align_torch.evaluate.clip_benchmark import fix_numpy_accuracy
-from align_torch.templates import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+from align_torch.preprocess.templates import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 
 zeroshot_classification = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
 zeroshot_retrieval = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
@@ -88,8 +88,8 @@ def test_zero_shot_classification_agrees_with_align_torch_eval(model_dir: Path, 
     )
     logits, _ = zeroshot_classification.run_classification(model, classifier, loader, "cpu", amp=False)
     from align_torch.evaluate.classification import embed_class_folder
-    from align_torch.processor import AlignProcessor
-    from align_torch.zero_shot import build_classifier, classify_embeddings
+    from align_torch.evaluate.zero_shot import build_classifier, classify_embeddings
+    from align_torch.preprocess.processor import AlignProcessor
 
     processor = AlignProcessor.from_pretrained(model_dir)
     data = embed_class_folder(model, processor, root)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from _proc_data import ALIGN_BASE_PREPROCESSOR, SMALL_PREPROCESSOR, texts, write_checkpoint
 
-from align_torch.config import AlignConfig, TextConfig, VisionConfig, align_tiny
-from align_torch.processor import AlignProcessor
-from align_torch.tokenizer import AlignTokenizer
-from align_torch.weights import CheckpointError, read_config, read_hf_state_dict, save_native
+from align_torch.checkpoint.weights import CheckpointError, read_config, read_hf_state_dict, save_native
+from align_torch.model.config import AlignConfig, TextConfig, VisionConfig, align_tiny
+from align_torch.preprocess.processor import AlignProcessor
+from align_torch.preprocess.tokenizer import AlignTokenizer
 
 transformers = pytest.importorskip("transformers")
 skimage_data = pytest.importorskip("skimage.data")
@@ -215,7 +215,7 @@ def test_both_layouts_are_written_and_transformers_reads_them(v5_folder, tmp_pat
 
 
 def test_convert_keeps_the_transformers5_processor_files(tiny_hf_dir, v5_folder, tmp_path):
-    from align_torch.weights import convert
+    from align_torch.inference.convert import convert
 
     src = tmp_path / "src"
     shutil.copytree(tiny_hf_dir, src)

@@ -20,7 +20,8 @@ from _train_data import CLASSES, shape_image
 
 from align_torch import AlignModel, AlignProcessor
 from align_torch.cli import main
-from align_torch.embeddings import embed_texts
+from align_torch.inference.embed import embed_texts
+from align_torch.inference.fast import fuse_for_inference
 from align_torch.retrieval.layout import FolderInfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def embed(*args, torchrun: int = 0) -> str:
-    """`align-torch embed ARGS` in this process, or `torchrun --nproc-per-node N -m align_torch.embed ARGS`
+    """`align-torch embed ARGS` in this process, or `torchrun --nproc-per-node N -m align_torch embed ARGS`
     (CPU, no GPU needed); returns stderr after checking the exit status."""
     args = [*map(str, args), "--workers", "1", "--quiet"]
     if not torchrun:
@@ -81,7 +82,7 @@ def embed(*args, torchrun: int = 0) -> str:
         return stderr
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun)]
     env = {**ENV, "OMP_NUM_THREADS": "1"}  # two processes on a shared CPU
-    argv = [*launcher, "--master-port", "0", "-m", "align_torch.embed", *args]
+    argv = [*launcher, "--master-port", "0", "-m", "align_torch", "embed", *args]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
@@ -179,7 +180,7 @@ def test_torchrun_over_webdataset_shards_with_captions(shards, model_dir, tmp_pa
     np.testing.assert_allclose(text2, text1, rtol=0, atol=1e-5)
     # Each text row is its own caption's embedding (the tiny text tower's captions differ by ~1e-3).
     model, processor = AlignModel.from_pretrained(model_dir), AlignProcessor.from_pretrained(model_dir)
-    expected = embed_texts(model.fuse_for_inference(), processor.tokenizer, meta1["caption"].tolist()).numpy()
+    expected = embed_texts(fuse_for_inference(model), processor.tokenizer, meta1["caption"].tolist()).numpy()
     np.testing.assert_allclose(text1, expected, rtol=0, atol=1e-5)
     assert np.abs(expected - np.roll(expected, 1, axis=0)).max() > 1e-3
 
@@ -198,7 +199,7 @@ def write_partition(folder, info, result):
 ef.write_partition = write_partition
 from align_torch import AlignModel, AlignProcessor
 from align_torch.cli import main
-from align_torch.embeddings import embed_texts
+from align_torch.inference.embed import embed_texts
 sys.exit(main(["embed", *sys.argv[1:]]))
 """
 
@@ -244,7 +245,7 @@ def test_status_reports_progress(one_process):
 
 
 def test_single_files_record_a_relative_model_folder_as_an_absolute_path(images, model_dir, tmp_path, monkeypatch):
-    from align_torch.embedding_index import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingIndex
 
     monkeypatch.chdir(model_dir.parent)
     photo = next(images.rglob("*.png"))
@@ -277,7 +278,7 @@ def test_image_batches_are_pinned_by_the_dataloader(monkeypatch):
 
 
 def test_a_file_name_that_is_not_utf8_is_written_with_its_bytes_escaped(model_dir, tmp_path):
-    from align_torch.fileio import text_to_path
+    from align_torch.util.fileio import text_to_path
 
     folder = tmp_path / "photos"
     folder.mkdir()

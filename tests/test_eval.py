@@ -280,7 +280,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path):
 # --- the command ------------------------------------------------------------------------------------------
 def test_one_template_default_for_zero_shot_eval_and_finetune():
     from align_torch.cli import build_parser
-    from align_torch.templates import DEFAULT_TEMPLATES
+    from align_torch.preprocess.templates import DEFAULT_TEMPLATES
     from align_torch.train import TrainConfig
     from align_torch.train.args import config_from_args
 

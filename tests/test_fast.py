@@ -13,8 +13,7 @@ from hf_reference import smooth_images
 from torch import nn
 
 from align_torch import AlignModel
-from align_torch.efficientnet import MBConv, SqueezeExcite
-from align_torch.fast import (
+from align_torch.inference.fast import (
     FusedConv2d,
     FusedMBConv,
     FusedSqueezeExcite,
@@ -26,6 +25,7 @@ from align_torch.fast import (
     packed_cls_states,
     trim_padding,
 )
+from align_torch.model.efficientnet import MBConv, SqueezeExcite
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,9 @@ def _inputs(vocab: int, batch: int = 3, length: int = 16, pad_to: int = 24, seed
 def test_fused_equals_reference(tiny, channels_last):
     pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
     if channels_last is None:  # the default: NCHW on the CPU
-        fused, channels_last = copy.deepcopy(tiny).fuse_for_inference(), False
+        fused, channels_last = fuse_for_inference(copy.deepcopy(tiny)), False
     else:
-        fused = copy.deepcopy(tiny).fuse_for_inference(channels_last=channels_last)
+        fused = fuse_for_inference(copy.deepcopy(tiny), channels_last=channels_last)
     with torch.no_grad():
         ref = tiny(input_ids=ids, attention_mask=mask, pixel_values=pixels)
         out = fused(input_ids=ids, attention_mask=mask, pixel_values=pixels)
@@ -84,7 +84,7 @@ def test_fused_keeps_blocks_hooks_and_intermediates(tiny):
 
 
 def test_silu_moves_into_the_convs(tiny):
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     vision = fused.vision_model
     assert vision.stem.conv.act == "silu" and isinstance(vision.stem.act, nn.Identity)
     for block in vision.blocks:
@@ -113,7 +113,7 @@ def test_cpu_convs_run_through_onednn_and_agree_with_plain_convs(tiny):
     """The fp32 CPU path is one oneDNN call per conv with cached reordered weights; switching oneDNN off
     (the plain conv + SiLU path) gives the same maps."""
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
-    fast = copy.deepcopy(tiny).fuse_for_inference()
+    fast = fuse_for_inference(copy.deepcopy(tiny))
     plain = copy.deepcopy(fast)
     convs = [m for m in fast.vision_model.modules() if isinstance(m, FusedConv2d)]
     with torch.no_grad():
@@ -135,7 +135,7 @@ def test_cpu_convs_run_through_onednn_and_agree_with_plain_convs(tiny):
 
 @needs_onednn
 def test_reordered_weights_follow_input_sizes_and_weight_changes(tiny):
-    fast = copy.deepcopy(tiny).fuse_for_inference()
+    fast = fuse_for_inference(copy.deepcopy(tiny))
     with torch.no_grad():
         for batch, size in [(3, 64), (1, 80), (2, 33)]:
             pixels = smooth_images(batch, size, seed=size)
@@ -154,9 +154,9 @@ def test_reordered_weights_follow_input_sizes_and_weight_changes(tiny):
 
 @needs_onednn
 def test_a_failing_onednn_call_falls_back_once_with_a_warning(tiny, monkeypatch):
-    import align_torch.fast as fast
+    import align_torch.inference.fast as fast
 
-    conv = copy.deepcopy(tiny).fuse_for_inference().vision_model.blocks[0].dw_conv
+    conv = fuse_for_inference(copy.deepcopy(tiny)).vision_model.blocks[0].dw_conv
     x = torch.randn(2, conv.in_channels, 9, 9)
     with torch.no_grad():
         expect = F.silu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, groups=conv.groups))
@@ -181,7 +181,7 @@ def test_a_failing_onednn_call_falls_back_once_with_a_warning(tiny, monkeypatch)
 def test_onednn_self_check_falls_back_to_plain_convs_once(tiny, monkeypatch):
     """If the private op disagrees with the plain conv (a changed torch), fusing warns once and every conv
     of every fused model runs the plain way; `onednn=False` asks for that without a check."""
-    import align_torch.fast as fast
+    import align_torch.inference.fast as fast
 
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
     real = fast._onednn_conv
@@ -189,10 +189,10 @@ def test_onednn_self_check_falls_back_to_plain_convs_once(tiny, monkeypatch):
     fast.onednn_agrees.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="does not agree with the plain conv"):
-            first = copy.deepcopy(tiny).fuse_for_inference()
+            first = fuse_for_inference(copy.deepcopy(tiny))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            second = copy.deepcopy(tiny).fuse_for_inference()
+            second = fuse_for_inference(copy.deepcopy(tiny))
         with torch.no_grad():
             ref = tiny.encode_image(pixels)
             for model in (first, second):
@@ -204,7 +204,7 @@ def test_onednn_self_check_falls_back_to_plain_convs_once(tiny, monkeypatch):
         fast.onednn_agrees.cache_clear()
     monkeypatch.undo()
     assert fast.onednn_agrees(), "the real op agrees with the plain conv in this torch"
-    plain = copy.deepcopy(tiny).fuse_for_inference(onednn=False)
+    plain = fuse_for_inference(copy.deepcopy(tiny), onednn=False)
     with torch.no_grad():
         plain.encode_image(pixels)
     assert not any("_onednn_weight" in m.__dict__ for m in plain.vision_model.modules())
@@ -213,7 +213,7 @@ def test_onednn_self_check_falls_back_to_plain_convs_once(tiny, monkeypatch):
 def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
     """The cached oneDNN weights are opaque tensors: copying or saving a model that has run must drop them."""
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
-    fast = copy.deepcopy(tiny).fuse_for_inference()
+    fast = fuse_for_inference(copy.deepcopy(tiny))
     with torch.no_grad():
         expect = fast.encode_image(pixels)
         twin = copy.deepcopy(fast)
@@ -224,7 +224,7 @@ def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
 
 
 def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
-    se = copy.deepcopy(tiny).fuse_for_inference().vision_model.blocks[0].se
+    se = fuse_for_inference(copy.deepcopy(tiny)).vision_model.blocks[0].se
     assert isinstance(se, FusedSqueezeExcite)
     x = torch.rand(2, se.reduce.in_channels, 5, 5)
     with torch.no_grad():
@@ -240,8 +240,8 @@ def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
 
 def test_cpu_batches_are_sliced_to_the_chunk_budget_without_changing_results(tiny):
     pixels = smooth_images(5, 64, seed=3)
-    whole = copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=None)
-    sliced = copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=0.05)  # 52 KB: a few samples per slice
+    whole = fuse_for_inference(copy.deepcopy(tiny), cpu_chunk_mb=None)
+    sliced = fuse_for_inference(copy.deepcopy(tiny), cpu_chunk_mb=0.05)  # 52 KB: a few samples per slice
     blocks = sliced.vision_model.blocks
     size = blocks[0].chunk_size(sliced.vision_model.stem(pixels))
     assert all(b.cpu_chunk_bytes == int(0.05 * 2**20) for b in blocks)
@@ -262,7 +262,7 @@ def test_cpu_batches_are_sliced_to_the_chunk_budget_without_changing_results(tin
 
 def test_chunk_budget_never_splits_training_or_bad_values(tiny):
     assert all(type(b) is MBConv for b in tiny.vision_model.blocks), "unfused blocks are the plain recipe"
-    block = copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=None).vision_model.blocks[0]
+    block = fuse_for_inference(copy.deepcopy(tiny), cpu_chunk_mb=None).vision_model.blocks[0]
     assert isinstance(block, FusedMBConv)
     x = torch.randn(4, block.dw_conv.in_channels, 8, 8)
     assert block.chunk_size(x) == 4, "no budget: never split"
@@ -272,22 +272,22 @@ def test_chunk_budget_never_splits_training_or_bad_values(tiny):
     assert block.chunk_size(x) == 4, "BatchNorm's batch statistics need the whole batch"
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="cpu_chunk_mb"):
-            copy.deepcopy(tiny).fuse_for_inference(cpu_chunk_mb=bad)
+            fuse_for_inference(copy.deepcopy(tiny), cpu_chunk_mb=bad)
 
 
 def test_fusing_twice_changes_nothing(tiny):
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
-    once = copy.deepcopy(tiny).fuse_for_inference()
+    once = fuse_for_inference(copy.deepcopy(tiny))
     with torch.no_grad():
         a = once.encode_image(pixels)
-        b = once.fuse_for_inference().encode_image(pixels)
+        b = fuse_for_inference(once).encode_image(pixels)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert len(once.text_model._forward_pre_hooks) == 1
 
 
 def test_fused_model_refuses_to_train(tiny):
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     for module in (fused, fused.vision_model, fused.vision_model.blocks[0]):
         with pytest.raises(RuntimeError, match="fused for inference; reload the model to train"):
             module.train()
@@ -305,7 +305,7 @@ def test_fused_model_still_gives_input_gradients(tiny):
     """Saliency maps need d(embedding)/d(pixels) even from a fused model."""
     pixels, _, _ = _inputs(tiny.config.text.vocab_size)
     pixels.requires_grad_(True)
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     fused.encode_image(pixels).sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
 
@@ -349,7 +349,7 @@ def test_trim_padding_cuts_to_longest_text():
 
 def test_trimmed_text_gives_identical_embeddings(tiny):
     _, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     lengths: list[int] = []
     fused.text_model.embeddings.register_forward_hook(lambda _m, _i, out: lengths.append(out.shape[1]))
     with torch.no_grad():
@@ -365,7 +365,7 @@ def test_mean_pooled_text_is_neither_trimmed_nor_packed(tiny, monkeypatch):
     _, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
     model = AlignModel(tiny.config.replace(text=dataclasses.replace(tiny.config.text, pooling="mean"))).eval()
     model.load_state_dict(tiny.state_dict(), strict=False)
-    fused = copy.deepcopy(model).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(model))
     packed = _count_packed(monkeypatch)
     lengths: list[int] = []
     fused.text_model.embeddings.register_forward_hook(lambda _m, _i, out: lengths.append(out.shape[1]))
@@ -377,7 +377,7 @@ def test_mean_pooled_text_is_neither_trimmed_nor_packed(tiny, monkeypatch):
 
 def _count_packed(monkeypatch) -> list[int]:
     """Record the batch size of every `packed_cls_states` call from now on."""
-    import align_torch.fast as fast
+    import align_torch.inference.fast as fast
 
     calls: list[int] = []
     real = fast.packed_cls_states
@@ -394,7 +394,7 @@ def test_fused_text_features_take_the_packed_path(tiny, monkeypatch):
     """A fused model's `get_text_features` (the model-card call), `encode_text` and forward all pack
     [CLS]-pooled text and equal the unfused model's; the unfused model never packs."""
     pixels, ids, mask = _inputs(tiny.config.text.vocab_size, pad_to=32)
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     calls = _count_packed(monkeypatch)
     with torch.no_grad():
         ref = tiny.get_text_features(input_ids=ids, attention_mask=mask)
@@ -437,7 +437,7 @@ def test_packed_text_rejects_bad_inputs(tiny):
 
 def test_bf16_autocast_stays_close(tiny):
     pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     with torch.no_grad():
         ref_img, ref_txt = tiny.encode_image(pixels), tiny.encode_text(ids, mask)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -451,7 +451,7 @@ def test_fused_towers_compile_without_graph_breaks(tiny):
     """fullgraph=True fails on any graph break; the eager backend checks tracing without inductor's
     minutes of C++ compilation on a small CPU (bench/bench.py --compile runs inductor)."""
     pixels, ids, mask = _inputs(tiny.config.text.vocab_size)
-    fused = copy.deepcopy(tiny).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(tiny))
     torch._dynamo.reset()
     vision = torch.compile(fused.vision_model, fullgraph=True, backend="eager")
     text = torch.compile(fused.text_model, fullgraph=True, backend="eager")
@@ -474,7 +474,7 @@ def test_fused_full_size_matches_reference(native_full):
     mask = torch.zeros_like(ids)
     mask[0, :17], mask[1, :9] = 1, 1
     ids = ids * mask
-    fused = copy.deepcopy(native_full).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(native_full))
     with torch.no_grad():
         ref = native_full(input_ids=ids, attention_mask=mask, pixel_values=pixels)
         out = fused(input_ids=ids, attention_mask=mask, pixel_values=pixels)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from _proc_data import ALIGN_BASE_PREPROCESSOR, write_checkpoint
 
-from align_torch.image_processing import AlignImageProcessor
-from align_torch.tokenizer import AlignTokenizer
+from align_torch.preprocess.image_processing import AlignImageProcessor
+from align_torch.preprocess.tokenizer import AlignTokenizer
 
 # Small crop for speed; no normalisation, so the documented range is align-base's [-1, 1].
 CONFIG = {**ALIGN_BASE_PREPROCESSOR, "size": {"height": 20, "width": 24}, "crop_size": {"height": 16, "width": 16}}

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from align_torch import AlignModel
-from align_torch.config import align_tiny
-from align_torch.loss import global_contrastive_loss
+from align_torch.model.config import align_tiny
+from align_torch.model.loss import global_contrastive_loss
 from align_torch.train.data import Batch
 from align_torch.train.gradcache import chunk_bounds, embed_pairs, gradcache_backward
 from align_torch.train.modes import prepare_model

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from align_torch import AlignModel, preset
-from align_torch.heatmap import colorize, overlay, similarity_heatmap, to_image
+from align_torch.inspect.heatmap import colorize, overlay, similarity_heatmap, to_image
 
 
 @pytest.fixture(scope="module")

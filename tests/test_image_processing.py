@@ -18,7 +18,7 @@ import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR, SMALL_PREPROCESSOR
 from matplotlib import cbook
 
-from align_torch.image_processing import AlignImageProcessor, BatchFeature, center_crop, to_rgb_chw
+from align_torch.preprocess.image_processing import AlignImageProcessor, BatchFeature, center_crop, to_rgb_chw
 
 
 def _photos() -> dict[str, PIL.Image.Image]:

@@ -70,7 +70,7 @@ def test_lora_run_trains_adapters_only_and_final_is_merged(tiny_native_dir: Path
 
 
 def test_merge_folds_random_adapters_exactly():
-    from align_torch.config import align_tiny
+    from align_torch.model.config import align_tiny
 
     torch.manual_seed(0)
     model = AlignModel(align_tiny()).eval()

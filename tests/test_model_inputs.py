@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from align_torch import AlignModel
-from align_torch.config import align_base, align_tiny
-from align_torch.input_checks import min_image_size
+from align_torch.model.config import align_base, align_tiny
+from align_torch.model.input_checks import min_image_size
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from align_torch import AlignModel, AlignProcessor
-from align_torch.embedding_index import EmbeddingIndex
+from align_torch.retrieval.embeddings_file import EmbeddingIndex
 
 SCRIPT = Path(sys.executable).with_name("align-torch")
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from hf_reference import assert_close, smooth_images
 
 from align_torch import AlignModel
-from align_torch.hf_keys import hf_to_native
+from align_torch.checkpoint.hf_keys import hf_to_native
 
 pytestmark = pytest.mark.slow
 

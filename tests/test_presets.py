@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from align_torch import AlignConfig, AlignModel, CheckpointError, preset
-from align_torch.bert import Bert
-from align_torch.config import BERT_SIZES, EFFICIENTNET_SCALING, PRESETS, bert, efficientnet
-from align_torch.efficientnet import EfficientNet
-from align_torch.hf_keys import config_to_hf, native_to_hf
+from align_torch.checkpoint.hf_keys import config_to_hf, native_to_hf
+from align_torch.model.bert import Bert
+from align_torch.model.config import BERT_SIZES, EFFICIENTNET_SCALING, PRESETS, bert, efficientnet
+from align_torch.model.efficientnet import EfficientNet
 
 # EfficientNet paper (Tan & Le 2019): MBConv blocks and last-stage width of each variant. ALIGN's tower
 # stops there: the paper's extra 1x1 top conv to 1280 x width channels is not part of it.

@@ -13,10 +13,10 @@ import torch
 import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR, SMALL_PREPROCESSOR, texts, write_checkpoint
 
-import align_torch.hub
-from align_torch.hub import HubError
-from align_torch.image_processing import BatchFeature
-from align_torch.processor import AlignProcessor
+import align_torch.checkpoint.hub
+from align_torch.checkpoint.hub import HubError
+from align_torch.preprocess.image_processing import BatchFeature
+from align_torch.preprocess.processor import AlignProcessor
 
 PHOTOS = [PIL.Image.fromarray(getattr(skimage_data, n)()) for n in ("chelsea", "coffee", "astronaut")]
 CAPTIONS = ["a photo of a cat", "a cup of coffee", "an astronaut"]
@@ -149,10 +149,10 @@ def test_repo_id_resolves_through_the_hub(folder, monkeypatch):
         calls.append((repo_id, kwargs["allow_patterns"]))
         return str(folder)
 
-    monkeypatch.setattr(align_torch.hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(align_torch.checkpoint.hub, "snapshot_download", fake_snapshot_download)
     proc = AlignProcessor.from_pretrained("kakaobrain/align-base")
     assert proc(text="a photo of a cat").input_ids[0, :3].tolist() == [101, 168, 2043]
-    assert calls == [("kakaobrain/align-base", align_torch.hub.METADATA_PATTERNS)]  # no weights fetched
+    assert calls == [("kakaobrain/align-base", align_torch.checkpoint.hub.METADATA_PATTERNS)]  # no weights fetched
 
 
 def test_offline_with_empty_cache_raises_hub_error(tmp_path, monkeypatch):

@@ -161,7 +161,7 @@ def test_http_bad_uploads_get_a_400(server):
 def test_the_page_in_headless_chromium_shows_k_thumbnails(folder, model_dir, tmp_path):
     """`align-torch serve` in a subprocess; Chromium loads the page with a query, runs its script, and the DOM
     holds k figures with thumbnails, scores and captions; the screenshot stays in the test's temporary folder."""
-    command = [sys.executable, "-m", "align_torch.cli", "serve", str(folder), "--port", "0", "--model", str(model_dir)]
+    command = [sys.executable, "-m", "align_torch", "serve", str(folder), "--port", "0", "--model", str(model_dir)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stderr.readline()

@@ -24,11 +24,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align_torch import fileio
+from align_torch.checkpoint.weights import is_checkpoint_dir
 from align_torch.cli import main
-from align_torch.embedding_index import EmbeddingIndex
-from align_torch.fileio import atomic_dir, atomic_file, check_destination, path_to_text, text_to_path
-from align_torch.weights import is_checkpoint_dir
+from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from align_torch.util import fileio
+from align_torch.util.fileio import atomic_dir, atomic_file, check_destination, path_to_text, text_to_path
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
@@ -222,7 +222,7 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     dst = tmp_path / "out"
     killed = textwrap.dedent(f"""
         import os, signal
-        from align_torch.fileio import atomic_dir, atomic_file
+        from align_torch.util.fileio import atomic_dir, atomic_file
         with atomic_file({str(tmp_path / "f.bin")!r}) as t:
             t.write_bytes(b"half")
             with atomic_dir({str(dst)!r}) as d:
@@ -291,7 +291,7 @@ def test_an_unreadable_file_says_permission_denied(tmp_path):
         path = folder / "e.safetensors"
         EmbeddingIndex(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(path)
         path.chmod(0o000)
-        code = f"from align_torch.embedding_index import EmbeddingIndex\nEmbeddingIndex.load({str(path)!r})"
+        code = f"from align_torch.retrieval.embeddings_file import EmbeddingIndex\nEmbeddingIndex.load({str(path)!r})"
         proc = run_as_other_user(code)
         assert proc.returncode != 0
         assert "permission denied" in proc.stderr.splitlines()[-1]
@@ -389,7 +389,7 @@ def test_an_unreadable_subfolder_is_reported(tmp_path):
 # --- the command line fails on one line ---------------------------------------------------------------
 def _align_torch(*argv, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "align_torch.cli", *map(str, argv)], capture_output=True, text=True, **kwargs
+        [sys.executable, "-m", "align_torch", *map(str, argv)], capture_output=True, text=True, **kwargs
     )
 
 
@@ -424,14 +424,14 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback():
 
 def test_a_closed_pipe_ends_search_quietly(tiny_native_dir, tmp_path):
     """`align-torch search ... | head -1`: the reader is gone before the results are printed."""
-    from align_torch.weights import read_config
+    from align_torch.checkpoint.weights import read_config
 
     out = tmp_path / "e.safetensors"
     dim = read_config(tiny_native_dir).projection_dim
     items = [f"text {i}" for i in range(50)]
     EmbeddingIndex(F.normalize(torch.randn(50, dim), dim=-1), items, "text", str(tiny_native_dir)).save(out)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "align_torch.cli", "search", str(out), "query", "-k", "50"],
+        [sys.executable, "-m", "align_torch", "search", str(out), "query", "-k", "50"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

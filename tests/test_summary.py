@@ -9,7 +9,7 @@ import pytest
 
 from align_torch import AlignModel, preset
 from align_torch.cli import main
-from align_torch.summary import summarize
+from align_torch.inspect.summary import summarize
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_cli_summary_for_a_preset_and_a_folder(capsys, tiny_hf_dir, monkeypatch)
     def no_hub(*args, **kwargs):
         raise AssertionError("summary without --model must not ask the Hub")
 
-    monkeypatch.setattr("align_torch.hub.resolve_model_dir", no_hub)
+    monkeypatch.setattr("align_torch.checkpoint.hub.resolve_model_dir", no_hub)
     assert main(["summary", "--stages-only"]) == 0, "no --model: the built-in align-base preset"
     assert capsys.readouterr().out == out
     monkeypatch.undo()

@@ -13,7 +13,7 @@ import torch
 import transformers
 from _proc_data import ALIGN_BASE_PREPROCESSOR, ALIGN_BASE_TOKENIZER_CONFIG, texts, write_checkpoint
 
-from align_torch.tokenizer import AlignTokenizer, read_vocab
+from align_torch.preprocess.tokenizer import AlignTokenizer, read_vocab
 
 TEXTS = texts(1200)
 FIELDS = ("input_ids", "attention_mask", "token_type_ids")

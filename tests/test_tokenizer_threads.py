@@ -14,7 +14,7 @@ import threading
 import pytest
 from _proc_data import ALIGN_BASE_PREPROCESSOR, texts, write_checkpoint
 
-from align_torch.tokenizer import AlignTokenizer
+from align_torch.preprocess.tokenizer import AlignTokenizer
 
 THREADS = 8
 CALLS_PER_THREAD = 1000

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from _train_data import write_shapes_manifest
 
-from align_torch import device as device_module
 from align_torch.train import TrainConfig, Trainer
 from align_torch.train import trainer as trainer_module
 from align_torch.train.distributed import backend_devices, setup_distributed
+from align_torch.util import device as device_module
 
 
 def _cuda_backend() -> str:

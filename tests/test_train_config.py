@@ -13,7 +13,7 @@ import pytest
 from _train_data import write_shapes_manifest
 
 from align_torch import AlignModel
-from align_torch.efficientnet import DropPath
+from align_torch.model.efficientnet import DropPath
 from align_torch.train import TrainConfig, Trainer
 from align_torch.train.args import add_config_arguments, add_recipe_argument, config_from_args
 

@@ -14,7 +14,7 @@ import torch
 from _train_data import shape_image, write_shapes_manifest
 
 from align_torch.data import TarMember, expand_shards, read_pairs
-from align_torch.image_processing import AlignImageProcessor
+from align_torch.preprocess.image_processing import AlignImageProcessor
 from align_torch.train.data import Collate, EpochBatches, PairDataset, TrainTransform, sample_rng
 
 
@@ -102,7 +102,7 @@ def test_epoch_batches_ranks_concatenate_to_one_process_and_resume_skips():
 
 
 def test_unreadable_images_are_dropped_and_reported(tmp_path: Path, tiny_native_dir: Path):
-    from align_torch.processor import AlignProcessor
+    from align_torch.preprocess.processor import AlignProcessor
 
     manifest = write_shapes_manifest(tmp_path, 4)
     (tmp_path / "images" / "train_0001.png").write_bytes(b"truncated")

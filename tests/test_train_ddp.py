@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from align_torch import AlignModel
-from align_torch.config import align_tiny
+from align_torch.model.config import align_tiny
 from align_torch.train.data import Batch
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss

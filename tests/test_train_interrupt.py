@@ -24,7 +24,7 @@ STEPS = 4  # 8 pairs, batch 4, 2 epochs; checkpoints after steps 2 and 4
 def _command(model: Path, train: Path, out: Path, *extra: str) -> list[str]:
     args = ["finetune", "--model", str(model), "--train", str(train), "--out", str(out), "--epochs", "2"]
     args += ["--batch-size", "4", "--lr", "1e-3", "--warmup", "2", "--log-every", "1", "--save-every", "2"]
-    return [sys.executable, "-m", "align_torch.cli", *args, "--quiet", *extra]
+    return [sys.executable, "-m", "align_torch", *args, "--quiet", *extra]
 
 
 def _train_losses(out: Path) -> list[tuple[int, float]]:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from align_torch import AlignModel
-from align_torch.config import align_tiny
-from align_torch.efficientnet import DropPath
+from align_torch.model.config import align_tiny
+from align_torch.model.efficientnet import DropPath
 from align_torch.train.modes import freeze_batchnorm, lock_tower, prepare_model
 from align_torch.train.optim import Lamb, lr_factor, param_groups
 

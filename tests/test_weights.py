@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import align_torch.hub as hub
+import align_torch.checkpoint.hub as hub
 from align_torch import AlignModel, CheckpointError
+from align_torch.checkpoint.hf_keys import hf_to_native, native_to_hf
+from align_torch.checkpoint.weights import read_tensor_file
 from align_torch.cli import main as cli
-from align_torch.hf_keys import hf_to_native, native_to_hf
-from align_torch.weights import read_tensor_file
 
 
 def _inputs(seed: int = 0):
@@ -218,7 +218,7 @@ def test_failed_convert_leaves_destination_untouched(tiny_hf_dir, tmp_path, monk
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("align_torch.weights.save_file", boom)
+    monkeypatch.setattr("align_torch.checkpoint.weights.save_file", boom)
     assert cli(["convert", str(tiny_hf_dir), str(dst)]) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folders left behind
     assert (dst / "keep.txt").read_text() == "old"
@@ -258,8 +258,8 @@ def test_align_base_config_json_maps_to_the_preset():
     the export writes it back to the same config."""
     from hf_reference import hf_align_config
 
-    from align_torch.config import preset
-    from align_torch.hf_keys import config_from_hf, config_to_hf
+    from align_torch.checkpoint.hf_keys import config_from_hf, config_to_hf
+    from align_torch.model.config import preset
 
     cfg = config_from_hf(hf_align_config().to_dict())
     assert cfg == preset("align-base")
@@ -273,7 +273,7 @@ def test_written_files_follow_the_umask(tiny_native_dir, tmp_path):
     import os
     import stat
 
-    from align_torch.fileio import atomic_file
+    from align_torch.util.fileio import atomic_file
 
     old = os.umask(0o022)
     try:

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from _job_data import photo
 
 from align_torch import AlignModel, AlignProcessor
-from align_torch.embeddings import embed_texts
-from align_torch.templates import IMAGENET_TEMPLATES, TEMPLATE_SETS, fill, get_templates
-from align_torch.zero_shot import Prediction, build_classifier, classify, classify_embeddings
+from align_torch.evaluate.zero_shot import Prediction, build_classifier, classify, classify_embeddings
+from align_torch.inference.embed import embed_texts
+from align_torch.preprocess.templates import IMAGENET_TEMPLATES, TEMPLATE_SETS, fill, get_templates
 
 TOL = 1e-5
 

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ..device import DEVICES, resolve_device
+from ..inference.fast import fuse_for_inference
+from ..util.device import DEVICES, resolve_device
 
 if TYPE_CHECKING:
-    from ..embeddings import ImageEmbeddings
-    from ..model import AlignModel
-    from ..processor import AlignProcessor
+    from ..inference.embed import ImageEmbeddings
+    from ..model.align import AlignModel
+    from ..preprocess.processor import AlignProcessor
 
 DEFAULT_MODEL = "kakaobrain/align-base"
 
@@ -88,12 +89,12 @@ def output_file(path: str) -> Path:
 def load_model_and_processor(model: str, device: str, fuse: bool = True) -> tuple[AlignModel, AlignProcessor]:
     """The model (eval mode, on the device, fused for inference unless `fuse` is False) and its processor,
     from one folder or Hub repo id."""
-    from ..model import AlignModel
-    from ..processor import AlignProcessor
+    from ..model.align import AlignModel
+    from ..preprocess.processor import AlignProcessor
 
     processor = AlignProcessor.from_pretrained(model)
     loaded = AlignModel.from_pretrained(model, device=resolve_device(device))
-    return (loaded.fuse_for_inference() if fuse else loaded.eval()), processor
+    return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor
 
 
 def report_skipped(command: str, path: Path | str, reason: str) -> None:
@@ -110,7 +111,7 @@ def embed_image_files(
     progress: bool,
 ) -> ImageEmbeddings:
     """`embed_images` with the command's --batch-size, --workers and --strict, reporting each skipped file."""
-    from ..embeddings import embed_images
+    from ..inference.embed import embed_images
 
     return embed_images(
         model,

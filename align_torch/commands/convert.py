@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..weights import convert
+    from ..inference.convert import convert
 
     out = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
     print(f"wrote {args.to} checkpoint to {out}")

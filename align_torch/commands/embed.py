@@ -7,7 +7,7 @@ range such as `shards/{00000..00999}.tar`, or a folder of .tar).
 --out DIR writes the embeddings folder (align_torch.retrieval.layout: clip-retrieval's img_emb/text_emb/
 metadata layout) partition by partition; a rerun finishes what is missing; under torchrun each rank takes
 its share of the partitions. --out FILE.safetensors writes one embeddings file held in memory (see
-align_torch.embedding_index), for image files only; with --strict the first unreadable image stops that run
+align_torch.retrieval.embeddings_file), for image files only; with --strict the first unreadable image stops that run
 with exit status 1 and nothing is written. Otherwise an unreadable image is reported and skipped.
 """
 
@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_file(args: argparse.Namespace) -> int:
+    from ..checkpoint.hub import model_reference
     from ..data.images import ImageLoadError, list_images
-    from ..embedding_index import EmbeddingIndex
-    from ..hub import model_reference
+    from ..retrieval.embeddings_file import EmbeddingIndex
 
     out = output_file(args.out)
     paths = list_images(args.images)

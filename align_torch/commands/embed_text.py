@@ -1,6 +1,6 @@
 """align-torch embed-text TEXTFILE --out FILE: embed one text per line (blank lines skipped; "-" reads stdin).
 
-The output has the same format as `align-torch embed` (see align_torch.embedding_index) with the texts as
+The output has the same format as `align-torch embed` (see align_torch.retrieval.embeddings_file) with the texts as
 items, so `align-torch search` finds texts for a query just as it finds images.
 """
 
@@ -34,9 +34,9 @@ def read_lines(source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..embedding_index import EmbeddingIndex
-    from ..embeddings import embed_texts
-    from ..hub import model_reference
+    from ..checkpoint.hub import model_reference
+    from ..inference.embed import embed_texts
+    from ..retrieval.embeddings_file import EmbeddingIndex
 
     out = output_file(args.out)
     texts = read_lines(args.textfile)

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
-from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..inference.fast import fuse_for_inference
+from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
 
 HELP = "evaluate a model: zero-shot top-1, retrieval recall@K, k-NN and linear-probe top-1"
@@ -80,14 +81,14 @@ def _load(args: argparse.Namespace):
     """Model, processor and whether this run spans several torchrun ranks."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return (*load_model_and_processor(args.model, args.device, fuse=not args.unfused), False)
-    from ..model import AlignModel
-    from ..processor import AlignProcessor
+    from ..model.align import AlignModel
+    from ..preprocess.processor import AlignProcessor
     from ..train.distributed import setup_distributed
 
     _, device = setup_distributed(args.device)
     model = AlignModel.from_pretrained(args.model, device=device)
     return (
-        (model.eval() if args.unfused else model.fuse_for_inference()),
+        (model.eval() if args.unfused else fuse_for_inference(model)),
         AlignProcessor.from_pretrained(args.model),
         True,
     )

@@ -1,6 +1,6 @@
 """align-torch finetune --model M --train MANIFEST --out DIR [...]: contrastive fine-tuning, resumable.
 
-For several GPUs run the same arguments through `torchrun --nproc-per-node N -m align_torch.train`.
+For several GPUs run the same arguments through `torchrun --nproc-per-node N -m align_torch finetune`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ HELP = "write a random-weight model with processor files to a new folder, to try
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..starter import STARTER_PRESETS
+    from ..train.starter import STARTER_PRESETS
 
     p.add_argument("folder", help="where to write the model; must not exist yet, or be empty")
     p.add_argument(
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..starter import write_starter_checkpoint
+    from ..train.starter import write_starter_checkpoint
 
     folder = write_starter_checkpoint(args.folder, args.preset, seed=args.seed)
     print(f"wrote a random-weight {args.preset} model to {folder} (its embeddings mean nothing; use --model {folder})")

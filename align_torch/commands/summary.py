@@ -24,10 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import PRESETS, preset
-    from ..hub import resolve_model_dir
-    from ..summary import summarize
-    from ..weights import read_config
+    from ..checkpoint.hub import resolve_model_dir
+    from ..checkpoint.weights import read_config
+    from ..inspect.summary import summarize
+    from ..model.config import PRESETS, preset
 
     if args.model in PRESETS:
         config = preset(args.model)

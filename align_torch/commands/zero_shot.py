@@ -17,8 +17,8 @@ import argparse
 import json
 import sys
 
-from ..fileio import path_to_text
-from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..util.fileio import path_to_text
 from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor
 
 HELP = "classify images against free-text labels (zero-shot), printing labels ranked by probability"
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.images import ImageLoadError, list_images
-    from ..zero_shot import build_classifier, classify_embeddings
+    from ..evaluate.zero_shot import build_classifier, classify_embeddings
 
     if args.k is not None and args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")

@@ -18,7 +18,7 @@ import PIL.ImageOps
 import torch
 from torch.utils.data import Dataset
 
-from ..image_processing import to_rgb_chw
+from ..preprocess.image_processing import to_rgb_chw
 
 # Suffixes picked up when listing a folder (case-insensitive). Files named explicitly or matched by a glob
 # are taken whatever their suffix.

@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from ..image_processing import to_rgb_chw
+from ..preprocess.image_processing import to_rgb_chw
 from .images import ImageLoadError
 from .samples import Pair, PairList, TarMember
 

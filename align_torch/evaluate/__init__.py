@@ -1,5 +1,5 @@
 """Evaluation the field can cite: zero-shot, retrieval recall@K, k-NN and linear-probe protocols, open_clip-style
-entry points and the CLIP_benchmark loader (align_torch.clip_benchmark)."""
+entry points and the CLIP_benchmark loader (align_torch.evaluate.clip_benchmark)."""
 
 from .classification import (
     ClassFolder,

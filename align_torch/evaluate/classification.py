@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ..data.images import list_images
-from ..model import AlignModel
-from ..processor import AlignProcessor
-from ..templates import DEFAULT_TEMPLATES
+from ..model.align import AlignModel
+from ..preprocess.processor import AlignProcessor
+from ..preprocess.templates import DEFAULT_TEMPLATES
 from .knn import KNN_TEMPERATURE, knn_predict
 from .linear_probe import DEFAULT_L2_GRID, LinearProbeResult, linear_probe
 from .shards import embed_images_sharded, embed_texts_sharded, percent
@@ -130,7 +130,7 @@ def zero_shot_accuracy(
 ) -> ClassificationResult:
     """Zero-shot top-1 (and top-5) on a class-per-folder dataset, with prompts built from the folder names, or
     from `class_names` (one per sub-folder, in sorted folder order: e.g. ImageNet's names for its synset folders)."""
-    from ..zero_shot import build_classifier, classify_embeddings
+    from .zero_shot import build_classifier, classify_embeddings
 
     data = embed_class_folder(
         model, processor, root, batch_size=batch_size, workers=workers, progress=progress, distributed=distributed

@@ -4,7 +4,7 @@ CLIP_benchmark picks a loader by `--model_type` from `clip_benchmark.models.TYPE
 `MODEL_TYPES`); `register()` adds "align_torch" to both, and `main(argv)` runs its CLI with that model type,
 so no fork of CLIP_benchmark is needed:
 
-    python -m align_torch.clip_benchmark eval --dataset cifar10 --model align-base \\
+    python -m align_torch clip-benchmark eval --dataset cifar10 --model align-base \\
         --pretrained kakaobrain/align-base --output result.json
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..model import AlignModel
+from ..model.align import AlignModel
 from .open_clip import ImageTransform, TextTokenizer, create_model_and_transforms, get_tokenizer
 
 MODEL_TYPE = "align_torch"

@@ -17,10 +17,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..image_processing import AlignImageProcessor
-from ..model import AlignModel
-from ..processor import AlignProcessor
-from ..tokenizer import AlignTokenizer
+from ..model.align import AlignModel
+from ..preprocess.image_processing import AlignImageProcessor
+from ..preprocess.processor import AlignProcessor
+from ..preprocess.tokenizer import AlignTokenizer
 
 # open_clip's precision names -> (weights dtype). "amp*" keep fp32 weights for torch.autocast to run in.
 PRECISIONS = {

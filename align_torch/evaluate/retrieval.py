@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..model import AlignModel
-from ..processor import AlignProcessor
+from ..model.align import AlignModel
+from ..preprocess.processor import AlignProcessor
 from .shards import embed_images_sharded, embed_texts_sharded, percent
 
 KARPATHY_SPLITS = ("test", "val", "train", "restval")

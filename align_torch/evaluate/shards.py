@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from ..embeddings import ImageEmbeddings, embed_images, embed_texts
-from ..image_processing import AlignImageProcessor
-from ..model import AlignModel
-from ..tokenizer import AlignTokenizer
+from ..inference.embed import ImageEmbeddings, embed_images, embed_texts
+from ..model.align import AlignModel
+from ..preprocess.image_processing import AlignImageProcessor
+from ..preprocess.tokenizer import AlignTokenizer
 
 
 def rank_and_world(distributed: bool) -> tuple[int, int]:

@@ -23,14 +23,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .. import __name__ as _package
+from ..checkpoint.hub import model_reference, resolve_model_dir
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageItem, collate_images
-from ..embeddings import embed_texts, eval_mode
-from ..fileio import path_to_text
-from ..hub import model_reference, resolve_model_dir
-from ..image_processing import AlignImageProcessor
-from ..model import AlignModel
-from ..tokenizer import AlignTokenizer
+from ..inference.embed import embed_texts, eval_mode
+from ..inference.fast import fuse_for_inference
+from ..model.align import AlignModel
+from ..preprocess.image_processing import AlignImageProcessor
+from ..preprocess.tokenizer import AlignTokenizer
+from ..util.fileio import path_to_text
 from .layout import DTYPES, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
 from .writer import PartitionResult, prepare_folder, write_partition
@@ -290,8 +291,8 @@ def embed_collection(
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model`, and embed
     this process's unfinished partitions into the folder `out`. Under torchrun each process takes its rank's
     partitions and the GPU `cuda:LOCAL_RANK`."""
-    from ..device import resolve_device
-    from ..processor import AlignProcessor
+    from ..preprocess.processor import AlignProcessor
+    from ..util.device import resolve_device
     from .partitions import plan_input
 
     rank, world, local_rank = torchrun_rank()
@@ -302,7 +303,7 @@ def embed_collection(
     plan = plan_input(inputs, partition_size)
     processor = AlignProcessor.from_pretrained(model)
     loaded = AlignModel.from_pretrained(model, device=where)
-    loaded = loaded.fuse_for_inference() if fused else loaded.eval()
+    loaded = fuse_for_inference(loaded) if fused else loaded.eval()
     return embed_to_folder(
         loaded,
         processor.image_processor,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_file
+from ..util.fileio import atomic_file
 from .folder import EmbeddingFolder, EmbeddingFolderError
 
 FORMAT = "align_torch.faiss_index"

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import path_to_text
+from ..inference.fast import fuse_for_inference
+from ..util.fileio import path_to_text
 from .folder import EmbeddingFolder, EmbeddingFolderError
 
 TARGETS = ("image", "text")
@@ -90,7 +91,7 @@ class Collection:
             self.file = None
             recorded = self.folder.model
         else:
-            from ..embedding_index import EmbeddingIndex
+            from .embeddings_file import EmbeddingIndex
 
             self.folder = None
             self.file = EmbeddingIndex.load(self.path)
@@ -200,18 +201,18 @@ class Collection:
     def _load_model(self):
         if self._model is None:
             self.require_model_name()
-            from ..device import resolve_device
-            from ..model import AlignModel
-            from ..processor import AlignProcessor
+            from ..model.align import AlignModel
+            from ..preprocess.processor import AlignProcessor
+            from ..util.device import resolve_device
 
             processor = AlignProcessor.from_pretrained(self.model_name)
             model = AlignModel.from_pretrained(self.model_name, device=resolve_device(self.device))
-            self._model = (model.fuse_for_inference(), processor)
+            self._model = (fuse_for_inference(model), processor)
         return self._model
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(Q, D) normalised query embeddings of texts, with the collection's model."""
-        from ..embeddings import embed_texts
+        from ..inference.embed import embed_texts
 
         if isinstance(texts, str) or not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError("queries must be a non-empty list of non-blank strings")

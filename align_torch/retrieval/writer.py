@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_file
+from ..util.fileio import atomic_file
 from .layout import INFO_FILE, EmbeddingsFolderError, FolderInfo, partition_files
 
 

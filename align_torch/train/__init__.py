@@ -1,4 +1,4 @@
-"""Fine-tuning ALIGN on image-caption data, one process or DDP (`torchrun ... -m align_torch.train`).
+"""Fine-tuning ALIGN on image-caption data, one process or DDP (`torchrun ... -m align_torch finetune`).
 
 from align_torch.train import TrainConfig, Trainer
 Trainer(TrainConfig(model="kakaobrain/align-base", train="pairs.csv", out="run")).fit()

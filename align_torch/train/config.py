@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..device import DEVICES
-from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
 
 OPTIMIZERS = ("adamw", "lamb")

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset, Sampler
 from ..data import MANIFEST_SUFFIXES as MANIFEST_SUFFIXES  # the trainer's names for the shared readers
 from ..data import ImageLoadError, Pair, load_pair_image
 from ..data import read_pairs as read_pairs
-from ..image_processing import AlignImageProcessor
-from ..tokenizer import AlignTokenizer
+from ..preprocess.image_processing import AlignImageProcessor
+from ..preprocess.tokenizer import AlignTokenizer
 
 
 # --- transforms ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..loss import is_distributed
+from ..model.loss import is_distributed
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -45,7 +45,7 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """This rank's place and device. Under torchrun (WORLD_SIZE > 1) join the process group it describes
     (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): on CUDA with GPU LOCAL_RANK and NCCL (gloo for CPU
     tensors), gloo otherwise. A group initialised by the caller is reused; a plain `python` run is rank 0 of 1."""
-    from ..device import resolve_device
+    from ..util.device import resolve_device
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..loss import global_contrastive_loss
+from ..model.loss import global_contrastive_loss
 from .data import Batch
 
 

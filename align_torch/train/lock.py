@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..fileio import pid_alive
+from ..util.fileio import pid_alive
 
 LOCK_FILE = "run.lock"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..fileio import atomic_dir
+from ..util.fileio import atomic_dir
 
 # BERT's attention projections and EfficientNet's 1x1 expand/project convolutions (by module name).
 DEFAULT_TARGETS = ("q", "k", "v", "out", "expand_conv", "project_conv")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_file
+from ..util.fileio import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
 

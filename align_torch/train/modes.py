@@ -14,7 +14,7 @@ import dataclasses
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..model import AlignModel
+from ..model.align import AlignModel
 
 
 def _stay_in_eval(module: nn.Module, _args: tuple) -> None:

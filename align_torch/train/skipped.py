@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..data import Pair, TarMember
-from ..fileio import atomic_file, path_to_text
+from ..util.fileio import atomic_file, path_to_text
 
 SKIPPED_FILE = "skipped.jsonl"
 

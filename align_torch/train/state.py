@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..fileio import atomic_file
+from ..util.fileio import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 # What align_torch wrote before: a pickle, which only an unsafe load can read. Never opened.

@@ -20,11 +20,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..checkpoint.weights import checkpoint_dir, write_native
 from ..evaluate import retrieval_recall, zero_shot_accuracy
-from ..loss import global_contrastive_loss
-from ..model import AlignModel
-from ..processor import AlignProcessor
-from ..weights import checkpoint_dir, write_native
+from ..model.align import AlignModel
+from ..model.loss import global_contrastive_loss
+from ..preprocess.processor import AlignProcessor
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bert import Attention
-from .config import AlignConfig
+from ..model.bert import Attention
+from ..model.config import AlignConfig
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _attention_flops(m: Attention, x: torch.Tensor) -> int:
 
 def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: int = 64) -> ModelSummary:
     """Per-stage and per-block parameters, FLOPs and output shapes of `config` (one image, one text)."""
-    from .model import AlignModel
+    from ..model.align import AlignModel
 
     image_size = image_size or config.vision.image_size
     if image_size < 32:

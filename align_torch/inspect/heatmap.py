@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .model import AlignModel
+from ..model.align import AlignModel
 
 
 def similarity_heatmap(

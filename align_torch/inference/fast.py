@@ -49,12 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .efficientnet import MBConv, SqueezeExcite
-from .input_checks import check_text
-from .model import AlignModel
+from ..model.align import AlignModel
+from ..model.efficientnet import MBConv, SqueezeExcite
+from ..model.input_checks import check_text
 
 if TYPE_CHECKING:
-    from .bert import Bert
+    from ..model.bert import Bert
 
 FUSED_ERROR = "fused for inference; reload the model to train"
 

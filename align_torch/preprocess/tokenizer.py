@@ -21,7 +21,7 @@ import torch
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from .config_files import ConfigFileError, field_error, read_json_object
+from ..checkpoint.config_files import ConfigFileError, field_error, read_json_object
 from .image_processing import BatchFeature
 
 SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")

@@ -19,10 +19,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .embeddings import embed_texts, eval_mode
-from .model import AlignModel
-from .processor import AlignProcessor
-from .templates import DEFAULT_TEMPLATES, fill, get_templates
+from ..inference.embed import embed_texts, eval_mode
+from ..model.align import AlignModel
+from ..preprocess.processor import AlignProcessor
+from ..preprocess.templates import DEFAULT_TEMPLATES, fill, get_templates
 
 
 def _check_class_names(class_names: Sequence[str]) -> list[str]:
@@ -53,7 +53,7 @@ def build_classifier(
 ) -> torch.Tensor:
     """(num_classes, projection_dim) L2-normalised class embeddings on the model's device.
 
-    `templates` is a set name ("imagenet", "simple", "none"; see align_torch.templates) or a list of
+    `templates` is a set name ("imagenet", "simple", "none"; see align_torch.preprocess.templates) or a list of
     strings with one `{}` each. Row c is normalise(mean_t normalise(embed(template_t with class c))).
     `embed` maps the prompts to (N, P) normalised embeddings (default: embed_texts with this model; the
     evaluation protocols pass one that splits the prompts over torchrun ranks).

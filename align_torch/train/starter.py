@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .config import preset
-from .image_processing import AlignImageProcessor
-from .model import AlignModel
-from .processor import AlignProcessor
-from .tokenizer import AlignTokenizer
-from .weights import save_native
+from ..checkpoint.weights import save_native
+from ..model.align import AlignModel
+from ..model.config import preset
+from ..preprocess.image_processing import AlignImageProcessor
+from ..preprocess.processor import AlignProcessor
+from ..preprocess.tokenizer import AlignTokenizer
 
 STARTER_PRESETS = ("align-tiny", "align-base")
 

@@ -4,12 +4,15 @@ joins the image and text towers."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint.hub import resolve_model_dir
+from ..checkpoint.weights import compare_state_dicts, load_state_dict, read_checkpoint, save_native
 from .bert import Bert
 from .config import AlignConfig
 from .efficientnet import EfficientNet
@@ -154,28 +157,13 @@ class AlignModel(nn.Module):
         )
 
     # Hidden states of both towers, text attention probabilities and the embeddings, with selection and early
-    # stopping: the function in align_torch.intermediates, as a method.
+    # stopping: the function in align_torch.model.intermediates, as a method.
     forward_intermediates = forward_intermediates
 
     # --- training helpers -----------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_model.set_grad_checkpointing(enable)
         self.text_model.set_grad_checkpointing(enable)
-
-    def fuse_for_inference(
-        self,
-        channels_last: bool | None = None,
-        trim_text: bool = True,
-        cpu_chunk_mb: float | None = 16,
-        onednn: bool = True,
-    ) -> AlignModel:
-        """Fold BatchNorms and SiLUs into the convs, pack text batches, slice large CPU batches, channels_last
-        on CUDA; in place, inference only (see align_torch.fast for each argument)."""
-        from .fast import fuse_for_inference
-
-        return fuse_for_inference(
-            self, channels_last=channels_last, trim_text=trim_text, cpu_chunk_mb=cpu_chunk_mb, onednn=onednn
-        )
 
     # --- loading and saving ---------------------------------------------------------------------------
     @classmethod
@@ -196,12 +184,26 @@ class AlignModel(nn.Module):
         `config` overrides the checkpoint's (a changed architecture); with `strict=False` what matches is
         loaded and `model.load_report` lists what did not. The model is returned in eval mode.
         """
-        from .weights import load_pretrained
-
         dtype = dtype or kwargs.pop("torch_dtype", None)  # transformers' spelling
         if kwargs:
             raise TypeError(f"from_pretrained got unexpected arguments: {sorted(kwargs)}")
-        model = load_pretrained(cls, name_or_path, config=config, strict=strict, revision=revision, cache_dir=cache_dir)
+        folder = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+        ckpt_config, sd = read_checkpoint(folder)
+        config = config or ckpt_config
+        # Build on the meta device and adopt the checkpoint's tensors: no random init that is then overwritten,
+        # no copy. Only when every tensor fits exactly; otherwise initialise for real and copy what fits.
+        with torch.device("meta"):
+            model = cls(config)
+        own = model.state_dict()
+        report = compare_state_dicts(own, sd)
+        if report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
+            model.load_state_dict(sd, assign=True)
+        else:
+            model = cls(config)
+            report = load_state_dict(model, sd, strict=strict)
+        model.load_report = report
+        if not report.ok:
+            warnings.warn(f"{name_or_path}: partial load (strict=False):\n{report}", stacklevel=2)
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model.eval()
@@ -209,6 +211,4 @@ class AlignModel(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = True) -> None:
         """Write the native format (config.json + model.safetensors) atomically. An existing non-empty folder
         is replaced only if it is a checkpoint (and `overwrite`); any other is refused."""
-        from .weights import save_native
-
         save_native(self, save_directory, overwrite=overwrite)

@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.images import ImageFileDataset, ImageLoadError, collate_images
-from .image_processing import AlignImageProcessor
-from .model import AlignModel
-from .tokenizer import AlignTokenizer
+from ..data.images import ImageFileDataset, ImageLoadError, collate_images
+from ..model.align import AlignModel
+from ..preprocess.image_processing import AlignImageProcessor
+from ..preprocess.tokenizer import AlignTokenizer
 
 
 @contextlib.contextmanager

@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config_files import field_error, read_json_object
-from .hub import resolve_model_dir
+from ..checkpoint.config_files import field_error, read_json_object
+from ..checkpoint.hub import resolve_model_dir
 from .image_processing import AlignImageProcessor, BatchFeature, ImageInput
 from .tokenizer import AlignTokenizer
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .config import AlignConfig, Stage, TextConfig, VisionConfig
+from ..model.config import AlignConfig, Stage, TextConfig, VisionConfig
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -2,7 +2,7 @@
 
 Format: one safetensors file (readable without align_torch) holding
 - tensor "embeddings": (N, D) float32, each row L2-normalised, so a dot product is a cosine similarity;
-- string metadata: "format" = "align_torch.embeddings", "version" = "2", "kind" = "image" or "text",
+- string metadata: "format" = "align_torch.inference.embed", "version" = "2", "kind" = "image" or "text",
   "model" = the model name or folder that produced them, "items" = a JSON list of the N items in row
   order (image file paths as listed on the command line, or the texts), "skipped" = a JSON list of
   {"item", "error"} for inputs that could not be embedded.
@@ -26,9 +26,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
+from ..util.fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
 
-FORMAT = "align_torch.embeddings"
+FORMAT = "align_torch.inference.embed"
 VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # "1": image paths stored as they are (only UTF-8 names could be written)
 KINDS = ("image", "text")

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .indices import take_indices
-
-if TYPE_CHECKING:
-    from .model import AlignModel
 
 
 @dataclass
@@ -39,7 +36,7 @@ class AlignIntermediates:
 
 
 def _image_positions(
-    model: AlignModel, indices: Sequence[int] | None, stages: Sequence[int] | None
+    model: nn.Module, indices: Sequence[int] | None, stages: Sequence[int] | None
 ) -> tuple[set[int], list[int]]:
     """(selected hidden-state positions, the position of each stage's output) for the image tower."""
     tower = model.vision_model
@@ -53,7 +50,7 @@ def _image_positions(
 
 
 def forward_intermediates(
-    model: AlignModel,
+    model: nn.Module,  # an AlignModel (the function is its method)
     pixel_values: torch.Tensor | None = None,
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,

@@ -11,20 +11,15 @@ import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import AlignConfig
+from ..model.config import AlignConfig
+from ..util.fileio import atomic_dir, check_destination, unreadable_reason
 from .config_files import read_json_object
-from .fileio import atomic_dir, check_destination, unreadable_reason
 from .hf_keys import config_from_hf, config_to_hf, hf_to_native, native_to_hf
-from .hub import resolve_model_dir
-
-if TYPE_CHECKING:
-    from .model import AlignModel
 
 NATIVE_FORMAT = "align_torch"
 NATIVE_VERSION = 1
@@ -210,38 +205,6 @@ def load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict:
     return report
 
 
-def load_pretrained(
-    cls: type[AlignModel],
-    name_or_path: str | os.PathLike,
-    *,
-    config: AlignConfig | None = None,
-    strict: bool = True,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-) -> AlignModel:
-    folder = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
-    ckpt_config, sd = read_checkpoint(folder)
-    config = config or ckpt_config
-    # Build on the meta device and adopt the checkpoint's tensors: no random init that is then overwritten,
-    # no copy. Only when every tensor fits exactly; otherwise initialise for real and copy what fits.
-    with torch.device("meta"):
-        skeleton = cls(config)
-    own = skeleton.state_dict()
-    report = compare_state_dicts(own, sd)
-    if report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
-        skeleton.load_state_dict(sd, assign=True)
-        model = skeleton
-    else:
-        model = cls(config)
-        report = load_state_dict(model, sd, strict=strict)
-    model.load_report = report
-    if not report.ok:
-        import warnings
-
-        warnings.warn(f"{name_or_path}: partial load (strict=False):\n{report}", stacklevel=3)
-    return model
-
-
 # --- writing ------------------------------------------------------------------------------------------
 WEIGHTS_FILES = (
     "model.safetensors",
@@ -288,7 +251,7 @@ def _copy_processor_files(src: Path | None, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def write_native(model: AlignModel, folder: Path) -> None:
+def write_native(model: torch.nn.Module, folder: Path) -> None:
     """config.json + model.safetensors (native names) into an existing folder, e.g. one from `checkpoint_dir`."""
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "config": model.config.to_dict()}
@@ -297,7 +260,7 @@ def write_native(model: AlignModel, folder: Path) -> None:
 
 
 def save_native(
-    model: AlignModel,
+    model: torch.nn.Module,
     folder: str | os.PathLike,
     processor_from: Path | None = None,
     overwrite: bool = False,
@@ -326,29 +289,3 @@ def save_hf(
         save_file(hf_sd, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
         _copy_processor_files(processor_from, tmp)
-
-
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str = "native", overwrite: bool = False) -> Path:
-    """Convert a checkpoint folder (native or HF layout, or a Hub id) to `to` ("native" or "hf") at `dst`.
-
-    `dst` must be absent or empty unless `overwrite`, which replaces only a checkpoint folder that holds
-    neither the source nor the working directory. The state dict is checked against its config before
-    anything is written."""
-    if to not in ("native", "hf"):
-        raise ValueError(f"convert: to must be 'native' or 'hf', got {to!r}")
-    local = (src,) if os.path.exists(src) else ()
-    check_checkpoint_destination(dst, overwrite=overwrite, protect=local)  # before any download
-    folder = resolve_model_dir(src)
-    if os.path.realpath(dst) == os.path.realpath(folder):
-        raise ValueError("convert: destination is the source folder; choose another")
-    check_checkpoint_destination(dst, overwrite=overwrite, protect=(folder,))
-    config, sd = read_checkpoint(folder)
-    from .model import AlignModel
-
-    model = AlignModel(config)
-    load_state_dict(model, sd, strict=True)
-    if to == "native":
-        save_native(model, dst, processor_from=folder, overwrite=overwrite, protect=(folder,))
-    else:
-        save_hf(config, model.state_dict(), dst, processor_from=folder, overwrite=overwrite, protect=(folder,))
-    return Path(dst)

@@ -1,0 +1,1 @@
+"""Atomic writes and lossless file names; device choice."""
