@@ -178,11 +178,13 @@ def embed_to_folder(
         return summary
 
     cache: dict[int, list[Pair]] = {}
+    damaged: dict[int, list[tuple[str, str]]] = {}
 
     def pairs_of(p: int) -> list[Pair]:
         # Shared by the sampler (main process, a few batches ahead) and the loop below, so a shard is indexed once.
         if p not in cache:
-            cache[p] = plan.partition(p)
+            listing = plan.read_partition(p)
+            cache[p], damaged[p] = listing.pairs, listing.damaged
         return cache[p]
 
     loader = DataLoader(
@@ -210,6 +212,12 @@ def embed_to_folder(
             start = time.perf_counter()
             pairs = pairs_of(p)
             chunks, rows, skipped = [], [], []
+            # A truncated or unreadable shard is reported and recorded in the partition's marker like an unreadable
+            # image, and the partition is finished with what could be read: a rerun never stops at it again.
+            for name, reason in damaged.pop(p, []):
+                skipped.append({"image_path": path_to_text(name), "error": reason})
+                if on_failure is not None:
+                    on_failure(path_to_text(name), reason)
             for _ in range(batches_in(len(pairs), batch_size)):
                 batch = next(batches)
                 for row, reason in batch.failures:
