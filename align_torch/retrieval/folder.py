@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,7 @@ class EmbeddingFolder:
         import pyarrow.parquet as pq
 
         for number, path in self._metadata_paths.items():
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = _parquet(path, lambda p: pq.ParquetFile(p).metadata.num_rows)
             if rows != reference[number]:
                 raise EmbeddingFolderError(
                     f"{str(path)!r} has {rows} rows but its embeddings part has {reference[number]}"
@@ -295,5 +295,15 @@ class EmbeddingFolder:
         import pyarrow.parquet as pq
 
         path = self._metadata_paths[number]
-        names = [c for c in METADATA_COLUMNS if c in pq.ParquetFile(path).schema_arrow.names]
-        return pq.read_table(path, columns=names).to_pydict()
+        names = _parquet(path, lambda p: [c for c in METADATA_COLUMNS if c in pq.ParquetFile(p).schema_arrow.names])
+        return _parquet(path, lambda p: pq.read_table(p, columns=names).to_pydict())
+
+
+def _parquet(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, with pyarrow's errors for a damaged file (which do not name it) as EmbeddingFolderError."""
+    import pyarrow as pa
+
+    try:
+        return read(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise EmbeddingFolderError(f"{str(path)!r} is not a readable Parquet file ({type(e).__name__}: {e})") from None
