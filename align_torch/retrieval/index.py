@@ -303,8 +303,8 @@ def _train_ivf(faiss, index, folder: EmbeddingFolder, modality: str, plan: Index
     index.train(pq_sample if pq_sample is not None else np.zeros((1, plan.dim), np.float32))
 
 
-def _check_info(info: dict[str, Any], info_path: Path, folder: EmbeddingFolder, modality: str) -> None:
-    """The description's fields are of their kind and agree with the folder (they size the search)."""
+def _check_info(info: dict[str, Any], info_path: Path) -> None:
+    """The description's fields are of their kind and range (they decide what is read and how a search runs)."""
 
     def whole(value: Any, least: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= least
@@ -325,11 +325,6 @@ def _check_info(info: dict[str, Any], info_path: Path, folder: EmbeddingFolder, 
         name in ("nprobe", "efSearch") and whole(value, 1) for name, value in search.items()
     ):
         problems.append(f"search {search!r} is not {{nprobe or efSearch: a positive integer}}")
-    if not problems and (info["count"] != folder.count(modality) or info["dim"] != folder.dim(modality)):
-        problems.append(
-            f"count {info['count']} and dim {info['dim']} are not the folder's {folder.count(modality)} and "
-            f"{folder.dim(modality)}"
-        )
     if problems:
         raise EmbeddingFolderError(f"{str(info_path)!r} is damaged: {'; '.join(problems)}; rebuild the index")
 
@@ -360,13 +355,18 @@ def load_index(folder: EmbeddingFolder, modality: str, path: str | Path | None =
         raise EmbeddingFolderError(f"index {str(path)!r} has no readable description {str(info_path)!r}: {e}") from e
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("modality") != modality:
         raise EmbeddingFolderError(f"{str(info_path)!r} does not describe a {modality} index written by align_torch")
-    _check_info(info, info_path, folder, modality)
+    _check_info(info, info_path)
     if info["index_bytes"] != path.stat().st_size:
         raise EmbeddingFolderError(f"{str(path)!r} does not match its description {str(info_path)!r}; rebuild it")
     if [tuple(p) for p in info["layout"]] != folder.layout(modality):
         raise EmbeddingFolderError(
             f"index {str(path)!r} was built for other {modality} parts than the folder holds now; rebuild it with "
             f"`align-torch index {folder.root}`"
+        )
+    if info["count"] != folder.count(modality) or info["dim"] != folder.dim(modality):
+        raise EmbeddingFolderError(
+            f"{str(info_path)!r} is damaged: count {info['count']} and dim {info['dim']} are not the folder's "
+            f"{folder.count(modality)} and {folder.dim(modality)}; rebuild the index"
         )
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if info["kind"].startswith("ivf") else 0
     try:
