@@ -170,6 +170,12 @@ def test_truncated_tar_shard_is_reported_by_name_recorded_and_never_blocks_a_rer
         assert done["rows"] == rows
         assert any(s["image_path"].endswith(f"0000{n}.tar") and "truncated" in s["error"] for s in done["skipped"])
     assert json.loads((out / "done" / "done_0.json").read_text())["rows"] == 3
+    from align_torch.data import read_shards  # fine-tuning's reader: the same samples, and a warning per shard
+
+    with pytest.warns(UserWarning, match=r"\.tar: truncated tar shard") as caught:
+        listing = read_shards(sorted(shards.glob("*.tar")))
+    assert len(listing.pairs) == 5 and len(listing.damaged) == 2
+    assert sorted(Path(str(w.message).split(":")[0]).name for w in caught) == ["00001.tar", "00002.tar"]
 
 
 # --- 4. serve: lying Content-Length, a burst of connections, Ctrl-C after clients hang up ----------------------
