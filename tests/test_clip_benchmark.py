@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from _train_data import CLASSES, shape_image, write_shapes_classes
-from align_torch.evaluate.clip_benchmark import load_align
 from torch.utils.data import DataLoader, Dataset
 
 from align_torch.cli import main
 from align_torch.data.images import load_image
 from align_torch.evaluate import read_class_folder, read_karpathy
-from align_torch.evaluate.clip_benchmark import fix_numpy_accuracy
+from align_torch.evaluate.clip_benchmark import fix_numpy_accuracy, load_align
 from align_torch.preprocess.templates import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 
 zeroshot_classification = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")

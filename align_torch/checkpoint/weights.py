@@ -46,7 +46,7 @@ class LoadReport:
 
     missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
     unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
-    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)", shape or dtype kind
 
     @property
     def ok(self) -> bool:
@@ -57,7 +57,7 @@ class LoadReport:
         for what, keys in (
             ("missing from the checkpoint", self.missing),
             ("unexpected in the checkpoint", self.unexpected),
-            ("with the wrong shape", self.mismatched),
+            ("with the wrong shape or dtype", self.mismatched),
         ):
             if keys:
                 shown = "; ".join(keys[:10]) + (f"; ... ({len(keys) - 10} more)" if len(keys) > 10 else "")
@@ -177,17 +177,27 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[AlignConfig, dict[str, t
 
 
 # --- into a model -------------------------------------------------------------------------------------
+def _dtype_kind(t: torch.Tensor) -> str:
+    return "floating" if t.is_floating_point() else "complex" if t.is_complex() else "integer"
+
+
 def compare_state_dicts(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> LoadReport:
-    """What in `sd` does not fit a model whose state dict is `own` (shapes only; values are not read)."""
-    return LoadReport(
-        missing=sorted(set(own) - set(sd)),
-        unexpected=sorted(set(sd) - set(own)),
-        mismatched=[
-            f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(sd))
-            if sd[k].shape != own[k].shape
-        ],
-    )
+    """What in `sd` does not fit a model whose state dict is `own` (shapes and dtype kinds; values are not read).
+
+    A tensor of another floating dtype loads (float16 weights into a float32 model are converted), but an integer
+    tensor for a floating parameter (int8-quantised weights, whose scales live elsewhere) or the reverse is
+    refused: copying it would turn its raw codes into numbers that are not the weights."""
+    mismatched = []
+    for k in sorted(set(own) & set(sd)):
+        if sd[k].shape != own[k].shape:
+            mismatched.append(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+        elif _dtype_kind(sd[k]) != _dtype_kind(own[k]):
+            mismatched.append(
+                f"{k}: checkpoint {str(sd[k].dtype).removeprefix('torch.')} vs model "
+                f"{str(own[k].dtype).removeprefix('torch.')} ({_dtype_kind(sd[k])} values cannot stand for "
+                f"{_dtype_kind(own[k])} ones; a quantised checkpoint must be dequantised first)"
+            )
+    return LoadReport(missing=sorted(set(own) - set(sd)), unexpected=sorted(set(sd) - set(own)), mismatched=mismatched)
 
 
 def load_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> LoadReport:

@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     texts = _queries(args)
     collection = Collection(args.embeddings, model=args.model, use_index=not args.exact)
+    rows = collection.count(collection.resolve_target(args.target))
+    if args.k > rows:
+        print(
+            f"align-torch search: note: -k {args.k} is more than the {rows} rows searched; showing all {rows}",
+            file=sys.stderr,
+        )
     model_name = collection.require_model_name()
     collection.use_model(*load_model_and_processor(model_name, args.device, fuse=not args.unfused))
     if texts is None:

@@ -4,6 +4,7 @@ optional `caption` column, as CSV, TSV, JSON lines or Parquet."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -50,7 +51,16 @@ def _read_rows(path: Path) -> list[dict]:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises its own types for a damaged or foreign file
             raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    with path.open(encoding="utf-8", newline="") as f:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); manifests are read as "
+            "UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    with io.StringIO(text, newline="") as f:
         if path.suffix == ".jsonl":
             rows = []
             for i, line in enumerate(f):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -29,7 +29,9 @@ class Pair:
 
 @dataclass
 class PairList:
-    """What a reader gives: the usable pairs and how many samples were left out for an empty caption."""
+    """What a reader gives: the usable pairs, how many samples were left out for an empty caption, and the input
+    files that were damaged (a truncated shard: its complete samples are in `pairs`), with why."""
 
     pairs: list[Pair]
     skipped_empty_captions: int = 0
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)

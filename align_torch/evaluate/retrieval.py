@@ -101,6 +101,25 @@ def retrieval_recall(
     return RetrievalResult(i2t, t2i, len(images.paths), len(texts), list(images.failures))
 
 
+def _karpathy_entry(path: Path, i: int, entry: object) -> tuple[str, str | None, list[dict]]:
+    """(filename, filepath, sentences) of `images[i]`, each checked for its kind; ValueError naming the file and field."""
+    where = f"{path}: images[{i}]"
+    if not isinstance(entry, dict) or "filename" not in entry or "sentences" not in entry:
+        raise ValueError(f"{where} has no 'filename' or 'sentences'")
+    if not isinstance(entry["filename"], str) or not entry["filename"]:
+        raise ValueError(f"{where}.filename must be a file name, got {entry['filename']!r}")
+    filepath = entry.get("filepath")
+    if filepath is not None and not isinstance(filepath, str):
+        raise ValueError(f"{where}.filepath must be a folder name, got {filepath!r}")
+    sentences = entry["sentences"]
+    if not isinstance(sentences, list):
+        raise ValueError(f"{where}.sentences must be a list of {{'raw': caption}}, got {type(sentences).__name__}")
+    for j, sentence in enumerate(sentences):
+        if not isinstance(sentence, dict) or not isinstance(sentence.get("raw", ""), str):
+            raise ValueError(f"{where}.sentences[{j}] must be an object with a text 'raw', got {sentence!r}"[:300])
+    return entry["filename"], filepath, sentences
+
+
 def read_karpathy(
     path: str | os.PathLike,
     image_root: str | os.PathLike,
@@ -121,17 +140,18 @@ def read_karpathy(
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 JSON (byte offset {e.start}: {e.reason})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path} is not a Karpathy-split file: expected a JSON object with an 'images' list")
     pairs = []
     for i, entry in enumerate(data["images"]):
-        if not isinstance(entry, dict) or "filename" not in entry or "sentences" not in entry:
-            raise ValueError(f"{path}: images[{i}] has no 'filename' or 'sentences'")
+        filename, filepath, sentences = _karpathy_entry(path, i, entry)
         if entry.get("split") != split:
             continue
-        folder = root / entry["filepath"] if entry.get("filepath") else root
-        captions = [s["raw"].strip() for s in entry["sentences"] if str(s.get("raw", "")).strip()]
-        pairs.extend((folder / entry["filename"], c) for c in captions[:captions_per_image])
+        folder = root / filepath if filepath else root
+        captions = [s.get("raw", "").strip() for s in sentences if s.get("raw", "").strip()]
+        pairs.extend((folder / filename, c) for c in captions[:captions_per_image])
     if not pairs:
         raise ValueError(f"{path} has no images with split {split!r} and a caption")
     return pairs

@@ -108,6 +108,15 @@ class EmbeddingIndex:
                 vectors = f.get_tensor("embeddings")
         except (SafetensorError, OSError) as e:
             raise EmbeddingsFileError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
+        if not vectors.is_floating_point() or vectors.ndim != 2:
+            raise EmbeddingsFileError(
+                f"{str(path)!r}: 'embeddings' is {vectors.dtype} of shape {tuple(vectors.shape)}; it must be (N, D) "
+                "floating point"
+            )
+        finite = torch.isfinite(vectors).all(dim=1)  # (N,)
+        if not finite.all():
+            row = int((~finite).nonzero()[0, 0])
+            raise EmbeddingsFileError(f"{str(path)!r}: 'embeddings' row {row} holds NaN or infinite values")
         version = metadata.get("version")
         if version not in READABLE_VERSIONS:
             raise EmbeddingsFileError(

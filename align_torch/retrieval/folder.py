@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,25 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     if fortran:
         raise EmbeddingFolderError(f"{str(path)!r} is stored in Fortran order; rows must be contiguous")
     return shape, dtype, offset
+
+
+def check_finite(rows: np.ndarray, path: str | os.PathLike, first: int = 0) -> np.ndarray:
+    """`rows` ((n, D), rows `first`.. of the file `path`) unchanged, or EmbeddingFolderError naming the first row
+    holding a NaN or an infinity: such a row would be searched and give scores that are not numbers."""
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        row = first + int(np.argmin(finite))
+        raise EmbeddingFolderError(
+            f"{str(path)!r} row {row} holds NaN or infinite values; embeddings must be finite (re-embed that part)"
+        )
+    return rows
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """(n, D) float32 rows divided by their length: a float16 part stores unit rows rounded to float16, whose length
+    is 1 only to about 1e-4, so a dot product with them could pass 1; with this it is the cosine."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1)
 
 
 def _numbered(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
@@ -167,7 +186,7 @@ class EmbeddingFolder:
         import pyarrow.parquet as pq
 
         for number, path in self._metadata_paths.items():
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = _parquet(path, lambda p: pq.ParquetFile(p).metadata.num_rows)
             if rows != reference[number]:
                 raise EmbeddingFolderError(
                     f"{str(path)!r} has {rows} rows but its embeddings part has {reference[number]}"
@@ -216,7 +235,8 @@ class EmbeddingFolder:
                     data = f.read(n * part.row_bytes)
                     if len(data) != n * part.row_bytes:
                         raise EmbeddingFolderError(f"{str(part.path)!r} is shorter than its header says")
-                    yield part.start + first, np.frombuffer(data, part.dtype).reshape(n, part.dim).astype(np.float32)
+                    chunk = np.frombuffer(data, part.dtype).reshape(n, part.dim).astype(np.float32)
+                    yield part.start + first, check_finite(chunk, part.path, first)
 
     def take(self, modality: str, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The rows with these ids, (len(ids), D) float32, in the order given."""
@@ -234,7 +254,9 @@ class EmbeddingFolder:
             try:
                 for i in np.flatnonzero(which == k):
                     data = os.pread(fd, part.row_bytes, part.data_offset + (int(ids[i]) - part.start) * part.row_bytes)
-                    out[i] = np.frombuffer(data, part.dtype)
+                    if len(data) != part.row_bytes:
+                        raise EmbeddingFolderError(f"{str(part.path)!r} is shorter than its header says")
+                    out[i] = check_finite(np.frombuffer(data, part.dtype)[None], part.path, int(ids[i]) - part.start)[0]
             finally:
                 os.close(fd)
         return out
@@ -273,5 +295,15 @@ class EmbeddingFolder:
         import pyarrow.parquet as pq
 
         path = self._metadata_paths[number]
-        names = [c for c in METADATA_COLUMNS if c in pq.ParquetFile(path).schema_arrow.names]
-        return pq.read_table(path, columns=names).to_pydict()
+        names = _parquet(path, lambda p: [c for c in METADATA_COLUMNS if c in pq.ParquetFile(p).schema_arrow.names])
+        return _parquet(path, lambda p: pq.read_table(p, columns=names).to_pydict())
+
+
+def _parquet(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, with pyarrow's errors for a damaged file (which do not name it) as EmbeddingFolderError."""
+    import pyarrow as pa
+
+    try:
+        return read(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise EmbeddingFolderError(f"{str(path)!r} is not a readable Parquet file ({type(e).__name__}: {e})") from None

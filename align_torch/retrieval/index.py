@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..util.fileio import atomic_file
-from .folder import EmbeddingFolder, EmbeddingFolderError
+from .folder import EmbeddingFolder, EmbeddingFolderError, unit_rows
 
 FORMAT = "align_torch.faiss_index"
 VERSION = "1"
@@ -265,7 +265,7 @@ def build_index(
     if plan.train_rows:
         _train_ivf(faiss, index, folder, modality, plan, seed)
     for _, chunk in folder.chunks(modality, plan.chunk_rows):
-        index.add(chunk)  # ids follow the collection's row order
+        index.add(unit_rows(chunk))  # ids follow the collection's row order; scores are then cosines
     with atomic_file(out) as tmp:
         faiss.write_index(index, str(tmp))
     info = {
@@ -293,14 +293,40 @@ def _train_ivf(faiss, index, folder: EmbeddingFolder, modality: str, plan: Index
     """k-means for the lists on one sample, then (IVF-PQ) the codebooks on a second, smaller one, so the
     residuals FAISS computes for the codebooks never sit beside the k-means sample."""
     ivf = faiss.extract_index_ivf(index)
-    sample = folder.sample(modality, plan.train_rows, seed)  # (train_rows, D) float32
+    sample = unit_rows(folder.sample(modality, plan.train_rows, seed))  # (train_rows, D) float32
     clustering = faiss.Clustering(plan.dim, ivf.nlist, ivf.cp)  # ivf.cp: spherical k-means for inner product
     clustering.seed = seed
     clustering.train(sample, ivf.quantizer)
     del sample
-    pq_sample = folder.sample(modality, plan.pq_train_rows, seed + 1) if plan.pq_train_rows else None
+    pq_sample = unit_rows(folder.sample(modality, plan.pq_train_rows, seed + 1)) if plan.pq_train_rows else None
     # the lists' quantizer now holds nlist centroids, so FAISS trains only the codes here
     index.train(pq_sample if pq_sample is not None else np.zeros((1, plan.dim), np.float32))
+
+
+def _check_info(info: dict[str, Any], info_path: Path) -> None:
+    """The description's fields are of their kind and range (they decide what is read and how a search runs)."""
+
+    def whole(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    problems = []
+    if info.get("kind") not in KINDS[1:]:
+        problems.append(f"kind {info.get('kind')!r} is not one of {KINDS[1:]}")
+    for name, least in (("count", 1), ("dim", 1), ("index_bytes", 1)):
+        if not whole(info.get(name), least):
+            problems.append(f"{name} {info.get(name)!r} is not an integer of at least {least}")
+    layout = info.get("layout")
+    if not isinstance(layout, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(whole(v, 0) for v in p) for p in layout
+    ):
+        problems.append("layout is not a list of [part, rows] pairs")
+    search = info.get("search")
+    if not isinstance(search, dict) or not all(
+        name in ("nprobe", "efSearch") and whole(value, 1) for name, value in search.items()
+    ):
+        problems.append(f"search {search!r} is not {{nprobe or efSearch: a positive integer}}")
+    if problems:
+        raise EmbeddingFolderError(f"{str(info_path)!r} is damaged: {'; '.join(problems)}; rebuild the index")
 
 
 @dataclass
@@ -327,19 +353,37 @@ def load_index(folder: EmbeddingFolder, modality: str, path: str | Path | None =
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EmbeddingFolderError(f"index {str(path)!r} has no readable description {str(info_path)!r}: {e}") from e
-    if info.get("format") != FORMAT or info.get("modality") != modality:
+    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("modality") != modality:
         raise EmbeddingFolderError(f"{str(info_path)!r} does not describe a {modality} index written by align_torch")
-    if info.get("index_bytes") != path.stat().st_size:
+    _check_info(info, info_path)
+    if info["index_bytes"] != path.stat().st_size:
         raise EmbeddingFolderError(f"{str(path)!r} does not match its description {str(info_path)!r}; rebuild it")
-    if [tuple(p) for p in info.get("layout", [])] != folder.layout(modality):
+    if [tuple(p) for p in info["layout"]] != folder.layout(modality):
         raise EmbeddingFolderError(
             f"index {str(path)!r} was built for other {modality} parts than the folder holds now; rebuild it with "
             f"`align-torch index {folder.root}`"
         )
+    if info["count"] != folder.count(modality) or info["dim"] != folder.dim(modality):
+        raise EmbeddingFolderError(
+            f"{str(info_path)!r} is damaged: count {info['count']} and dim {info['dim']} are not the folder's "
+            f"{folder.count(modality)} and {folder.dim(modality)}; rebuild the index"
+        )
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if info["kind"].startswith("ivf") else 0
-    index = faiss.read_index(str(path), flags)
-    if "nprobe" in info["search"]:
-        faiss.extract_index_ivf(index).nprobe = info["search"]["nprobe"]
-    if "efSearch" in info["search"]:
-        index.hnsw.efSearch = info["search"]["efSearch"]
+    try:
+        index = faiss.read_index(str(path), flags)
+        if "nprobe" in info["search"]:
+            faiss.extract_index_ivf(index).nprobe = info["search"]["nprobe"]
+        if "efSearch" in info["search"]:
+            index.hnsw.efSearch = info["search"]["efSearch"]
+    except (RuntimeError, AttributeError, TypeError) as e:  # FAISS's own error for a damaged or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EmbeddingFolderError(
+            f"index {str(path)!r} is damaged or does not match {str(info_path)!r} ({first}); rebuild it with "
+            f"`align-torch index {folder.root}`"
+        ) from None
+    if index.ntotal != info["count"] or index.d != info["dim"]:
+        raise EmbeddingFolderError(
+            f"index {str(path)!r} holds {index.ntotal} vectors of {index.d} dims where {str(info_path)!r} says "
+            f"{info['count']} of {info['dim']}; rebuild it"
+        )
     return LoadedIndex(index, info)

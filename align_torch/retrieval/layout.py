@@ -55,7 +55,7 @@ class FolderInfo:
     their FolderInfo is equal (`identity` is compared; `created_with` is informational)."""
 
     model: str  # resolved model folder (absolute) or Hugging Face Hub repo id
-    model_fingerprint: str  # file names, sizes and sampled bytes of the model's weights and config
+    model_fingerprint: str  # "sha256:" + hash of the names, sizes and bytes of the model's weights and config
     fused: bool  # fuse_for_inference (equal to about 1e-5, not bit-equal)
     compute: str  # "bf16-autocast" (CUDA) or "float32"
     dim: int
@@ -99,9 +99,39 @@ class FolderInfo:
                 raise EmbeddingsFolderError(
                     f"{str(path)!r} has folder format version {data.get('version')!r}; this align_torch reads {VERSION}"
                 )
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
+            info = cls(**data)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as e:
             raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {e}") from None
+        info.check(path)
+        return info
+
+    def check(self, path: str | os.PathLike) -> None:
+        """Every field is of its kind and in its range (the counts decide which files are read and how many)."""
+
+        def bad(name: str, what: str) -> EmbeddingsFolderError:
+            return EmbeddingsFolderError(
+                f"{str(path)!r} is damaged: {name} must be {what}, got {getattr(self, name)!r}"
+            )
+
+        for name in ("model", "model_fingerprint", "compute", "input_kind", "input_fingerprint", "partition_unit"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, "text")
+        for name in ("fused", "captions"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        for name, least in (("dim", 1), ("input_items", 0), ("partitions", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise bad(name, f"an integer of at least {least}")
+        size = self.partition_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise bad("partition_size", "null or an integer of at least 1")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"one of {DTYPES}")
+        if not isinstance(self.inputs, list) or not all(isinstance(i, str) for i in self.inputs):
+            raise bad("inputs", "a list of paths")
+        if not isinstance(self.created_with, dict):
+            raise bad("created_with", "an object")
 
 
 def partition_name(index: int, info: FolderInfo) -> str:

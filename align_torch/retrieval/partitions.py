@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import MANIFEST_SUFFIXES, Pair, expand_shards, list_images, read_manifest
-from ..data.shards import read_shard
+from ..data.samples import PairList
+from ..data.shards import ShardError, read_shard
 
 KINDS = ("images", "manifest", "shards")
 
@@ -57,11 +58,19 @@ class InputPlan:
 
     def partition(self, index: int) -> list[Pair]:
         """The samples of partition `index`, in order (a shard is indexed here, reading headers only)."""
+        return self.read_partition(index).pairs
+
+    def read_partition(self, index: int) -> PairList:
+        """Partition `index` as its reader gives it: the samples, and for a shard whether it is damaged (a
+        truncated shard keeps its complete samples; one that is no tar at all has none, and says why)."""
         if not 0 <= index < self.partitions:
             raise IndexError(f"partition {index} out of range 0..{self.partitions - 1}")
         if self.shards is not None:
-            return read_shard(self.shards[index], require_caption=False, metadata=True).pairs
-        return self.pairs[index * self.partition_size : (index + 1) * self.partition_size]
+            try:
+                return read_shard(self.shards[index], require_caption=False, metadata=True)
+            except ShardError as e:
+                return PairList([], 0, [(e.shard, e.reason)])
+        return PairList(self.pairs[index * self.partition_size : (index + 1) * self.partition_size])
 
 
 def _is_shards(spec: str) -> bool:
@@ -105,10 +114,20 @@ def plan_input(specs: Sequence[str | os.PathLike], partition_size: int = 10_000)
         found = sorted({Path(os.path.abspath(p)) for s in specs for p in expand_shards(s)})
         if not found:
             raise FileNotFoundError(f"no .tar shards match {specs}")
-        captions = any(p.caption is not None for p in read_shard(found[0], require_caption=False).pairs)
+        captions = any(p.caption is not None for p in _first_readable(found).pairs)
         return InputPlan("shards", absolute, None, shards=found, captions=captions)
     files = [Path(os.path.abspath(p)) for p in list_images(specs)]
     return InputPlan("images", absolute, partition_size, pairs=[Pair(f, None) for f in files])
+
+
+def _first_readable(shards: list[Path]) -> PairList:
+    """The first shard that reads (a damaged one is reported when its partition is embedded, not here)."""
+    for shard in shards:
+        try:
+            return read_shard(shard, require_caption=False)
+        except ShardError:
+            continue
+    return PairList([])
 
 
 def rank_partitions(count: int, rank: int, world: int) -> list[int]:

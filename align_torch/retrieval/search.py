@@ -18,7 +18,7 @@ import numpy as np
 
 from ..inference.fast import fuse_for_inference
 from ..util.fileio import path_to_text
-from .folder import EmbeddingFolder, EmbeddingFolderError
+from .folder import EmbeddingFolder, EmbeddingFolderError, unit_rows
 
 TARGETS = ("image", "text")
 
@@ -135,17 +135,20 @@ class Collection:
 
     def _chunks(self, target: str) -> Iterator[tuple[int, np.ndarray]]:
         if self.folder is not None:
-            yield from self.folder.chunks(target)
+            for start, chunk in self.folder.chunks(target):
+                yield start, unit_rows(chunk)
         else:
             yield 0, self.file.vectors.float().numpy()
 
     def search_vectors(
         self, queries: np.ndarray, k: int = 10, target: str | None = None, exact: bool = False
     ) -> list[list[Hit]]:
-        """Top-k hits per query vector ((Q, D) or (D,), normalised here), best first."""
+        """Top-k hits per query vector ((Q, D) or (D,), normalised here), best first; k beyond the collection's
+        rows gives every row."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an integer of at least 1, got {k!r}")
         target = self.resolve_target(target)
+        k = min(k, self.count(target))  # an index allocates (Q, k) results whatever the collection holds
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim(target):
             where = "the file's" if self.file is not None else f"the {target} embeddings of {str(self.path)!r}"
@@ -163,7 +166,8 @@ class Collection:
         return [self._hits(row_scores, row_ids, target) for row_scores, row_ids in zip(scores, ids, strict=True)]
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, target: str) -> list[Hit]:
-        found = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]
+        # Rows and queries are unit length, so a score is a cosine; float32 rounding can still pass 1 by ~1e-7.
+        found = [(min(1.0, max(-1.0, float(s))), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]
         if self.folder is not None:
             rows = self.folder.metadata([i for _, i in found])
             return [

@@ -12,9 +12,11 @@ gets a 400 with a JSON error, an unknown route or row a 404, anything unexpected
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
+import socket
 import sys
 import threading
 from email.parser import BytesParser
@@ -89,16 +91,57 @@ def read_upload(content_type: str, body: bytes) -> Any:
 
 
 class SearchServer(ThreadingHTTPServer):
-    """The HTTP server: one Collection, queries embedded one at a time (the model is not thread-safe)."""
+    """The HTTP server: one Collection, queries embedded one at a time (the model is not thread-safe).
 
-    daemon_threads = True
+    Request threads are not daemons: `server_close` hangs up on the open connections and waits for the threads,
+    so a query still running when the server stops (Ctrl-C) ends before the interpreter does. A daemon thread
+    inside the model at exit aborted the process (C++ `terminate`) instead of letting it exit with 130."""
+
+    request_queue_size = 128  # the listen backlog: a burst of page loads (thumbnails) is queued, not reset
 
     def __init__(self, collection: Collection, host: str = "127.0.0.1", port: int = 8000) -> None:
+        self._open: set[socket.socket] = set()
+        self._running: list[threading.Thread] = []
+        self._open_lock = threading.Lock()
         super().__init__((host, port), SearchHandler)
         self.collection = collection
         self.model_lock = threading.Lock()
         self.page = files("align_torch.retrieval").joinpath("static/search.html").read_bytes()
         self.thumbnail = functools.lru_cache(maxsize=1024)(self._thumbnail)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        """One thread per request, as ThreadingMixIn's, but listed only once started: a Ctrl-C between creating
+        and starting it must not leave server_close joining a thread that never ran."""
+        with self._open_lock:
+            self._open.add(request)
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address))
+        thread.start()
+        with self._open_lock:
+            self._running = [t for t in self._running if t.is_alive()] + [thread]
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Stop listening, hang up on open connections (a slow client's read ends at once) and wait for the
+        request threads (a running query finishes first)."""
+        with self._open_lock:
+            for request in self._open:
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
+            running = list(self._running)
+        super().server_close()
+        for thread in running:
+            thread.join()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):  # the client hung up or stalled: not our failure
+            sys.stderr.write(f"align-torch serve: {client_address[0]} hung up ({type(error).__name__})\n")
+            return
+        super().handle_error(request, client_address)
 
     def results(self, hits: list, query: str, target: str | None) -> dict[str, Any]:
         rows = []
@@ -141,6 +184,7 @@ class SearchServer(ThreadingHTTPServer):
 class SearchHandler(BaseHTTPRequestHandler):
     server: SearchServer
     server_version = "align-torch-serve"
+    timeout = 60  # seconds a client may stall mid-request before its connection is dropped
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         sys.stderr.write(f"align-torch serve: {self.address_string()} {format % args}\n")
@@ -159,6 +203,8 @@ class SearchHandler(BaseHTTPRequestHandler):
     def _guarded(self, route) -> None:
         try:
             route()
+        except (ConnectionError, TimeoutError):
+            raise  # nobody to answer: handle_error notes it in one line
         except RequestError as e:
             self._json(e.status, {"error": str(e)})
         except (ValueError, OSError) as e:  # e.g. a query the collection refuses; the message names the problem
@@ -213,6 +259,8 @@ class SearchHandler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise RequestError("POST /search needs a Content-Length", HTTPStatus.LENGTH_REQUIRED) from None
+        if length < 0:  # rfile.read(-1) would read until the client closes, past the upload limit
+            raise RequestError(f"Content-Length must be 0 or more, got {length}")
         if length > MAX_UPLOAD_BYTES:
             raise RequestError(
                 f"uploads are limited to {MAX_UPLOAD_BYTES >> 20} MB", HTTPStatus.REQUEST_ENTITY_TOO_LARGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .layout import FolderInfo, partition_files
 
@@ -45,10 +46,32 @@ def folder_status(folder: str | os.PathLike) -> FolderStatus:
     for i in range(info.partitions):
         marker = partition_files(folder, i, info)["done"]
         if marker.is_file():
-            done = json.loads(marker.read_text(encoding="utf-8"))
+            done = _read_marker(marker)
             finished += 1
             rows += done["rows"]
             skipped += len(done["skipped"])
             seconds += done["seconds"]
             ranks.add(done["rank"])
     return FolderStatus(info, finished, rows, skipped, seconds, len(ranks))
+
+
+def _read_marker(path: os.PathLike) -> dict:
+    """A completion marker with its counts checked (they are summed into the status)."""
+    from .layout import EmbeddingsFolderError
+
+    try:
+        done = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EmbeddingsFolderError(f"{str(path)!r} is not a readable completion marker: {e}") from None
+    if not isinstance(done, dict):
+        raise EmbeddingsFolderError(f"{str(path)!r} is not a completion marker (not a JSON object)")
+    checks = {
+        "rows": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "skipped": lambda v: isinstance(v, list),
+        "seconds": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+        "rank": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    }
+    for name, ok in checks.items():
+        if not ok(done.get(name)):
+            raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {name} is {done.get(name)!r}")
+    return done

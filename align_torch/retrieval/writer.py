@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..util.fileio import atomic_file
+from ..util.fileio import atomic_file, create_file
 from .layout import INFO_FILE, EmbeddingsFolderError, FolderInfo, partition_files
 
 
@@ -30,15 +31,30 @@ def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
                 f"--out {str(folder)!r} is not empty and is not an embeddings folder (it holds {sorted(strangers)[:3]}); "
                 "give a new or empty folder"
             )
-        with atomic_file(folder / INFO_FILE) as tmp:
-            tmp.write_text(info.to_json(), encoding="utf-8")
+        # The claim: whichever run creates embeddings.json first owns the folder; a run that loses the race reads
+        # the winner's description below and goes on only if it is the same (another rank of the same job).
+        claim = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        claimed = replace(info, created_with={**info.created_with, "claimed_by": claim})
+        create_file(folder / INFO_FILE, claimed.to_json().encode("utf-8"))
     existing = FolderInfo.load(folder)
     if existing.identity() != info.identity():
         ours, theirs = info.identity(), existing.identity()
         changed = [k for k in ours if ours[k] != theirs.get(k)]
         detail = "; ".join(f"{k}: folder has {theirs.get(k)!r}, this run {ours[k]!r}" for k in changed[:4])
+        if "model_fingerprint" in changed and not str(theirs["model_fingerprint"]).startswith("sha256:"):
+            detail += (
+                " (the folder's fingerprint is an earlier align_torch's, which read only part of each weight file)"
+            )
+        holder = existing.created_with.get("claimed_by")
+        by = ""
+        if isinstance(holder, dict):
+            by = f" by pid {holder.get('pid')} on {holder.get('host')} at {holder.get('at')}"
         raise EmbeddingsFolderError(
-            f"{str(folder)!r} was made with a different model or arguments ({detail}); "
+            f"{str(folder)!r} was claimed{by} for a different model or arguments ({detail}); "
             "rerun with the same ones to finish it, or write to another --out"
         )
     return folder

@@ -305,6 +305,38 @@ def atomic_dir(
         raise
 
 
+def create_file(path: str | os.PathLike, data: bytes) -> bool:
+    """Create `path` holding `data`, whole, unless it exists: a claim that two processes cannot both win.
+
+    The data are written under a temporary name and hard-linked into place (the link fails if `path` exists), so
+    a reader never sees a part. Returns False, writing nothing, when `path` already exists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path)
+    tmp = _temp_path(path, TMP_TAG)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        apply_umask(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # No hard links on this file system: an exclusive create still decides who claims it.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success it replaces `path` (one rename) with the umask's
