@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
@@ -61,14 +62,12 @@ class TrainConfig:
     )
     max_length: int = opt(64, "caption tokens, as ALIGN")
     crop_scale: tuple[float, float] = opt(
-        (0.9, 1.0),
+        CROP_SCALE,
         "random resized crop: range of the area fraction kept (open_clip's fine-tuning default)",
         metavar=("MIN", "MAX"),
     )
-    crop_ratio: tuple[float, float] = opt(
-        (3 / 4, 4 / 3), "random resized crop: aspect-ratio range", metavar=("MIN", "MAX")
-    )
-    hflip: bool = opt(False, "random horizontal flips (off by default: captions may say left or right)")
+    crop_ratio: tuple[float, float] = opt(CROP_RATIO, "random resized crop: aspect-ratio range", metavar=("MIN", "MAX"))
+    hflip: bool = opt(HFLIP, "random horizontal flips (off by default: captions may say left or right)")
     augment: bool = opt(
         True, "no random crop or flip: resize and centre-crop as the eval processor", flag="--no-augment"
     )
