@@ -339,3 +339,26 @@ def test_a_transparent_png_reads_the_same_from_a_shard_as_from_a_file(tmp_path):
     from_shard, from_file = np.asarray(load_pair_image(pair.image)), np.asarray(load_image(tmp_path / "k.png"))
     np.testing.assert_array_equal(from_shard, from_file)
     assert from_file[0, 0].tolist() == [255, 255, 255]  # transparency on white
+
+
+def test_the_file_and_the_folder_writer_give_the_same_vectors(model_dir, tmp_path):
+    """`embed --out x.safetensors` and `embed --out DIR` go through one embedding mapper with one precision
+    policy, so on the CPU in float32 the two writers store bit-equal rows for the same images."""
+    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = random.Random(3)
+    for i, label in enumerate(CLASSES[:6]):
+        shape_image(*label.split(), rng, size=40 + 4 * i).save(folder / f"{i}.png")
+    common = ["--model", model_dir, "--batch-size", 4, "--workers", 0, "--quiet"]
+    status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "e.safetensors", *common)
+    assert status == 0, stderr
+    status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "emb", "--dtype", "float32", *common)
+    assert status == 0, stderr
+    from_file = EmbeddingIndex.load(tmp_path / "e.safetensors")
+    img, _, meta = read_folder(tmp_path / "emb")
+    assert from_file.items == meta["image_path"].tolist() and len(img) == 6
+    assert img.dtype == np.float32
+    np.testing.assert_array_equal(from_file.vectors.numpy(), img)
+    assert FolderInfo.load(tmp_path / "emb").compute == "float32"

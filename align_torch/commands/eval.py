@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..inference.fast import fuse_for_inference
 from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..util.distributed_env import torchrun_env
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
 
 HELP = "evaluate a model: zero-shot top-1, retrieval recall@K, k-NN and linear-probe top-1"
@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """Model, processor and whether this run spans several torchrun ranks."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if not torchrun_env().distributed:
         return (*load_model_and_processor(args.model, args.device, fuse=not args.unfused), False)
     from ..model.align import AlignModel
     from ..preprocess.processor import AlignProcessor
