@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..defaults import TEMPLATES
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..inference.fast import fuse_for_inference
-from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..preprocess.templates import TEMPLATE_SETS
 from ..util.distributed_env import torchrun_env
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
 
@@ -30,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--templates",
         choices=sorted(TEMPLATE_SETS),
-        default=DEFAULT_TEMPLATES,
-        help=f"prompts for zero-shot (default: {DEFAULT_TEMPLATES}, the 80 prompts of the CLIP and ALIGN papers)",
+        default=TEMPLATES,
+        help=f"prompts for zero-shot (default: {TEMPLATES}, the 80 prompts of the CLIP and ALIGN papers)",
     )
     p.add_argument(
         "--class-names",

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ..data.images import list_images
+from ..defaults import TEMPLATES
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
-from ..preprocess.templates import DEFAULT_TEMPLATES
 from .knn import KNN_TEMPERATURE, knn_predict
 from .linear_probe import DEFAULT_L2_GRID, LinearProbeResult, linear_probe
 from .shards import embed_images_sharded, embed_texts_sharded, percent
@@ -120,7 +120,7 @@ def zero_shot_accuracy(
     model: AlignModel,
     processor: AlignProcessor,
     root: str | os.PathLike,
-    templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+    templates: str | Sequence[str] = TEMPLATES,
     *,
     class_names: Sequence[str] | None = None,
     batch_size: int = 32,

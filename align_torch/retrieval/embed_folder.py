@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .. import __name__ as _package
+from .. import defaults
 from ..checkpoint.hub import model_reference, resolve_model_dir
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
@@ -342,7 +343,7 @@ def embed_collection(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
-    model: str = "kakaobrain/align-base",
+    model: str = defaults.MODEL,
     device: str = "auto",
     partition_size: int = 10_000,
     dtype: str = "float16",

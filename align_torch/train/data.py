@@ -22,6 +22,7 @@ from ..data import ImageLoadError, Pair, load_pair_image
 from ..data import read_pairs as read_pairs
 from ..data.transforms import TrainTransform as TrainTransform  # shared with evaluate/ (open_clip)
 from ..data.transforms import sample_rng as sample_rng
+from ..defaults import TEXT_LENGTH
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
 
@@ -129,7 +130,7 @@ class Collate:
     """DataLoader collate_fn: stack the readable images, tokenise their captions to max_length."""
 
     tokenizer: AlignTokenizer
-    max_length: int = 64
+    max_length: int = TEXT_LENGTH
     image_size: tuple[int, int] = (289, 289)  # (height, width), for the shape of an all-failed batch
 
     def __call__(self, items: list[PairItem]) -> Batch:
