@@ -219,8 +219,6 @@ class AlignConfig:
         if unknown:
             raise ValueError(f"unknown AlignConfig fields: {sorted(unknown)}")
         vision = dict(d.pop("vision", {}))
-        if "depthwise_padding" in vision:  # the name configs written before the rename use
-            vision["symmetric_pad"] = vision.pop("depthwise_padding")
         text = dict(d.pop("text", {}))
         for name, sub, sub_cls in (("vision", vision, VisionConfig), ("text", text, TextConfig)):
             bad = set(sub) - {f.name for f in dataclasses.fields(sub_cls)}
