@@ -63,7 +63,10 @@ def compute_mode(model: nn.Module) -> str:
 
 
 def _precision(device: torch.device, compute: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute == AUTOCAST)
+    # No autocast object at all otherwise: not every device type has one, even disabled.
+    if compute == AUTOCAST:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
