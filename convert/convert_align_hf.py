@@ -3,7 +3,7 @@
     python convert/convert_align_hf.py kakaobrain/align-base ./align-base-native
     python convert/convert_align_hf.py ./align-base-native ./align-base-hf --to hf
 
-Same as `align-torch convert`; the key map lives in align_torch/hf_keys.py.
+Same as `align-torch convert`; the key map lives in align_torch/checkpoint/hf_keys.py.
 """
 
 import sys

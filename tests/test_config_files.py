@@ -55,6 +55,11 @@ def _native_with(tmp_path, native_dir, edit) -> str:
         ),
         (lambda c: c["config"].update(text=[1, 2]), "text must be a JSON object, got list"),
         (lambda c: c.update(version=2), r"field 'version' is 2; this align_torch reads version 1"),
+        # The name symmetric_pad had for a few days before 0.1.0 (transformers' own config.json keeps it).
+        (
+            lambda c: c["config"]["vision"].update(depthwise_padding=[]),
+            r"unknown vision config fields: \['depthwise_padding'\]",
+        ),
         (lambda c: c.pop("version"), r"field 'version' is None"),
     ],
 )

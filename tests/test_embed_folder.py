@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from _train_data import CLASSES, shape_image
 
-from align_torch import AlignModel, AlignProcessor
+from align_torch import AlignModel, AlignProcessor, preset
 from align_torch.cli import main
 from align_torch.inference.embed import embed_texts
 from align_torch.inference.fast import fuse_for_inference
@@ -339,3 +340,45 @@ def test_a_transparent_png_reads_the_same_from_a_shard_as_from_a_file(tmp_path):
     from_shard, from_file = np.asarray(load_pair_image(pair.image)), np.asarray(load_image(tmp_path / "k.png"))
     np.testing.assert_array_equal(from_shard, from_file)
     assert from_file[0, 0].tolist() == [255, 255, 255]  # transparency on white
+
+
+@pytest.mark.parametrize("compute", ["float32", "bf16-autocast"])
+def test_the_file_and_the_folder_writer_give_the_same_vectors(model_dir, tmp_path, monkeypatch, compute):
+    """`embed --out x.safetensors` and `embed --out DIR` go through one embedding mapper with one precision
+    policy, so the two writers store bit-equal rows for the same images: in float32 on the CPU, and under the
+    bf16 autocast a GPU gets (forced here on the CPU, whose autocast runs the same way)."""
+    from align_torch.inference import embed as mapper
+    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+
+    monkeypatch.setattr(mapper, "compute_mode", lambda model: compute)
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = random.Random(3)
+    for i, label in enumerate(CLASSES[:6]):
+        shape_image(*label.split(), rng, size=40 + 4 * i).save(folder / f"{i}.png")
+    common = ["--model", model_dir, "--batch-size", 4, "--workers", 0, "--quiet"]
+    status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "e.safetensors", *common)
+    assert status == 0, stderr
+    status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "emb", "--dtype", "float32", *common)
+    assert status == 0, stderr
+    from_file = EmbeddingIndex.load(tmp_path / "e.safetensors")
+    img, _, meta = read_folder(tmp_path / "emb")
+    assert from_file.items == meta["image_path"].tolist() and len(img) == 6
+    assert img.dtype == np.float32
+    np.testing.assert_array_equal(from_file.vectors.numpy(), img)
+    if compute == "bf16-autocast":  # the policy took effect in both: their rows are not the float32 ones
+        monkeypatch.undo()
+        status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "f32.safetensors", *common)
+        assert status == 0, stderr
+        f32 = EmbeddingIndex.load(tmp_path / "f32.safetensors").vectors
+        assert not torch.equal(f32, from_file.vectors)
+        assert (f32 * from_file.vectors).sum(dim=1).min() > 0.99  # the same directions (measured: 0.998)
+
+
+def test_the_mapper_runs_a_float32_model_as_it_is_off_cuda():
+    from align_torch.inference.embed import compute_mode
+
+    model = AlignModel(preset("align-tiny"))
+    assert compute_mode(model) == "float32"
+    assert compute_mode(model.to(torch.bfloat16)) == "bfloat16"

@@ -280,7 +280,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path):
 # --- the command ------------------------------------------------------------------------------------------
 def test_one_template_default_for_zero_shot_eval_and_finetune():
     from align_torch.cli import build_parser
-    from align_torch.preprocess.templates import DEFAULT_TEMPLATES
+    from align_torch.defaults import TEMPLATES
+    from align_torch.preprocess.templates import get_templates
     from align_torch.train import TrainConfig
     from align_torch.train.args import config_from_args
 
@@ -291,7 +292,12 @@ def test_one_template_default_for_zero_shot_eval_and_finetune():
     finetune = config_from_args(parser.parse_args(["finetune", "--model", "m", "--train", "t.csv", "--out", "o"]))
     finetune = finetune.templates
     config = TrainConfig(model="m", train="t.csv", out="o").templates
-    assert zero_shot == eval_ == finetune == config == DEFAULT_TEMPLATES == "imagenet"
+    assert zero_shot == eval_ == finetune == config == TEMPLATES == "imagenet"
+    # ...and "imagenet" is the prompt ensemble of the published zero-shot figures: CLIP's 80 ImageNet prompts
+    # (Radford et al. 2021, the notebook "Prompt_Engineering_for_ImageNet"), which the ALIGN paper reuses.
+    prompts = get_templates(zero_shot)
+    assert len(prompts) == 80 and len(set(prompts)) == 80
+    assert prompts[0] == "a bad photo of a {}." and prompts[-1] == "a tattoo of the {}."
 
 
 def test_eval_command_json(model_dir: Path, tmp_path: Path, capsys):

@@ -22,13 +22,35 @@ def _batch(B: int = 3, size: int = 64, T: int = 10):
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(B, 3, size, size, generator=g)}
 
 
+def _smoothed_cross_entropy(logits: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label-smoothed cross-entropy with the diagonal as targets, written out from its definition: the target
+    distribution puts 1 - smoothing + smoothing / n on the positive and smoothing / n on each other column."""
+    n = logits.shape[0]
+    target = torch.full((n, n), smoothing / n) + torch.eye(n) * (1 - smoothing)
+    log_p = logits - logits.exp().sum(dim=1, keepdim=True).log()  # (n, n) log-softmax over columns
+    return -(target * log_p).sum(dim=1).mean()
+
+
 def test_output_shapes_and_normalisation(tiny):
-    out = tiny.eval()(**_batch(), return_loss=True)
+    batch = _batch()
+    with torch.no_grad():
+        tiny.temperature.fill_(0.25)  # not 1, so a missing or inverted division shows
+    out = tiny.eval()(**batch, return_loss=True)
     assert out.logits_per_image.shape == (3, 3) and out.logits_per_text.shape == (3, 3)
+    # The logits against embeddings computed apart, one tower at a time, and ALIGN's temperature.
+    image = torch.nn.functional.normalize(tiny.get_image_features(pixel_values=batch["pixel_values"]), dim=-1)
+    text = torch.nn.functional.normalize(tiny.get_text_features(batch["input_ids"], batch["attention_mask"]), dim=-1)
+    expected = text @ image.t() / tiny.temperature.detach()  # (texts, images)
+    torch.testing.assert_close(out.logits_per_text, expected)
+    torch.testing.assert_close(out.logits_per_image, expected.t())
     assert torch.equal(out.logits_per_image, out.logits_per_text.t())
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(out.text_embeds.norm(dim=-1), torch.ones(3))
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    # The loss: the mean of the two directions' label-smoothed cross-entropies (align-base's smoothing 0.1).
+    assert tiny.config.label_smoothing == 0.1
+    by_hand = (_smoothed_cross_entropy(expected, 0.1) + _smoothed_cross_entropy(expected.t(), 0.1)) / 2
+    assert out.loss.ndim == 0
+    torch.testing.assert_close(out.loss, by_hand)
     assert out["loss"] is out.loss
     assert tiny.get_image_features(pixel_values=_batch()["pixel_values"]).shape == (3, 80)
 

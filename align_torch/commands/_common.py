@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from .. import defaults
 from ..inference.fast import fuse_for_inference
 from ..util.device import DEVICES, resolve_device
 
@@ -18,10 +18,8 @@ if TYPE_CHECKING:
     from ..model.align import AlignModel
     from ..preprocess.processor import AlignProcessor
 
-DEFAULT_MODEL = "kakaobrain/align-base"
 
-
-def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = defaults.MODEL) -> None:
     """--model (default_model None: the command finds the model itself) and --device."""
     default = default_model or "the model recorded in the embeddings file"
     p.add_argument(
@@ -49,7 +47,7 @@ def add_batch_arguments(p: argparse.ArgumentParser, batch_size: int, images: boo
         "--batch-size", type=_positive_int, default=batch_size, help=f"inputs per batch (default: {batch_size})"
     )
     if images:
-        workers = min(4, os.cpu_count() or 1)
+        workers = defaults.image_workers()
         p.add_argument(
             "--workers",
             type=_non_negative_int,

@@ -108,7 +108,8 @@ def _run_file(args: argparse.Namespace) -> int:
 
 
 def _run_folder(args: argparse.Namespace) -> int:
-    from ..retrieval.embed_folder import embed_collection, torchrun_rank
+    from ..retrieval.embed_folder import embed_collection
+    from ..util.distributed_env import torchrun_env
 
     if args.strict:
         raise ValueError("--strict applies to a .safetensors output; a folder lists unreadable images per partition")
@@ -125,8 +126,8 @@ def _run_folder(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         on_failure=lambda path, reason: report_skipped("embed", path, reason),
     )
-    rank, world, _ = torchrun_rank()
-    who = f"rank {rank}/{world}: " if world > 1 else ""
+    env = torchrun_env()
+    who = f"rank {env.rank}/{env.world}: " if env.distributed else ""
     rate = f", {(summary.rows + summary.skipped) / summary.seconds:.1f} images/s" if summary.seconds else ""
     print(
         f"{who}{len(summary.mine)} of {summary.partitions} partitions: {len(summary.already_done)} already finished, "

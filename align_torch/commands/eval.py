@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..defaults import TEMPLATES
+from ..evaluate.knn import KNN_KS, KNN_TEMPERATURE
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..inference.fast import fuse_for_inference
-from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..preprocess.templates import TEMPLATE_SETS
+from ..util.distributed_env import torchrun_env
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
+
+if TYPE_CHECKING:
+    from ..model.align import AlignModel
+    from ..preprocess.processor import AlignProcessor
 
 HELP = "evaluate a model: zero-shot top-1, retrieval recall@K, k-NN and linear-probe top-1"
 
@@ -30,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--templates",
         choices=sorted(TEMPLATE_SETS),
-        default=DEFAULT_TEMPLATES,
-        help=f"prompts for zero-shot (default: {DEFAULT_TEMPLATES}, the 80 prompts of the CLIP and ALIGN papers)",
+        default=TEMPLATES,
+        help=f"prompts for zero-shot (default: {TEMPLATES}, the 80 prompts of the CLIP and ALIGN papers)",
     )
     p.add_argument(
         "--class-names",
@@ -59,9 +65,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-dir", "--knn-train", dest="train_dir", metavar="DIR", help="class-per-folder train images")
     p.add_argument("--val-dir", "--knn-val", dest="val_dir", metavar="DIR", help="class-per-folder val images")
     p.add_argument(
-        "--knn-k", type=int, nargs="+", default=[1, 20], help="neighbours for k-NN on --train-dir (default: 1 20)"
+        "--knn-k",
+        type=int,
+        nargs="+",
+        default=list(KNN_KS),
+        help=f"neighbours for k-NN on --train-dir (default: {' '.join(map(str, KNN_KS))})",
     )
-    p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature (default: 0.07)")
+    p.add_argument(
+        "--knn-temperature",
+        type=float,
+        default=KNN_TEMPERATURE,
+        help=f"k-NN vote temperature (default: {KNN_TEMPERATURE})",
+    )
     p.add_argument("--linear-probe", action="store_true", help="also fit a linear probe on --train-dir features")
     p.add_argument(
         "--probe-l2",
@@ -79,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """Model, processor and whether this run spans several torchrun ranks."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if not torchrun_env().distributed:
         return (*load_model_and_processor(args.model, args.device, fuse=not args.unfused), False)
     from ..model.align import AlignModel
     from ..preprocess.processor import AlignProcessor
@@ -120,9 +135,29 @@ def _retrieval_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, str]], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import knn_scores, linear_probe_scores, retrieval_recall, train_val_features, zero_shot_accuracy
+    """Check the options, load the model, run each protocol asked for, and print the figures on rank 0."""
     from ..evaluate.shards import rank_and_world
 
+    _check_options(args)
+    pairs, retrieval_info = _retrieval_pairs(args) if args.retrieval else (None, {})
+    model, processor, distributed = _load(args)
+    rank, world = rank_and_world(distributed)
+    common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.quiet, distributed=distributed)
+    results: dict[str, Any] = {"model": str(args.model), "world_size": world}
+    skipped: list[tuple[Path, str]] = []
+    if args.zero_shot_dir:
+        results["zero_shot"] = _zero_shot(model, processor, args, common, skipped)
+    if pairs is not None:
+        results["retrieval"] = _retrieval(model, processor, pairs, args, retrieval_info, common, skipped)
+    if args.train_dir:
+        results.update(_knn_and_probe(model, processor, args, common, skipped))
+    if rank == 0:
+        _print_results(results, skipped, args)
+    return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any model loads, options that cannot run: nothing to evaluate, half a k-NN, bad numbers."""
     if not (args.zero_shot_dir or args.retrieval or args.train_dir or args.val_dir):
         raise ValueError("nothing to evaluate: pass --zero-shot-dir, --retrieval, or --train-dir with --val-dir")
     if bool(args.train_dir) != bool(args.val_dir):
@@ -133,40 +168,63 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--probe-l2 values must be positive, got {args.probe_l2}")
     if args.knn_temperature <= 0:
         raise ValueError(f"--knn-temperature must be positive, got {args.knn_temperature}")
-    pairs, retrieval_info = _retrieval_pairs(args) if args.retrieval else (None, {})
-    model, processor, distributed = _load(args)
-    rank, world = rank_and_world(distributed)
-    common = dict(batch_size=args.batch_size, workers=args.workers, progress=not args.quiet, distributed=distributed)
-    results: dict[str, Any] = {"model": str(args.model), "world_size": world}
-    skipped = []
-    if args.zero_shot_dir:
-        names = _read_class_names(args.class_names) if args.class_names else None
-        res = zero_shot_accuracy(model, processor, args.zero_shot_dir, args.templates, class_names=names, **common)
-        results["zero_shot"] = {
-            "protocol": "zero-shot classification: prompt-ensemble classifier, top-1/top-5",
-            "dataset": str(args.zero_shot_dir),
-            "class_names": args.class_names or "folder names",
-            "templates": args.templates,
-            "num_templates": len(TEMPLATE_SETS[args.templates]),
-            "num_images": res.num_images,
-            "num_classes": res.num_classes,
-            "top1": res.top1,
-            "top5": res.top5,
-        }
-        skipped += res.skipped
-    if pairs is not None:
-        res = retrieval_recall(model, processor, pairs, **common)
-        results["retrieval"] = {
-            "protocol": "image-text retrieval recall@K: i2t per image (any caption), t2i per caption",
-            "dataset": str(args.retrieval),
-            **retrieval_info,
-            **res.as_dict(),
-        }
-        skipped += res.skipped
-    if args.train_dir:
-        train, val = train_val_features(model, processor, args.train_dir, args.val_dir, **common)
-        knn = knn_scores(train, val, args.knn_k, args.knn_temperature)
-        results["knn"] = {
+
+
+def _zero_shot(
+    model: AlignModel, processor: AlignProcessor, args: argparse.Namespace, common: dict, skipped: list
+) -> dict[str, Any]:
+    """Zero-shot top-1/top-5 on --zero-shot-dir; its unreadable images are added to `skipped`."""
+    from ..evaluate import zero_shot_accuracy
+
+    names = _read_class_names(args.class_names) if args.class_names else None
+    res = zero_shot_accuracy(model, processor, args.zero_shot_dir, args.templates, class_names=names, **common)
+    skipped += res.skipped
+    return {
+        "protocol": "zero-shot classification: prompt-ensemble classifier, top-1/top-5",
+        "dataset": str(args.zero_shot_dir),
+        "class_names": args.class_names or "folder names",
+        "templates": args.templates,
+        "num_templates": len(TEMPLATE_SETS[args.templates]),
+        "num_images": res.num_images,
+        "num_classes": res.num_classes,
+        "top1": res.top1,
+        "top5": res.top5,
+    }
+
+
+def _retrieval(
+    model: AlignModel,
+    processor: AlignProcessor,
+    pairs: list,
+    args: argparse.Namespace,
+    info: dict,
+    common: dict,
+    skipped: list,
+) -> dict[str, Any]:
+    """Image<->text recall@1/5/10 on the --retrieval pairs; unreadable images are added to `skipped`."""
+    from ..evaluate import retrieval_recall
+
+    res = retrieval_recall(model, processor, pairs, **common)
+    skipped += res.skipped
+    return {
+        "protocol": "image-text retrieval recall@K: i2t per image (any caption), t2i per caption",
+        "dataset": str(args.retrieval),
+        **info,
+        **res.as_dict(),
+    }
+
+
+def _knn_and_probe(
+    model: AlignModel, processor: AlignProcessor, args: argparse.Namespace, common: dict, skipped: list
+) -> dict[str, Any]:
+    """k-NN top-1 of --val-dir against --train-dir and, with --linear-probe, a probe on the same features."""
+    from ..evaluate import knn_scores, linear_probe_scores, train_val_features
+
+    train, val = train_val_features(model, processor, args.train_dir, args.val_dir, **common)
+    knn = knn_scores(train, val, args.knn_k, args.knn_temperature)
+    skipped += knn.skipped
+    out: dict[str, Any] = {
+        "knn": {
             "protocol": "k-NN by cosine, train images as the gallery; k>1 votes weighted exp(cos/T)",
             "train": str(args.train_dir),
             "val": str(args.val_dir),
@@ -177,33 +235,35 @@ def run(args: argparse.Namespace) -> int:
             "num_val": knn.num_val,
             "num_classes": knn.num_classes,
         }
-        skipped += knn.skipped
-        if args.linear_probe:
-            probe = linear_probe_scores(train, val, l2_grid=args.probe_l2, solver=args.probe_solver)
-            results["linear_probe"] = {
-                "protocol": "logistic regression on frozen features, L2 chosen on a held-out 20% of train",
-                "top1": probe.top1,
-                "l2": probe.l2,
-                "val_top1": {f"{l2:g}": v for l2, v in probe.val_top1.items()},
-                "num_train": probe.num_train,
-                "num_val": probe.num_val,
-                "num_test": probe.num_test,
-                "solver": probe.solver,
-            }
-    if rank != 0:
-        return 0
+    }
+    if args.linear_probe:
+        probe = linear_probe_scores(train, val, l2_grid=args.probe_l2, solver=args.probe_solver)
+        out["linear_probe"] = {
+            "protocol": "logistic regression on frozen features, L2 chosen on a held-out 20% of train",
+            "top1": probe.top1,
+            "l2": probe.l2,
+            "val_top1": {f"{l2:g}": v for l2, v in probe.val_top1.items()},
+            "num_train": probe.num_train,
+            "num_val": probe.num_val,
+            "num_test": probe.num_test,
+            "solver": probe.solver,
+        }
+    return out
+
+
+def _print_results(results: dict[str, Any], skipped: list[tuple[Path, str]], args: argparse.Namespace) -> None:
+    """The unreadable images on stderr, then the figures: one JSON object with --json, else a line per protocol."""
     for path, reason in skipped:
         report_skipped("eval", path, reason)
     if args.json:
         results["skipped"] = [{"image": str(path), "error": reason} for path, reason in skipped]
         json.dump(results, sys.stdout, indent=2)
         print()
-        return 0
+        return
     for name, values in results.items():
         if isinstance(values, dict):
             shown = ", ".join(_show(k, v) for k, v in values.items() if k not in ("protocol", "val_top1"))
             print(f"{name}: {shown}")
-    return 0
 
 
 def _show(key: str, value: Any) -> str:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..defaults import TEXT_LENGTH
+
 HELP = "parameters, FLOPs and output shapes per stage and block of a model or preset (no weights are read)"
 
 
@@ -18,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "kakaobrain/align-base, no download)",
     )
     p.add_argument("--image-size", type=int, default=None, help="image side in px (default: the config's)")
-    p.add_argument("--tokens", type=int, default=64, help="text length in tokens (default: 64)")
+    p.add_argument("--tokens", type=int, default=TEXT_LENGTH, help=f"text length in tokens (default: {TEXT_LENGTH})")
     p.add_argument("--stages-only", action="store_true", help="one row per stage, no per-block rows")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 

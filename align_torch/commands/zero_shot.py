@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 
-from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..defaults import TEMPLATES
+from ..preprocess.templates import TEMPLATE_SETS
 from ..util.fileio import path_to_text
 from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor
 
@@ -30,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--templates",
         choices=sorted(TEMPLATE_SETS),
-        default=DEFAULT_TEMPLATES,
+        default=TEMPLATES,
         help=f"prompt templates around each label: imagenet (80 prompts), simple, none (label as written) "
-        f"(default: {DEFAULT_TEMPLATES})",
+        f"(default: {TEMPLATES})",
     )
     p.add_argument("-k", "--top-k", dest="k", type=int, default=None, help="show only the k best labels per image")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

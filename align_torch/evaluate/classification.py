@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from ..data.images import list_images
+from ..defaults import TEMPLATES
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
-from ..preprocess.templates import DEFAULT_TEMPLATES
-from .knn import KNN_TEMPERATURE, knn_predict
+from .knn import KNN_KS, KNN_TEMPERATURE, knn_predict
 from .linear_probe import DEFAULT_L2_GRID, LinearProbeResult, linear_probe
 from .shards import embed_images_sharded, embed_texts_sharded, percent
 
@@ -120,7 +120,7 @@ def zero_shot_accuracy(
     model: AlignModel,
     processor: AlignProcessor,
     root: str | os.PathLike,
-    templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+    templates: str | Sequence[str] = TEMPLATES,
     *,
     class_names: Sequence[str] | None = None,
     batch_size: int = 32,
@@ -176,7 +176,7 @@ def train_val_features(
 
 
 def knn_scores(
-    train: EmbeddedFolder, val: EmbeddedFolder, ks: Sequence[int] = (1, 20), temperature: float = KNN_TEMPERATURE
+    train: EmbeddedFolder, val: EmbeddedFolder, ks: Sequence[int] = KNN_KS, temperature: float = KNN_TEMPERATURE
 ) -> KnnResult:
     """k-NN top-1 of the val features against the train features as the gallery, for each k (evaluate.knn)."""
     if not ks or any(k < 1 for k in ks):
@@ -195,7 +195,7 @@ def knn_accuracy(
     processor: AlignProcessor,
     train_root: str | os.PathLike,
     val_root: str | os.PathLike,
-    ks: Sequence[int] = (1, 20),
+    ks: Sequence[int] = KNN_KS,
     *,
     temperature: float = KNN_TEMPERATURE,
     batch_size: int = 32,

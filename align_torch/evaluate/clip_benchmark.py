@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import defaults
 from ..model.align import AlignModel
 from .open_clip import ImageTransform, TextTokenizer, create_model_and_transforms, get_tokenizer
 
@@ -24,7 +25,7 @@ INSTALL_HINT = 'pip install "align-torch[clip-benchmark]" installs it with its d
 
 def load_align(
     model_name: str = "align-base",
-    pretrained: str | None = "kakaobrain/align-base",
+    pretrained: str | None = defaults.MODEL,
     cache_dir: str | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[AlignModel, ImageTransform, TextTokenizer]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 KNN_TEMPERATURE = 0.07
+KNN_KS = (1, 20)  # Kakao Brain's k=1 and DINO's weighted k=20: the ks `eval` reports by default
 # Queries per chunk are chosen so one chunk's (queries, gallery) similarity matrix stays near this many floats.
 _CHUNK_ELEMENTS = 2**26
 

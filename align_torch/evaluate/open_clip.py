@@ -9,7 +9,6 @@ ALIGN unchanged:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..data.transforms import TrainTransform, crop_size
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.processor import AlignProcessor
@@ -80,15 +80,8 @@ class TextTokenizer:
 
 
 def _train_transform(image_processor: AlignImageProcessor) -> TrainImageTransform:
-    # Lazy: the train transform and its defaults belong to the fine-tuning code (one home for each knob).
-    from ..train.config import TrainConfig
-    from ..train.data import TrainTransform
-
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    crop = tuple(image_processor.crop_size if image_processor.do_center_crop else image_processor.size)
-    return TrainImageTransform(
-        TrainTransform(image_processor, size=crop, scale=defaults["crop_scale"], hflip=defaults["hflip"])
-    )
+    # The fine-tuning transform with the defaults a run uses (data/transforms.py is the one home of both).
+    return TrainImageTransform(TrainTransform(image_processor, size=crop_size(image_processor)))
 
 
 def create_model_and_transforms(

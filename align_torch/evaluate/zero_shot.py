@@ -19,10 +19,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..defaults import TEMPLATES
 from ..inference.embed import embed_texts, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
-from ..preprocess.templates import DEFAULT_TEMPLATES, fill, get_templates
+from ..preprocess.templates import fill, get_templates
 
 
 def _check_class_names(class_names: Sequence[str]) -> list[str]:
@@ -45,7 +46,7 @@ def build_classifier(
     model: AlignModel,
     processor: AlignProcessor,
     class_names: Sequence[str],
-    templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+    templates: str | Sequence[str] = TEMPLATES,
     *,
     batch_size: int = 256,
     progress: bool = False,

@@ -1,7 +1,15 @@
-"""Embedding many images or texts in batches: normalised float32 vectors, one row per input, in input order.
+"""The one embedding mapper: a batch of pixels or token ids -> normalised float32 rows on the CPU, under one
+precision policy, used by every writer (the embeddings file, the embeddings folder, evaluation, zero-shot),
+so the same model on the same device gives the same vectors whichever writer asks.
 
-Images are read by DataLoader workers through ImageFileDataset, so decoding overlaps the forward passes and a
-file that cannot be read is reported (by path) and skipped rather than ending the run.
+Precision policy (`compute_mode`): a float32 model on a CUDA GPU runs under bfloat16 autocast (the towers'
+convolutions and matmuls in bf16, as the embeddings folder has always been written); anywhere else the model
+runs in its own dtype. The rows are L2-normalised after the cast to float32, so they are unit length in float32
+whatever ran the forward.
+
+`embed_images` / `embed_texts` map whole lists: images are read by DataLoader workers through
+ImageFileDataset, so decoding overlaps the forward passes and a file that cannot be read is reported (by path)
+and skipped rather than ending the run.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -41,6 +50,46 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
+AUTOCAST = "bf16-autocast"
+
+
+def compute_mode(model: nn.Module) -> str:
+    """How the mapper runs `model`: "bf16-autocast" for a float32 model on CUDA, else its weights' dtype
+    ("float32", "bfloat16", "float16"). The embeddings folder records it, so a resume cannot mix the two."""
+    device, dtype = _model_device_dtype(model)
+    if device.type == "cuda" and dtype == torch.float32:
+        return AUTOCAST
+    return str(dtype).removeprefix("torch.")
+
+
+def _precision(device: torch.device, compute: str) -> contextlib.AbstractContextManager:
+    # No autocast object at all otherwise: not every device type has one, even disabled.
+    if compute == AUTOCAST:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def encode_image_batch(model: AlignModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(b, 3, H, W) pixels -> (b, projection_dim) float32 unit rows on the CPU, under the precision policy."""
+    device, dtype = _model_device_dtype(model)
+    pixels = pixel_values.to(device=device, dtype=dtype, non_blocking=True)
+    with _precision(device, compute_mode(model)):
+        rows = model.encode_image(pixels)  # (b, P)
+    return F.normalize(rows.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def encode_text_batch(model: AlignModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokenizer output (input_ids, attention_mask, token_type_ids: (b, T)) -> (b, projection_dim) float32 unit
+    rows on the CPU, under the precision policy."""
+    device, _ = _model_device_dtype(model)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with _precision(device, compute_mode(model)):
+        rows = model.encode_text(**batch)  # (b, P)
+    return F.normalize(rows.float(), dim=-1).cpu()
+
+
 @torch.no_grad()
 def embed_texts(
     model: AlignModel,
@@ -61,13 +110,11 @@ def embed_texts(
         raise ValueError("no texts to embed")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    device, _ = _model_device_dtype(model)
     chunks = []
     with eval_mode(model), tqdm(total=len(texts), unit="text", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            chunks.append(model.encode_text(**batch, normalize=True).float().cpu())  # (b, P)
+            chunks.append(encode_text_batch(model, batch))  # (b, P)
             bar.update(len(batch["input_ids"]))
     return torch.cat(chunks)
 
@@ -104,7 +151,7 @@ def embed_images(
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
     dataset = ImageFileDataset(paths, image_processor.preprocess_one)
-    device, dtype = _model_device_dtype(model)
+    device, _ = _model_device_dtype(model)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -125,8 +172,7 @@ def embed_images(
                 if on_failure is not None:
                     on_failure(path, reason)
             if batch.pixel_values is not None:
-                pixels = batch.pixel_values.to(device=device, dtype=dtype, non_blocking=True)
-                chunks.append(model.encode_image(pixels, normalize=True).float().cpu())  # (b, P)
+                chunks.append(encode_image_batch(model, batch.pixel_values))  # (b, P)
                 good.extend(dataset.paths[i] for i in batch.indices)
             bar.update(len(batch.indices) + len(batch.failures))
     dim = model.config.projection_dim

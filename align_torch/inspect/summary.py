@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..defaults import TEXT_LENGTH
 from ..model.bert import Attention
 from ..model.config import AlignConfig
 
@@ -92,10 +93,51 @@ def _attention_flops(m: Attention, x: torch.Tensor) -> int:
     return 2 * 2 * T * T * D  # QK^T (T x T x head_dim per head) and PV, over all heads
 
 
-def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: int = 64) -> ModelSummary:
-    """Per-stage and per-block parameters, FLOPs and output shapes of `config` (one image, one text)."""
+def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: int = TEXT_LENGTH) -> ModelSummary:
+    """Per-stage and per-block parameters, FLOPs and output shapes of `config` (one image, one text).
+
+    The steps: check the sizes; build the model on the meta device; name the rows (stem, blocks, embeddings,
+    layers, heads); run one image and one text with hooks that count FLOPs and record shapes; make one row
+    per named module; group the rows into stages."""
     from ..model.align import AlignModel
 
+    image_size = _checked_sizes(config, image_size, text_tokens)
+    with torch.device("meta"):
+        model = AlignModel(config).eval()
+    vision_rows, text_rows, joint_rows = _named_rows(model)
+    flops, shapes = _measure(model, image_size, text_tokens, [m for _, m in vision_rows + text_rows + joint_rows])
+
+    def row(tower: str, name: str, module: nn.Module) -> SummaryRow:
+        return SummaryRow(
+            tower=tower,
+            name=name,
+            params=sum(p.numel() for p in module.parameters()),
+            flops=sum(flops.get(m, 0) for m in module.modules()),
+            output_shape=shapes[module],
+        )
+
+    blocks = [row("vision", n, m) for n, m in vision_rows]
+    blocks += [row("text", n, m) for n, m in text_rows]
+    blocks += [row("joint", n, m) for n, m in joint_rows]
+    stages, blocks = _group_stages(blocks, model.vision_model.stage_ends, len(model.text_model.layers))
+    vision, text = model.vision_model, model.text_model
+    return ModelSummary(
+        image_size=image_size,
+        text_tokens=text_tokens,
+        stages=stages,
+        blocks=blocks,
+        vision_params=sum(p.numel() for p in vision.parameters()),
+        text_params=sum(p.numel() for p in text.parameters()),
+        joint_params=sum(
+            p.numel() for n, p in model.named_parameters() if not n.startswith(("vision_model.", "text_model."))
+        ),
+        vision_flops=sum(r.flops for r in blocks if r.tower == "vision"),
+        text_flops=sum(r.flops for r in blocks if r.tower == "text"),
+    )
+
+
+def _checked_sizes(config: AlignConfig, image_size: int | None, text_tokens: int) -> int:
+    """The image side to summarise at (the config's by default), after checking both sizes."""
     image_size = image_size or config.vision.image_size
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 px, got {image_size}")
@@ -104,9 +146,30 @@ def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: i
             f"text length must be 1..{config.text.max_position_embeddings} tokens (the model's positions), "
             f"got {text_tokens}"
         )
-    with torch.device("meta"):
-        model = AlignModel(config).eval()
+    return image_size
 
+
+Rows = list[tuple[str, nn.Module]]
+
+
+def _named_rows(model: nn.Module) -> tuple[Rows, Rows, Rows]:
+    """(name, module) of each row: the vision stem and blocks; the text embeddings, layers and the pooler;
+    the joint projections."""
+    vision, text = model.vision_model, model.text_model
+    vision_rows = [("stem", vision.stem)] + [(f"block {i}", b) for i, b in enumerate(vision.blocks)]
+    text_rows = [("embeddings", text.embeddings)] + [(f"layer {i}", layer) for i, layer in enumerate(text.layers)]
+    text_rows.append(("pooler (unused by ALIGN)", text.pooler))
+    joint_rows = [("text_projection", model.text_projection)]
+    if model.image_projection is not None:
+        joint_rows.insert(0, ("image_projection", model.image_projection))
+    return vision_rows, text_rows, joint_rows
+
+
+def _measure(
+    model: nn.Module, image_size: int, text_tokens: int, row_modules: list[nn.Module]
+) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple[int, ...]]]:
+    """FLOPs of every conv, linear and attention module, and the output shape (no batch) of each row's module,
+    from one meta-device forward of a (1, C, image_size, image_size) image and a (1, text_tokens) text."""
     flops: dict[nn.Module, int] = {}
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
@@ -123,22 +186,14 @@ def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: i
         shapes[m] = tuple(out.shape[1:])
 
     vision, text = model.vision_model, model.text_model
-    vision_rows = [("stem", vision.stem)] + [(f"block {i}", b) for i, b in enumerate(vision.blocks)]
-    text_rows = [("embeddings", text.embeddings)] + [(f"layer {i}", layer) for i, layer in enumerate(text.layers)]
-    text_rows.append(("pooler (unused by ALIGN)", text.pooler))
-    joint_rows = [("text_projection", model.text_projection)]
-    if model.image_projection is not None:
-        joint_rows.insert(0, ("image_projection", model.image_projection))
-
     handles = [
         m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, Attention))
     ]
-    handles += [m.register_forward_hook(record_shape) for _, m in vision_rows + text_rows + joint_rows]
+    handles += [m.register_forward_hook(record_shape) for m in row_modules]
     try:
         with torch.no_grad():
-            fmap = vision.forward_features(
-                torch.zeros(1, config.vision.in_chans, image_size, image_size, device="meta")
-            )
+            pixels = torch.zeros(1, model.config.vision.in_chans, image_size, image_size, device="meta")
+            fmap = vision.forward_features(pixels)
             hidden = text.forward_features(torch.zeros(1, text_tokens, dtype=torch.long, device="meta"))
             model.text_projection(model.pool_text(hidden))
             model.project_image(vision.pool(fmap))
@@ -146,51 +201,32 @@ def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: i
         for h in handles:
             h.remove()
     shapes[text.pooler] = (text.pooler.out_features,)  # listed for its parameters; ALIGN never runs it
+    return flops, shapes
 
-    def row(tower: str, name: str, module: nn.Module) -> SummaryRow:
-        return SummaryRow(
-            tower=tower,
-            name=name,
-            params=sum(p.numel() for p in module.parameters()),
-            flops=sum(flops.get(m, 0) for m in module.modules()),
-            output_shape=shapes[module],
-        )
 
-    blocks = [row("vision", n, m) for n, m in vision_rows]
-    blocks += [row("text", n, m) for n, m in text_rows]
-    blocks += [row("joint", n, m) for n, m in joint_rows]
-
-    # Stage rows: the stem, each EfficientNet stage, the text embeddings, the encoder, the pooler, the heads.
+def _group_stages(
+    blocks: list[SummaryRow], stage_ends: tuple[int, ...], n_layers: int
+) -> tuple[list[SummaryRow], list[SummaryRow]]:
+    """(stage rows, block rows each marked with its stage): the stem, each EfficientNet stage, the text
+    embeddings, the encoder, the pooler and the joint heads. `blocks` is stem, blocks, embeddings, layers,
+    pooler, heads in that order; vision block i is row i + 1."""
+    blocks = list(blocks)
     stages = [blocks[0]]
     start = 0
-    for s, end in enumerate(vision.stage_ends):
+    for s, end in enumerate(stage_ends):
         name = f"stage {s} (blocks {start}-{end})"
-        blocks[1 + start : 2 + end] = [
-            replace(r, stage=name) for r in blocks[1 + start : 2 + end]
-        ]  # block i: row i + 1
+        blocks[1 + start : 2 + end] = [replace(r, stage=name) for r in blocks[1 + start : 2 + end]]
         stages.append(_group("vision", name, blocks[1 + start : 2 + end]))
         start = end + 1
-    first_layer, n_text = len(vision_rows) + 1, len(text.layers)
-    name = f"encoder (layers 0-{n_text - 1})"
-    layers = blocks[first_layer : first_layer + n_text] = [
-        replace(r, stage=name) for r in blocks[first_layer : first_layer + n_text]
+    vision_rows = 1 + stage_ends[-1] + 1  # the stem and the blocks
+    first_layer = vision_rows + 1  # after the text embeddings
+    name = f"encoder (layers 0-{n_layers - 1})"
+    layers = blocks[first_layer : first_layer + n_layers] = [
+        replace(r, stage=name) for r in blocks[first_layer : first_layer + n_layers]
     ]
     stages += [blocks[first_layer - 1], _group("text", name, layers)]
-    stages += blocks[first_layer + n_text :]  # pooler and the joint heads stand alone
-
-    return ModelSummary(
-        image_size=image_size,
-        text_tokens=text_tokens,
-        stages=stages,
-        blocks=blocks,
-        vision_params=sum(p.numel() for p in vision.parameters()),
-        text_params=sum(p.numel() for p in text.parameters()),
-        joint_params=sum(
-            p.numel() for n, p in model.named_parameters() if not n.startswith(("vision_model.", "text_model."))
-        ),
-        vision_flops=sum(r.flops for r in blocks if r.tower == "vision"),
-        text_flops=sum(r.flops for r in blocks if r.tower == "text"),
-    )
+    stages += blocks[first_layer + n_layers :]  # pooler and the joint heads stand alone
+    return stages, blocks
 
 
 def _group(tower: str, name: str, members: list[SummaryRow]) -> SummaryRow:

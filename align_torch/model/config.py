@@ -57,6 +57,10 @@ def _check_str(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> N
 
 _INF = math.inf
 
+# ALIGN's label smoothing of the contrastive loss (the paper's 0.1): the model config's default, and the default
+# of the loss functions in loss.py, which take it from here.
+LABEL_SMOOTHING = 0.1
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -187,7 +191,7 @@ class AlignConfig:
     text: TextConfig = field(default_factory=TextConfig)
     projection_dim: int = 640
     temperature_init: float = 1.0
-    label_smoothing: float = 0.1
+    label_smoothing: float = LABEL_SMOOTHING
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -215,8 +219,6 @@ class AlignConfig:
         if unknown:
             raise ValueError(f"unknown AlignConfig fields: {sorted(unknown)}")
         vision = dict(d.pop("vision", {}))
-        if "depthwise_padding" in vision:  # the name configs written before the rename use
-            vision["symmetric_pad"] = vision.pop("depthwise_padding")
         text = dict(d.pop("text", {}))
         for name, sub, sub_cls in (("vision", vision, VisionConfig), ("text", text, TextConfig)):
             bad = set(sub) - {f.name for f in dataclasses.fields(sub_cls)}

@@ -6,8 +6,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .config import LABEL_SMOOTHING
 
-def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
+
+def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = LABEL_SMOOTHING) -> torch.Tensor:
     """Mean of the text->image and image->text cross-entropies; pair i is the positive of row/column i.
 
     logits_per_text: (B_text, B_image) with the positives on the diagonal. Kakao Brain's original sums the
@@ -66,7 +68,7 @@ def global_contrastive_loss(
     text_embeds: torch.Tensor,
     image_embeds: torch.Tensor,
     temperature: torch.Tensor,
-    label_smoothing: float = 0.1,
+    label_smoothing: float = LABEL_SMOOTHING,
 ) -> torch.Tensor:
     """ALIGN's loss over the batch of every rank: this rank's texts and images score against all ranks'.
 

@@ -4,8 +4,8 @@
 ImageNet numbers as well); "simple" is the single prompt "a photo of a {}."; "none" uses the label as written,
 for labels that are already sentences ("an image of a cat").
 
-DEFAULT_TEMPLATES is the one default of `zero-shot`, `eval` and fine-tuning evaluation, so a model gets the
-same zero-shot score from each: the 80 templates, the protocol behind the published zero-shot figures.
+The default set of `zero-shot`, `eval` and fine-tuning evaluation is align_torch.defaults.TEMPLATES
+("imagenet"), one default so a model gets the same zero-shot score from each.
 """
 
 from __future__ import annotations
@@ -98,8 +98,6 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 NO_TEMPLATES: tuple[str, ...] = ("{}",)
-
-DEFAULT_TEMPLATES = "imagenet"
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet": IMAGENET_TEMPLATES,

@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, p
 from tokenizers.models import WordPiece
 
 from ..checkpoint.config_files import ConfigFileError, field_error, read_json_object
+from ..defaults import TEXT_LENGTH
 from .image_processing import BatchFeature
 
 SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -32,8 +33,7 @@ DEFAULT_SPECIAL_TOKENS = {
     "cls_token": "[CLS]",
     "mask_token": "[MASK]",
 }
-# transformers writes a huge number when a checkpoint sets no limit; ALIGN was trained on 64 tokens.
-DEFAULT_MAX_LENGTH = 64
+# transformers writes a huge number when a checkpoint sets no limit: then ALIGN's own length (defaults.TEXT_LENGTH).
 _NO_LIMIT = 10**12
 # Configured backend copies kept per (truncation, padding, length); callers rarely use more than a few.
 _CONFIGURED_CACHE = 16
@@ -61,7 +61,7 @@ def _options(config: dict[str, Any]) -> dict[str, Any]:
         "do_lower_case": config.get("do_lower_case", True),
         "strip_accents": config.get("strip_accents"),
         "tokenize_chinese_chars": config.get("tokenize_chinese_chars", True),
-        "model_max_length": config.get("model_max_length", DEFAULT_MAX_LENGTH),
+        "model_max_length": config.get("model_max_length", TEXT_LENGTH),
     }
     for key in ("do_lower_case", "tokenize_chinese_chars"):
         if not isinstance(options[key], bool):
@@ -87,7 +87,7 @@ class AlignTokenizer:
         do_lower_case: bool = True,
         strip_accents: bool | None = None,
         tokenize_chinese_chars: bool = True,
-        model_max_length: int = DEFAULT_MAX_LENGTH,
+        model_max_length: int = TEXT_LENGTH,
         special_tokens: dict[str, str] | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -99,7 +99,7 @@ class AlignTokenizer:
         self.do_lower_case = do_lower_case
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
-        self.model_max_length = model_max_length if model_max_length < _NO_LIMIT else DEFAULT_MAX_LENGTH
+        self.model_max_length = model_max_length if model_max_length < _NO_LIMIT else TEXT_LENGTH
         self.config = dict(config or {})
         self.from_tokenizer_json = tokenizer is not None
         if tokenizer is None:

@@ -23,14 +23,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .. import __name__ as _package
+from .. import defaults
 from ..checkpoint.hub import model_reference, resolve_model_dir
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
-from ..data.images import ImageItem, collate_images
-from ..inference.embed import embed_texts, eval_mode
+from ..data.images import ImageBatch, ImageItem, collate_images
+from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..inference.fast import fuse_for_inference
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
+from ..util.distributed_env import torchrun_env
 from ..util.fileio import path_to_text
 from .layout import DTYPES, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
@@ -162,127 +164,194 @@ def embed_to_folder(
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
     """Embed `plan`'s unfinished partitions that belong to `rank` into the folder `out` (created, or checked to
-    have been made with the same model and arguments). Rows are L2-normalised and stored as `dtype`."""
+    have been made with the same model and arguments). Rows are L2-normalised and stored as `dtype`.
+
+    The steps: describe the run (folder_info) and prepare the folder; find this rank's unfinished partitions;
+    then for each, embed its images and captions (_embed_partition) and write it (write_partition)."""
     if batch_size < 1 or text_batch_size < 1:
         raise ValueError(f"batch sizes must be at least 1, got {batch_size} and {text_batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
-    device = next(model.parameters()).device
-    autocast = device.type == "cuda"
-    info = folder_info(plan, model_name, model, dtype, fused, "bf16-autocast" if autocast else "float32")
+    info = folder_info(plan, model_name, model, dtype, fused, compute_mode(model))
     prepare_folder(out, info)
-    mine = rank_partitions(info.partitions, rank, world)
-    done = set(finished_partitions(out, info))
-    todo = [p for p in mine if p not in done]
-    summary = EmbedSummary(info.partitions, mine, [p for p in mine if p in done])
+    summary, todo = _unfinished_partitions(out, info, rank, world)
     if not todo:
         return summary
-
-    cache: dict[int, list[Pair]] = {}
-    damaged: dict[int, list[tuple[str, str]]] = {}
-
-    def pairs_of(p: int) -> list[Pair]:
-        # Shared by the sampler (main process, a few batches ahead) and the loop below, so a shard is indexed once.
-        if p not in cache:
-            listing = plan.read_partition(p)
-            cache[p], damaged[p] = listing.pairs, listing.damaged
-        return cache[p]
-
-    loader = DataLoader(
-        _PairImages(image_processor.preprocess_one),
-        batch_sampler=_PartitionBatches(todo, pairs_of, batch_size),
-        num_workers=workers,
-        collate_fn=collate_images,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    batches = iter(loader)
-    size = plan.partition_size
-    total = None if plan.pairs is None else sum(min(size, len(plan.pairs) - p * size) for p in todo)
+    pairs = _PartitionPairs(plan)
+    device = next(model.parameters()).device
+    batches = iter(_image_loader(image_processor, todo, pairs, batch_size, workers, pin_memory=device.type == "cuda"))
     bar = tqdm(
-        total=total,
+        total=_images_in(plan, todo),
         unit="img",
         file=sys.stderr,
         disable=not progress,
         position=rank if bar_position is None else bar_position,
         desc=f"rank {rank}",
     )
-    start_all = time.perf_counter()
+    start = time.perf_counter()
     with eval_mode(model), bar:
         for p in todo:
-            start = time.perf_counter()
-            pairs = pairs_of(p)
-            chunks, rows, skipped = [], [], []
-            # A truncated or unreadable shard is reported and recorded in the partition's marker like an unreadable
-            # image, and the partition is finished with what could be read: a rerun never stops at it again.
-            for name, reason in damaged.pop(p, []):
-                skipped.append({"image_path": path_to_text(name), "error": reason})
-                if on_failure is not None:
-                    on_failure(path_to_text(name), reason)
-            for _ in range(batches_in(len(pairs), batch_size)):
-                batch = next(batches)
-                for row, reason in batch.failures:
-                    skipped.append({"image_path": image_path(pairs[row].image), "error": reason})
-                    if on_failure is not None:
-                        on_failure(image_path(pairs[row].image), reason)
-                if batch.pixel_values is not None:
-                    pixels = batch.pixel_values.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        chunks.append(model.encode_image(pixels, normalize=True).float().cpu())  # (b, P)
-                    rows.extend(batch.indices)
-                bar.update(len(batch.indices) + len(batch.failures))
-            good = [pairs[r] for r in rows]
-            image_emb = torch.cat(chunks) if chunks else torch.empty(0, info.dim)
-            text_emb = None
-            if info.captions:
-                if good:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        text_emb = embed_texts(
-                            model, tokenizer, [q.caption or "" for q in good], batch_size=text_batch_size
-                        )
-                else:
-                    text_emb = torch.empty(0, info.dim)
-            metadata: dict[str, list] = {"image_path": [image_path(q.image) for q in good]}
-            if info.captions:
-                metadata["caption"] = [q.caption for q in good]
-            if plan.kind == "shards":
-                metadata["key"] = [q.key for q in good]
-                metadata["url"] = [q.url for q in good]
-            result = PartitionResult(
-                index=p,
-                image_embeddings=_store(image_emb, dtype),
-                text_embeddings=None if text_emb is None else _store(text_emb, dtype),
-                metadata=metadata,
-                skipped=skipped,
-                seconds=time.perf_counter() - start,
-                rank=rank,
+            step = _PartitionStep(
+                p, pairs(p), pairs.damaged.get(p, []), batches, batches_in(len(pairs(p)), batch_size), bar, on_failure
             )
+            result = _embed_partition(model, tokenizer, plan.kind, info, step, text_batch_size, rank)
             write_partition(out, info, result)
-            cache.pop(p, None)
+            pairs.forget(p)
             summary.embedded.append(p)
-            summary.rows += len(good)
-            summary.skipped += len(skipped)
-    summary.seconds = time.perf_counter() - start_all
+            summary.rows += len(result.image_embeddings)
+            summary.skipped += len(result.skipped)
+    summary.seconds = time.perf_counter() - start
     return summary
 
 
+def _unfinished_partitions(out: str | Path, info: FolderInfo, rank: int, world: int) -> tuple[EmbedSummary, list[int]]:
+    """This rank's partitions (partitions.rank_partitions), and those of them not finished in `out` yet."""
+    mine = rank_partitions(info.partitions, rank, world)
+    done = set(finished_partitions(out, info))
+    return EmbedSummary(info.partitions, mine, [p for p in mine if p in done]), [p for p in mine if p not in done]
+
+
+class _PartitionPairs:
+    """Partition index -> its pairs, listed once: the sampler (main process, a few batches ahead) and the
+    partition loop both ask, so a shard is indexed once; a written partition is forgotten."""
+
+    def __init__(self, plan: InputPlan) -> None:
+        self.plan = plan
+        self.cache: dict[int, list[Pair]] = {}
+        self.damaged: dict[int, list[tuple[str, str]]] = {}
+
+    def __call__(self, p: int) -> list[Pair]:
+        if p not in self.cache:
+            listing = self.plan.read_partition(p)
+            self.cache[p], self.damaged[p] = listing.pairs, listing.damaged
+        return self.cache[p]
+
+    def forget(self, p: int) -> None:
+        self.cache.pop(p, None)
+        self.damaged.pop(p, None)
+
+
+def _image_loader(
+    image_processor: AlignImageProcessor,
+    todo: list[int],
+    pairs: Callable[[int], list[Pair]],
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """Decoded, preprocessed image batches of the partitions `todo`, in order, never crossing a partition."""
+    return DataLoader(
+        _PairImages(image_processor.preprocess_one),
+        batch_sampler=_PartitionBatches(todo, pairs, batch_size),
+        num_workers=workers,
+        collate_fn=collate_images,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+
+
+def _images_in(plan: InputPlan, todo: list[int]) -> int | None:
+    """Images in the partitions `todo`, for the progress bar; None for shards (counted only when opened)."""
+    if plan.pairs is None:
+        return None
+    size = plan.partition_size
+    return sum(min(size, len(plan.pairs) - p * size) for p in todo)
+
+
+@dataclass
+class _PartitionStep:
+    """One partition's work: its index, its pairs, the shared loader and how many of its batches hold them,
+    and where to report progress and unreadable images."""
+
+    index: int
+    pairs: list[Pair]
+    damaged: list[tuple[str, str]]  # (shard, reason) for a truncated or unreadable shard
+    loader: Iterator[ImageBatch]
+    batches: int
+    bar: tqdm
+    on_failure: Callable[[str, str], None] | None
+
+
+def _embed_partition(
+    model: AlignModel,
+    tokenizer: AlignTokenizer,
+    input_kind: str,
+    info: FolderInfo,
+    step: _PartitionStep,
+    text_batch_size: int,
+    rank: int,
+) -> PartitionResult:
+    """Images (and captions when the folder has them) of one partition -> the rows and metadata to write."""
+    start = time.perf_counter()
+    image_emb, good, skipped = _embed_partition_images(model, step, info.dim)
+    text_emb = _embed_captions(model, tokenizer, good, text_batch_size, info.dim) if info.captions else None
+    return PartitionResult(
+        index=step.index,
+        image_embeddings=_store(image_emb, info.dtype),
+        text_embeddings=None if text_emb is None else _store(text_emb, info.dtype),
+        metadata=_partition_metadata(good, info.captions, input_kind),
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+        rank=rank,
+    )
+
+
+def _embed_partition_images(
+    model: AlignModel, step: _PartitionStep, dim: int
+) -> tuple[torch.Tensor, list[Pair], list[dict[str, str]]]:
+    """The partition's batches through the embedding mapper: (n_good, dim) float32 unit rows, the pairs whose
+    images were read (row order), and {"image_path", "error"} for those that were not."""
+    chunks, good, skipped = [], [], []
+    # A truncated or unreadable shard is reported and recorded in the partition's marker like an unreadable
+    # image, and the partition is finished with what could be read: a rerun never stops at it again.
+    for name, reason in step.damaged:
+        skipped.append({"image_path": path_to_text(name), "error": reason})
+        if step.on_failure is not None:
+            step.on_failure(path_to_text(name), reason)
+    for _ in range(step.batches):
+        batch = next(step.loader)
+        for row, reason in batch.failures:
+            path = image_path(step.pairs[row].image)
+            skipped.append({"image_path": path, "error": reason})
+            if step.on_failure is not None:
+                step.on_failure(path, reason)
+        if batch.pixel_values is not None:
+            chunks.append(encode_image_batch(model, batch.pixel_values))  # (b, P)
+            good.extend(step.pairs[row] for row in batch.indices)
+        step.bar.update(len(batch.indices) + len(batch.failures))
+    return (torch.cat(chunks) if chunks else torch.empty(0, dim)), good, skipped
+
+
+def _embed_captions(
+    model: AlignModel, tokenizer: AlignTokenizer, good: list[Pair], batch_size: int, dim: int
+) -> torch.Tensor:
+    """(n_good, dim) float32 unit rows of the embedded images' captions (an absent caption: the empty text)."""
+    if not good:
+        return torch.empty(0, dim)
+    return embed_texts(model, tokenizer, [q.caption or "" for q in good], batch_size=batch_size)
+
+
+def _partition_metadata(good: list[Pair], captions: bool, input_kind: str) -> dict[str, list]:
+    """The metadata columns of a partition, one value per embedded row: image_path, then caption, key, url."""
+    metadata: dict[str, list] = {"image_path": [image_path(q.image) for q in good]}
+    if captions:
+        metadata["caption"] = [q.caption for q in good]
+    if input_kind == "shards":
+        metadata["key"] = [q.key for q in good]
+        metadata["url"] = [q.url for q in good]
+    return metadata
+
+
 def _store(vectors: torch.Tensor, dtype: str) -> np.ndarray:
-    """(n, d) -> unit rows in the folder's dtype (normalised again in float32, so float16 rows are unit too)."""
-    vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    """(n, d) float32 unit rows from the mapper -> the folder's dtype."""
     return vectors.numpy().astype(dtype)
-
-
-def torchrun_rank() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); (0, 1, 0) alone."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
 def embed_collection(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
-    model: str = "kakaobrain/align-base",
+    model: str = defaults.MODEL,
     device: str = "auto",
     partition_size: int = 10_000,
     dtype: str = "float16",
@@ -299,10 +368,10 @@ def embed_collection(
     from ..util.device import resolve_device
     from .partitions import plan_input
 
-    rank, world, local_rank = torchrun_rank()
+    env = torchrun_env()
     where = resolve_device(device)
     if where.type == "cuda":  # one GPU per process
-        where = torch.device("cuda", local_rank)
+        where = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(where)
     plan = plan_input(inputs, partition_size)
     processor = AlignProcessor.from_pretrained(model)
@@ -319,9 +388,9 @@ def embed_collection(
         fused=fused,
         batch_size=batch_size,
         workers=workers,
-        rank=rank,
-        world=world,
+        rank=env.rank,
+        world=env.world,
         progress=progress,
-        bar_position=local_rank,
+        bar_position=env.local_rank,
         on_failure=on_failure,
     )

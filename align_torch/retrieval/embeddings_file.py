@@ -9,7 +9,7 @@ Format: one safetensors file (readable without align_torch) holding
 
 Image paths are stored with `fileio.path_to_text`: a UTF-8 name as it is, any other name (bytes that are
 not UTF-8, or starting with "file:") as "file:" + percent-encoded bytes, so every name the OS gives comes
-back byte for byte (`fileio.text_to_path`). Version "1" files (names stored as they are) are still read.
+back byte for byte (`fileio.text_to_path`).
 
 Read it with `EmbeddingIndex.load(path)`, or with safetensors alone:
 `safe_open(path, "pt")` -> `.get_tensor("embeddings")`, `json.loads(.metadata()["items"])`.
@@ -29,8 +29,7 @@ from safetensors.torch import save_file
 from ..util.fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
 
 FORMAT = "align_torch.inference.embed"
-VERSION = "2"
-READABLE_VERSIONS = ("1", "2")  # "1": image paths stored as they are (only UTF-8 names could be written)
+VERSION = "2"  # "1" stored image paths as they are; it never left development, and is refused
 KINDS = ("image", "text")
 
 
@@ -118,14 +117,14 @@ class EmbeddingIndex:
             row = int((~finite).nonzero()[0, 0])
             raise EmbeddingsFileError(f"{str(path)!r}: 'embeddings' row {row} holds NaN or infinite values")
         version = metadata.get("version")
-        if version not in READABLE_VERSIONS:
+        if version != VERSION:
             raise EmbeddingsFileError(
-                f"{str(path)!r} has embeddings format version {version!r}; this align_torch reads "
-                f"{', '.join(map(repr, READABLE_VERSIONS))}"
+                f"{str(path)!r} has embeddings format version {version!r}; this align_torch reads version "
+                f"{VERSION!r} (write the file again with `align-torch embed` or `align-torch embed-text`)"
             )
         try:
             kind = metadata["kind"]
-            decode = text_to_path if kind == "image" and version != "1" else str
+            decode = text_to_path if kind == "image" else str
             skipped = json.loads(metadata.get("skipped", "[]"))
             return cls(
                 vectors=vectors,

@@ -12,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
+from ..defaults import TEMPLATES, TEXT_LENGTH
+from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
 
@@ -47,7 +49,7 @@ class TrainConfig:
     val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
     zero_shot_dir: str | None = opt(None, "folder with one sub-folder per class, for zero-shot top-1 after each epoch")
     templates: str = opt(
-        DEFAULT_TEMPLATES,
+        TEMPLATES,
         "prompt template set for --zero-shot-dir, the default of `zero-shot` and `eval` too",
         choices=tuple(sorted(TEMPLATE_SETS)),
     )
@@ -59,16 +61,14 @@ class TrainConfig:
     micro_batch_size: int | None = opt(
         None, "GradCache: embed each batch in chunks of this many pairs (memory grows with it, not the batch)"
     )
-    max_length: int = opt(64, "caption tokens, as ALIGN")
+    max_length: int = opt(TEXT_LENGTH, "caption tokens, as ALIGN")
     crop_scale: tuple[float, float] = opt(
-        (0.9, 1.0),
+        CROP_SCALE,
         "random resized crop: range of the area fraction kept (open_clip's fine-tuning default)",
         metavar=("MIN", "MAX"),
     )
-    crop_ratio: tuple[float, float] = opt(
-        (3 / 4, 4 / 3), "random resized crop: aspect-ratio range", metavar=("MIN", "MAX")
-    )
-    hflip: bool = opt(False, "random horizontal flips (off by default: captions may say left or right)")
+    crop_ratio: tuple[float, float] = opt(CROP_RATIO, "random resized crop: aspect-ratio range", metavar=("MIN", "MAX"))
+    hflip: bool = opt(HFLIP, "random horizontal flips (off by default: captions may say left or right)")
     augment: bool = opt(
         True, "no random crop or flip: resize and centre-crop as the eval processor", flag="--no-augment"
     )

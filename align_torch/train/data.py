@@ -1,5 +1,6 @@
-"""Image-caption data for fine-tuning: the train transform, a resumable per-epoch batch order, and a collate
-function that tokenises and drops unreadable images. Manifests and shards are read by align_torch.data.
+"""Image-caption data for fine-tuning: a resumable per-epoch batch order, and a collate
+function that tokenises and drops unreadable images. Manifests and shards are read by align_torch.data, and the train transform
+(shared with evaluation) lives in align_torch.data.transforms.
 
 Every random choice about a sample (its place in the epoch, its crop, its flip) is a pure function of
 (seed, epoch, index), never of a worker's or the main process's RNG, so the batches are the same with any
@@ -9,66 +10,21 @@ number of DataLoader workers and after a resume.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import PIL.Image
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data import MANIFEST_SUFFIXES as MANIFEST_SUFFIXES  # the trainer's names for the shared readers
 from ..data import ImageLoadError, Pair, load_pair_image
 from ..data import read_pairs as read_pairs
+from ..data.transforms import TrainTransform as TrainTransform  # shared with evaluate/ (open_clip)
+from ..data.transforms import sample_rng as sample_rng
+from ..defaults import TEXT_LENGTH
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
-
-
-# --- transforms ---------------------------------------------------------------------------------------
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The random stream of one sample in one epoch."""
-    return np.random.default_rng([seed, epoch, index])
-
-
-@dataclass(frozen=True)
-class TrainTransform:
-    """Random resized crop (torchvision's algorithm) to the model's resolution, optional flip, then the
-    processor's rescale/normalise, so train pixels have the same range as the eval processor's."""
-
-    image_processor: AlignImageProcessor
-    size: tuple[int, int]  # (height, width): the processor's crop size
-    scale: tuple[float, float] = (0.5, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: bool = False
-
-    def __call__(self, image: PIL.Image.Image, rng: np.random.Generator) -> np.ndarray:
-        left, top, w, h = self._crop_box(image.width, image.height, rng)
-        box = (left, top, left + w, top + h)
-        image = image.resize((self.size[1], self.size[0]), PIL.Image.Resampling.BILINEAR, box=box)
-        if self.hflip and rng.random() < 0.5:
-            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        finish = dataclasses.replace(self.image_processor, do_resize=False, do_center_crop=False)
-        return finish.preprocess_one(image)  # (3, height, width)
-
-    def _crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        area = width * height
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
-        # Fallback: the largest centred crop within the aspect-ratio range.
-        in_ratio = width / height
-        if in_ratio < self.ratio[0]:
-            w, h = width, round(width / self.ratio[0])
-        elif in_ratio > self.ratio[1]:
-            w, h = round(height * self.ratio[1]), height
-        else:
-            w, h = width, height
-        return (width - w) // 2, (height - h) // 2, w, h
 
 
 # --- dataset, batch order, collate --------------------------------------------------------------------
@@ -174,7 +130,7 @@ class Collate:
     """DataLoader collate_fn: stack the readable images, tokenise their captions to max_length."""
 
     tokenizer: AlignTokenizer
-    max_length: int = 64
+    max_length: int = TEXT_LENGTH
     image_size: tuple[int, int] = (289, 289)  # (height, width), for the shape of an all-failed batch
 
     def __call__(self, items: list[PairItem]) -> Batch:

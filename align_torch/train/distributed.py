@@ -7,13 +7,13 @@ through gloo instead of stopping the run, and every tensor the trainer reduces l
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..model.loss import is_distributed
+from ..util.distributed_env import torchrun_env
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -47,11 +47,12 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     tensors), gloo otherwise. A group initialised by the caller is reused; a plain `python` run is rank 0 of 1."""
     from ..util.device import resolve_device
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env = torchrun_env()
+    local_rank = env.local_rank
     device = resolve_device(device_name)
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank), device
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if not env.distributed:
         return DistInfo(), device
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

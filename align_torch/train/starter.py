@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.weights import save_native
+from ..defaults import TEXT_LENGTH
 from ..model.align import AlignModel
 from ..model.config import preset
 from ..preprocess.image_processing import AlignImageProcessor
@@ -46,7 +47,7 @@ def starter_processor(image_size: int, max_length: int) -> AlignProcessor:
     vocab = {token: i for i, token in enumerate(starter_vocab())}
     resize = math.ceil(image_size * 346 / 289)
     images = AlignImageProcessor(size=(resize, resize), crop_size=(image_size, image_size))
-    return AlignProcessor(images, AlignTokenizer(vocab, model_max_length=min(64, max_length)))
+    return AlignProcessor(images, AlignTokenizer(vocab, model_max_length=min(TEXT_LENGTH, max_length)))
 
 
 def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0) -> Path:

@@ -1,1 +1,1 @@
-"""Atomic writes and lossless file names; device choice."""
+"""Atomic writes and lossless file names; device choice; torchrun's environment."""
