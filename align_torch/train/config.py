@@ -53,7 +53,9 @@ class TrainConfig:
     )
 
     epochs: int = opt(1, "passes over the training data")
-    max_steps: int | None = opt(None, "stop after this many optimiser steps (when fewer than the epochs give)")
+    max_steps: int | None = opt(
+        None, "train exactly this many optimiser steps, over as many epochs as that takes (overrides --epochs)"
+    )
     batch_size: int = opt(32, "pairs per rank per contrastive batch; the loss contrasts the batch of all ranks")
     grad_accum: int = opt(1, "contrastive batches per optimiser step (each its own contrastive batch)")
     micro_batch_size: int | None = opt(

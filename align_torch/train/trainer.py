@@ -42,7 +42,7 @@ from .lock import RunLockedError, acquire_run_lock, release_run_lock
 from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
 from .modes import prepare_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, resume_schedule
 from .skipped import SkippedLog, skipped_record
 from .state import (
     CHECKPOINT_FILE,
@@ -181,9 +181,8 @@ class Trainer:
                 f"{len(self.dataset)} training pairs give no full optimiser step: batch {cfg.batch_size} x "
                 f"{self.dist.world} ranks x {cfg.grad_accum} accumulation"
             )
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        # --max-steps is the run's length, over as many epochs as it takes (as transformers' max_steps).
+        self.total_steps = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else cfg.max_steps
 
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
@@ -228,6 +227,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.progress = checkpoint.progress
+        resume_schedule(self.scheduler, self.progress.step)
         self._saved_step = self.progress.step
         rng = checkpoint.rng
         if len(rng) == self.dist.world:
@@ -350,7 +350,7 @@ class Trainer:
             if record is not None:
                 result.losses.append(record.loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record.loss:.4f}", epoch=p.epoch + 1)
+                bar.set_postfix(loss=f"{record.loss:.4f}", epoch=record.epoch)  # 0-based, as metrics.jsonl
                 if self.logger is not None and (record.step % cfg.log_every == 0 or record.step == 1):
                     self.logger.log({"type": "train", **asdict(record)})
                 for callback in self.callbacks:
@@ -477,7 +477,7 @@ class Trainer:
         bad = all_reduce_((~torch.isfinite(loss.detach())).float(), "max").item() > 0
         if bad:
             raise NonFiniteLossError(
-                f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch}, 0-based); "
                 f"stopping. {self._last_good()}. Try a lower --lr, --precision fp32, or --clip-grad."
             )
 
@@ -485,7 +485,7 @@ class Trainer:
         bad = reduce_scalar(float(not all_finite(tensors)), "max", self.device) > 0
         if bad:
             raise NonFiniteLossError(
-                f"{what} are not finite at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"{what} are not finite at step {self.progress.step + 1} (epoch {self.progress.epoch}, 0-based); "
                 f"stopping before saving. {self._last_good()}. Try a lower --lr or --clip-grad."
             )
 
