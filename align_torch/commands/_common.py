@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from ..data.defaults import DEFAULT_MODEL, DEFAULT_WORKERS
 from ..device import DEVICES, resolve_device
 
 if TYPE_CHECKING:
     from ..embeddings import ImageEmbeddings
     from ..model import AlignModel
     from ..processor import AlignProcessor
-
-DEFAULT_MODEL = "kakaobrain/align-base"
 
 
 def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
@@ -48,7 +46,7 @@ def add_batch_arguments(p: argparse.ArgumentParser, batch_size: int, images: boo
         "--batch-size", type=_positive_int, default=batch_size, help=f"inputs per batch (default: {batch_size})"
     )
     if images:
-        workers = min(4, os.cpu_count() or 1)
+        workers = DEFAULT_WORKERS
         p.add_argument(
             "--workers",
             type=_non_negative_int,

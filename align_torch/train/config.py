@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.defaults import DEFAULT_MODEL, DEFAULT_WORKERS
 from ..device import DEVICES
 from ..templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from .lora import DEFAULT_TARGETS
@@ -32,16 +33,19 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
-    """A TrainConfig field: its default, its help text and options for its command-line flag."""
-    return field(default=default, metadata={"help": help, **cli})
+def opt(default: Any = dataclasses.MISSING, help: str = "", kw_only: bool = False, **cli: Any) -> Any:
+    """A TrainConfig field: its default, its help text and options for its command-line flag. `kw_only` lets a
+    field with a default come before fields without one."""
+    return field(default=default, kw_only=kw_only, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """A fine-tuning run. Defaults follow the original ALIGN where it made a choice (see README)."""
 
-    model: str = opt(help="model folder (native or Hugging Face layout) or Hub repo id to start from")
+    model: str = opt(
+        DEFAULT_MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True
+    )
     train: str = opt(help="manifest (.csv/.tsv/.jsonl/.parquet with image, caption) or .tar shards (file/folder/glob)")
     out: str = opt(help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)")
     val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
@@ -115,7 +119,7 @@ class TrainConfig:
     precision: str = opt("fp32", "bf16: autocast for the towers; the loss stays float32", choices=PRECISIONS)
     grad_checkpointing: bool = opt(False, "recompute activations in backward (both towers)")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
-    workers: int = opt(0, "DataLoader processes (0: load in the main process)")
+    workers: int = opt(DEFAULT_WORKERS, "DataLoader processes (0: load in the main process)")
     seed: int = opt(0, "seed for data order, augmentation and drop-path/dropout")
     log_every: int = opt(10, "optimiser steps between metrics.jsonl lines")
     save_every: int = opt(500, "optimiser steps between checkpoints (and at each epoch end)")
