@@ -54,6 +54,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
+from .state_checks import check_optimizer, check_run_position, check_scheduler
 
 FINAL_DIR = "final"
 ADAPTERS_DIR = "adapters"  # LoRA runs: the adapters alone, beside the merged final/
@@ -223,6 +224,10 @@ class Trainer:
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
+        path = self.checkpoint_path
+        check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
+        check_optimizer(path, checkpoint.optimizer, self.optimizer)
+        check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
         self.model.load_state_dict(checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
