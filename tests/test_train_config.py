@@ -123,3 +123,13 @@ def test_finetune_model_and_workers_default_as_every_other_command():
     cfg = config_from_args(commands["finetune"].parse_args(["--train", "t.csv", "--out", "run"]))
     for name, default in defaults.items():
         assert (cfg.model, cfg.workers) == (default["model"], default["workers"]), name
+
+
+def test_recipe_scratch_crops_half_the_area_up():
+    """--recipe scratch crops 0.5-1 of the area (a model learning from scratch needs it; README, "Recipes");
+    finetune keeps the gentle 0.9-1, and an explicit --crop-scale still wins."""
+    scratch = config_from_args(_parser().parse_args(REQUIRED + ["--recipe", "scratch"]))
+    assert scratch.crop_scale == (0.5, 1.0)
+    assert config_from_args(_parser().parse_args(REQUIRED)).crop_scale == (0.9, 1.0)
+    given = ["--recipe", "scratch", "--crop-scale", "0.8", "1"]
+    assert config_from_args(_parser().parse_args(REQUIRED + given)).crop_scale == (0.8, 1.0)
