@@ -73,7 +73,7 @@ def test_wheel_installs_with_its_data_files_and_runs_init_zero_shot_and_serve_ou
         line = ""
         while "http://" not in line:
             line = server.stderr.readline()
-            assert line or server.poll() is None, "serve exited before listening"
+            assert line or server.poll() is None, f"serve exited before listening: {server.stderr.read()[-2000:]}"
         url = line.split("serve: ", 1)[1].split()[0]
         with urllib.request.urlopen(url, timeout=30) as response:
             page = response.read().decode()
