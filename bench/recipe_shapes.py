@@ -17,7 +17,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 SETTINGS = {
     "ALIGN (bn 0.01, drop-path 0.2, clip 1, crop 0.5-1)": ("finetune", {"crop_scale": (0.5, 1.0)}),
     "--recipe finetune (crop 0.9-1)": ("finetune", {}),
-    "--recipe scratch (bn 0.1, drop-path 0, no clip, crop 0.9-1)": ("scratch", {}),
+    "--recipe scratch (bn 0.1, drop-path 0, no clip, crop 0.5-1)": ("scratch", {}),
 }
 
 

@@ -170,4 +170,4 @@ def test_clip_benchmark_cli_runs_align_through_the_wrapper(model_dir: Path, tmp_
 def test_wrapper_without_clip_benchmark_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "clip_benchmark", None)  # import fails as if not installed
     assert main(["clip-benchmark", "eval", "--dataset", "cifar10"]) == 1
-    assert 'pip install "align-torch[clip-benchmark]"' in capsys.readouterr().err
+    assert 'pip install -e ".[clip-benchmark]" in the clone' in capsys.readouterr().err

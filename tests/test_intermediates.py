@@ -126,19 +126,41 @@ def test_stopping_at_an_early_stage_runs_only_that_stage():
     assert block_calls[0] == end + 1, "only the blocks up to the end of stage 1 run"
     assert layer_calls[0] == 1, "only the first text layer runs"
     assert early.image_embeds is None and early.text_embeds is None
-    assert torch.equal(early.image_stage_outputs[1], full.image_stage_outputs[1])
-    assert early.image_stage_outputs[0] is None and early.image_stage_outputs[2] is None
-    assert [i for i, h in enumerate(early.image_hidden_states) if h is not None] == [end + 1]
-    assert [i for i, h in enumerate(early.text_hidden_states) if h is not None] == [1]
-    assert [i for i, a in enumerate(early.text_attentions) if a is not None] == [0]
-    assert torch.equal(early.text_hidden_states[1], full.text_hidden_states[1])
+    assert torch.equal(early.image_stage_outputs[0], full.image_stage_outputs[1])
+    assert torch.equal(early.text_hidden_states[0], full.text_hidden_states[1])
+
+
+def test_stop_early_returns_only_what_was_asked():
+    """image_stages=[2], stop_early=True: one stage output and one hidden state, no None padding; the
+    positions they hold are given beside them."""
+    torch.manual_seed(0)
+    model = AlignModel(preset("align-tiny")).eval()
+    with torch.no_grad():
+        full = model.forward_intermediates(images(1, 64), **texts(1, 8, 1000))
+        early = model.forward_intermediates(
+            images(1, 64), **texts(1, 8, 1000), image_stages=[2], text_indices=[0, 2], stop_early=True
+        )
+    end = model.vision_model.stage_ends[2]
+    assert early.image_stages == [2] and len(early.image_stage_outputs) == 1
+    assert early.image_positions == [end + 1] and len(early.image_hidden_states) == 1
+    assert torch.equal(early.image_stage_outputs[0], full.image_stage_outputs[2])
+    assert torch.equal(early.image_hidden_states[0], full.image_hidden_states[end + 1])
+    assert early.text_positions == [0, 2] and len(early.text_hidden_states) == 2
+    assert all(
+        torch.equal(a, full.text_hidden_states[p]) for a, p in zip(early.text_hidden_states, [0, 2], strict=True)
+    )
+    assert len(early.text_attentions) == 1 and torch.equal(early.text_attentions[0], full.text_attentions[1])
+    for kept in (early.image_hidden_states, early.image_stage_outputs, early.text_hidden_states, early.text_attentions):
+        assert all(t is not None for t in kept)
+    n = len(model.vision_model.blocks) + 1
+    assert full.image_positions == list(range(n)) and full.image_stages == list(range(len(model.config.vision.stages)))
 
 
 def test_selection_without_stopping_keeps_embeddings(tiny):
     with torch.no_grad():
         inter = tiny.forward_intermediates(images(1, 64), image_indices=[0, -1])
-    kept = [i for i, h in enumerate(inter.image_hidden_states) if h is not None]
-    assert kept == [0, len(tiny.vision_model.blocks)]
+    assert inter.image_positions == [0, len(tiny.vision_model.blocks)] and len(inter.image_hidden_states) == 2
+    assert inter.image_stages == [len(tiny.config.vision.stages) - 1]  # the last block ends the last stage
     assert inter.image_embeds is not None
     assert inter.text_hidden_states is None and inter.text_attentions is None and inter.text_embeds is None
 

@@ -28,8 +28,13 @@ def test_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_against_a_local_checkpoint(path, tiny_native_dir, monkeypatch, tmp_path):
+def test_notebook_runs_against_a_local_checkpoint_and_leaves_no_temp_folders(
+    path, tiny_native_dir, monkeypatch, tmp_path
+):
     nb = nbformat.read(path, as_version=4)
+    temp = tmp_path.parent / f"{tmp_path.name}-temp"  # the kernel's temp dir (notebook 03 works in one)
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     assert 'os.environ.get("ALIGN_MODEL", "kakaobrain/align-base")' in "".join(c.source for c in nb.cells[:3])
     monkeypatch.setenv("ALIGN_MODEL", str(tiny_native_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -47,4 +52,5 @@ def test_notebook_runs_against_a_local_checkpoint(path, tiny_native_dir, monkeyp
     warned = [o["text"] for o in outputs if o.output_type == "stream" and o["name"] == "stderr"]
     assert not [w for w in warned if "IProgress" in w], "the ipywidgets warning must be silenced"
     assert not any(tmp_path.iterdir()), f"{path.name} wrote into its working folder: {sorted(tmp_path.iterdir())}"
+    assert not any(temp.iterdir()), f"{path.name} left folders in the temp dir: {sorted(temp.iterdir())}"
     assert int(nb.cells[-1].outputs[0]["text"]) > 0, f"{path.name} drew no figure"

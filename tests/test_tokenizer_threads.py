@@ -98,3 +98,16 @@ def test_encode_between_padded_calls_is_unpadded(tokenizer):
     ids = tokenizer.encode("a cat")
     assert len(ids) == 4
     assert tokenizer(["a cat"], padding="max_length", max_length=32).input_ids.shape == (1, 32)
+
+
+def test_pickled_tokenizer_gives_the_same_ids_for_spawned_data_loader_workers(tokenizer):
+    """DataLoader workers started by spawn (macOS's default; finetune's --workers defaults to more than 0)
+    get a pickled copy of the collate function's tokenizer: it pickles, and encodes as the original."""
+    import pickle
+
+    tokenizer(["warm the cache"], padding="max_length", max_length=16)
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    for settings in SETTINGS:
+        assert _call(copy, ["a cat", "two dogs on a beach"], settings, False) == _call(
+            tokenizer, ["a cat", "two dogs on a beach"], settings, False
+        )

@@ -148,3 +148,29 @@ def test_training_uses_and_records_the_model_configs_knobs(tiny_native_dir: Path
     assert saved.label_smoothing == 0.0
     checkpoint_config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
     assert json.dumps(expected) in json.dumps(checkpoint_config)
+
+
+def test_finetune_model_and_workers_default_as_every_other_command():
+    """`finetune` without --model / --workers uses the model and worker count the other commands default to."""
+    from align_torch.cli import build_parser
+    from align_torch.train.args import config_from_args
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    defaults = {
+        name: {a.dest: a.default for a in p._actions if a.dest in ("model", "workers")}
+        for name, p in commands.items()
+        if name in ("zero-shot", "embed", "eval")
+    }
+    cfg = config_from_args(commands["finetune"].parse_args(["--train", "t.csv", "--out", "run"]))
+    for name, default in defaults.items():
+        assert (cfg.model, cfg.workers) == (default["model"], default["workers"]), name
+
+
+def test_recipe_scratch_crops_half_the_area_up():
+    """--recipe scratch crops 0.5-1 of the area (a model learning from scratch needs it; README, "Recipes");
+    finetune keeps the gentle 0.9-1, and an explicit --crop-scale still wins."""
+    scratch = config_from_args(_parser().parse_args(REQUIRED + ["--recipe", "scratch"]))
+    assert scratch.crop_scale == (0.5, 1.0)
+    assert config_from_args(_parser().parse_args(REQUIRED)).crop_scale == (0.9, 1.0)
+    given = ["--recipe", "scratch", "--crop-scale", "0.8", "1"]
+    assert config_from_args(_parser().parse_args(REQUIRED + given)).crop_scale == (0.8, 1.0)

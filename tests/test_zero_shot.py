@@ -119,3 +119,27 @@ def test_embed_texts_matches_text_features_and_is_normalised(tiny):
     with torch.no_grad():
         expected = F.normalize(model.get_text_features(**processor(text=texts)), dim=-1)
     torch.testing.assert_close(got, expected, rtol=0, atol=TOL)
+
+
+def test_labels_with_an_article_are_not_given_a_second_one():
+    """`--labels "a cat"` (the README's example): the label's article replaces the template's, a determiner or
+    adjective before the label drops it, and a label without an article is filled in as before."""
+    assert fill(["a photo of a {}.", "a photo of the {}.", "a {} in a video game.", "{}"], "a cat") == [
+        "a photo of a cat.",
+        "a photo of a cat.",
+        "a cat in a video game.",
+        "a cat",
+    ]
+    assert fill(["a photo of a {}."], "an apple") == ["a photo of an apple."]
+    assert fill(["a photo of my {}.", "a photo of a clean {}.", "a photo of {}."], "The cat") == [
+        "a photo of my cat.",
+        "a photo of a clean cat.",
+        "a photo of The cat.",
+    ]
+    assert fill(["a photo of a {}."], "cat") == ["a photo of a cat."]
+    assert fill(["a photo of a {}."], "a") == ["a photo of a a."]  # a bare word, not an article before a noun
+    for prompt in fill(IMAGENET_TEMPLATES, "a cat"):
+        words = prompt.lower().split()
+        assert not any(
+            w in ("a", "an", "the") and v in ("a", "an", "the") for w, v in zip(words, words[1:], strict=False)
+        )

@@ -1,7 +1,7 @@
 """align-torch clip-benchmark eval --dataset D --model align-base --pretrained kakaobrain/align-base ...
 
 CLIP_benchmark's own CLI with ALIGN registered as `--model_type align_torch` (added when not given); every
-argument after `clip-benchmark` is CLIP_benchmark's. Needs `pip install "align-torch[clip-benchmark]"`.
+argument after `clip-benchmark` is CLIP_benchmark's. Needs `pip install -e ".[clip-benchmark]"` in the clone.
 """
 
 from __future__ import annotations

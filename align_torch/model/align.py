@@ -13,7 +13,7 @@ from torch import nn
 
 from ..checkpoint.hub import resolve_model_dir
 from ..checkpoint.weights import compare_state_dicts, load_state_dict, read_checkpoint, save_native
-from .bert import Bert
+from .bert import Bert, init_linear_and_norms
 from .config import AlignConfig
 from .efficientnet import EfficientNet
 from .input_checks import check_batches, check_kwargs, check_pixels, check_text
@@ -164,6 +164,18 @@ class AlignModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_model.set_grad_checkpointing(enable)
         self.text_model.set_grad_checkpointing(enable)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Each tower as its paper's code initialises it (EfficientNet.init_weights, Bert.init_weights), the
+        projections as BERT's linear layers (normal(0.02), bias 0) and the temperature at the config's value.
+        `AlignModel(config)` itself keeps PyTorch's defaults; the starter model (`align-torch init`) uses this."""
+        self.vision_model.init_weights()
+        self.text_model.init_weights()
+        for projection in (self.image_projection, self.text_projection):
+            if projection is not None:
+                init_linear_and_norms(projection)
+        self.temperature.fill_(float(self.config.temperature_init))
 
     # --- loading and saving ---------------------------------------------------------------------------
     @classmethod

@@ -14,6 +14,20 @@ from torch.utils.checkpoint import checkpoint
 from .config import TextConfig
 
 
+@torch.no_grad()
+def init_linear_and_norms(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's scheme for every nn.Linear / nn.Embedding / nn.LayerNorm under `module`."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight.normal_(0.0, std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            m.bias.zero_()
+        elif isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            m.reset_parameters()
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -126,6 +140,12 @@ class Bert(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each layer in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """BERT's initialisation: linear and embedding weights normal(0, initializer_range = 0.02), biases 0,
+        the padding token's embedding 0, LayerNorm at identity (weight 1, bias 0)."""
+        init_linear_and_norms(self, std=0.02)
 
     def forward_features(
         self,

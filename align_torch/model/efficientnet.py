@@ -187,6 +187,21 @@ class EfficientNet(nn.Module):
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """EfficientNet's own initialisation (its TensorFlow code, as timm): conv kernels He-normal over the
+        fan-out (k * k * out_channels / groups, so k * k for a depthwise conv), conv biases 0, BatchNorm at
+        identity (weight 1, bias 0, running mean 0, variance 1). PyTorch's default fan-in uniform instead shrinks
+        the activations block by block (BN's running statistics still 0/1 do not undo it in eval mode)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                m.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()  # weight 1, bias 0, running mean 0, running var 1, batches tracked 0
+
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             contexts = functools.partial(_checkpoint_contexts, block)

@@ -3,8 +3,8 @@ attention probabilities, and the final embeddings, with options to pick a few an
 
 Positions follow transformers' `output_hidden_states=True`: image position 0 is the stem output and
 position i + 1 block i's output (1 + num_blocks in all); text position 0 is the embeddings' output and
-position i + 1 layer i's output (1 + num_layers). Unselected positions hold None, so a position means the
-same thing whatever was asked for.
+position i + 1 layer i's output (1 + num_layers). Only what was selected is returned, in position order, with
+the positions beside it (`image_positions`, `image_stages`, `text_positions`): nothing is padded with None.
 """
 
 from __future__ import annotations
@@ -22,31 +22,39 @@ from .indices import take_indices
 class AlignIntermediates:
     """What `AlignModel.forward_intermediates` returns. A modality that was not given is None throughout."""
 
-    # stem output, then each block's output: 1 + num_blocks tensors (B, C, h, w), None where not selected
-    image_hidden_states: list[torch.Tensor | None] | None
-    # the last block of each stage (a view of the entries above): one per stage, None where not computed
-    image_stage_outputs: list[torch.Tensor | None] | None
-    # embeddings output, then each layer's output: 1 + num_layers tensors (B, T, D), None where not selected
-    text_hidden_states: list[torch.Tensor | None] | None
-    # layer i's softmax probabilities (B, heads, T, T), kept where position i + 1 is selected
-    text_attentions: list[torch.Tensor | None] | None
+    # the selected image positions' outputs (B, C, h, w): all 1 + num_blocks (stem, then each block) by default
+    image_hidden_states: list[torch.Tensor] | None
+    # the last block of each selected stage (a view of the entries above): every stage by default
+    image_stage_outputs: list[torch.Tensor] | None
+    # the selected text positions' outputs (B, T, D): all 1 + num_layers (embeddings, then each layer) by default
+    text_hidden_states: list[torch.Tensor] | None
+    # softmax probabilities (B, heads, T, T) of the layers at the selected text positions after 0 (layer p - 1)
+    text_attentions: list[torch.Tensor] | None
     # L2-normalised (B, projection_dim) embeddings as in AlignOutput; None when the tower stopped early
     image_embeds: torch.Tensor | None
     text_embeds: torch.Tensor | None
+    # the position of each entry of image_hidden_states, the stage of each entry of image_stage_outputs and the
+    # position of each entry of text_hidden_states
+    image_positions: list[int] | None = None
+    image_stages: list[int] | None = None
+    text_positions: list[int] | None = None
 
 
 def _image_positions(
     model: nn.Module, indices: Sequence[int] | None, stages: Sequence[int] | None
 ) -> tuple[set[int], list[int]]:
-    """(selected hidden-state positions, the position of each stage's output) for the image tower."""
+    """(selected hidden-state positions, selected stages and the position of each stage's output) for the image
+    tower. Stages are those asked for, or every stage whose output is a selected position when none are."""
     tower = model.vision_model
     n = len(tower.blocks) + 1
     stage_pos = [end + 1 for end in tower.stage_ends]  # block i's output sits at position i + 1
     if indices is None and stages is None:
-        return set(range(n)), stage_pos
+        return set(range(n)), list(range(len(stage_pos))), stage_pos
     wanted = take_indices(indices or [], n, "image hidden-state")
-    wanted |= {stage_pos[s] for s in take_indices(stages or [], len(stage_pos), "stage")}
-    return wanted, stage_pos
+    if stages is None:
+        return wanted, [s for s, p in enumerate(stage_pos) if p in wanted], stage_pos
+    chosen = take_indices(stages, len(stage_pos), "stage")
+    return wanted | {stage_pos[s] for s in chosen}, sorted(chosen), stage_pos
 
 
 def forward_intermediates(
@@ -66,23 +74,25 @@ def forward_intermediates(
 
     `image_indices` pick image positions (0 = stem, i + 1 = block i; negatives count from the end) and
     `image_stages` add the last block of those stages; `text_indices` pick text positions (0 = embeddings,
-    i + 1 = layer i). None everywhere selects everything. With `stop_early`, nothing after the last selected
-    position runs (and that tower's embedding is None). `AlignModel.forward_intermediates` is this function.
+    i + 1 = layer i). None everywhere selects everything. Only the selected tensors are returned, with their
+    positions. With `stop_early`, nothing after the last selected position runs (and that tower's embedding is
+    None). `AlignModel.forward_intermediates` is this function.
     """
     if pixel_values is None and input_ids is None:
         raise ValueError("forward_intermediates needs pixel_values, input_ids or both")
-    image_hidden = image_stages_out = image_embeds = None
+    image_hidden = image_stages_out = image_embeds = image_positions = chosen_stages = None
     if pixel_values is not None:
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        wanted, stage_pos = _image_positions(model, image_indices, image_stages)
-        out = model.vision_model.forward_intermediates(pixel_values, indices=sorted(wanted), stop_early=stop_early)
-        image_hidden = out.hidden_states
-        image_stages_out = [image_hidden[p] for p in stage_pos]
+        wanted, chosen_stages, stage_pos = _image_positions(model, image_indices, image_stages)
+        image_positions = sorted(wanted)
+        out = model.vision_model.forward_intermediates(pixel_values, indices=image_positions, stop_early=stop_early)
+        image_hidden = [out.hidden_states[p] for p in image_positions]
+        image_stages_out = [out.hidden_states[stage_pos[s]] for s in chosen_stages]
         if out.last_hidden_state is not None:
             image_embeds = model.project_image(model.vision_model.pool(out.last_hidden_state), normalize=True)
 
-    text_hidden = text_attn = text_embeds = None
+    text_hidden = text_attn = text_embeds = text_positions = None
     if input_ids is not None:
         n = len(model.text_model.layers) + 1
         wanted = take_indices(text_indices, n, "text hidden-state")
@@ -95,11 +105,10 @@ def forward_intermediates(
             output_attentions=output_attentions,
             num_layers=last,
         )
-        text_hidden = [h if i in wanted else None for i, h in enumerate(out.hidden_states)]
-        text_hidden += [None] * (n - len(text_hidden))
+        text_positions = sorted(wanted)
+        text_hidden = [out.hidden_states[p] for p in text_positions]
         if output_attentions:
-            text_attn = [a if i + 1 in wanted else None for i, a in enumerate(out.attentions)]
-            text_attn += [None] * (n - 1 - len(text_attn))
+            text_attn = [out.attentions[p - 1] for p in text_positions if p > 0]
         if last == n - 1:
             text_embeds = model.project_text(model.pool_text(out.last_hidden_state, attention_mask), normalize=True)
 
@@ -110,4 +119,7 @@ def forward_intermediates(
         text_attentions=text_attn,
         image_embeds=image_embeds,
         text_embeds=text_embeds,
+        image_positions=image_positions,
+        image_stages=chosen_stages,
+        text_positions=text_positions,
     )

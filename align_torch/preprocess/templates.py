@@ -124,7 +124,27 @@ def get_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     return templates
 
 
+ARTICLES = ("a", "an", "the")
+# Words after which a whole noun phrase follows, article included ("a photo of {}." + "a cat").
+_PHRASE_STARTS = frozenset({"of", "in", "on", "with", "for", "at", "from", "by", "to", "and", "or", "like"})
+
+
 def fill(templates: Sequence[str], class_name: str) -> list[str]:
-    """The prompts for one class: each template with `{}` replaced by `class_name`."""
+    """The prompts for one class: each template with `{}` replaced by `class_name`. A class name that starts
+    with an article ("a cat") is not given a second one: its article replaces the template's ("a photo of the
+    {}." -> "a photo of a cat."), and after another determiner or adjective it is dropped ("a photo of my cat.")."""
     # str.replace, not str.format: a class name or template may contain other braces.
-    return [t.replace("{}", class_name) for t in templates]
+    return [_fill_one(t, class_name) for t in templates]
+
+
+def _fill_one(template: str, class_name: str) -> str:
+    article, _, noun = class_name.partition(" ")
+    before, after = template.split("{}", 1) if template.count("{}") == 1 else (None, None)
+    if before is None or article.lower() not in ARTICLES or not noun.strip():
+        return template.replace("{}", class_name)
+    head, _, previous = before.rstrip().rpartition(" ")
+    if not previous or not before.endswith(" ") or previous.lower() in _PHRASE_STARTS:
+        return template.replace("{}", class_name)  # nothing, or a noun phrase's start, before the label
+    if previous.lower() in ARTICLES:
+        return f"{head}{' ' if head else ''}{class_name}{after}"
+    return f"{before}{noun.lstrip()}{after}"

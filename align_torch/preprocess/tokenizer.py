@@ -125,6 +125,18 @@ class AlignTokenizer:
         self.cls_token_id: int = tokenizer.token_to_id(self.special_tokens["cls_token"])
         self.sep_token_id: int = tokenizer.token_to_id(self.special_tokens["sep_token"])
 
+    def __getstate__(self) -> dict:
+        """Picklable (DataLoader workers under the spawn start method, macOS's default, get a copy): the lock
+        and the cache of configured copies stay behind and are made afresh."""
+        state = self.__dict__.copy()
+        del state["_configured_lock"]
+        state["_configured"] = OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._configured_lock = threading.Lock()
+
     def _build(self, vocab: dict[str, int]) -> Tokenizer:
         unk, cls, sep = (self.special_tokens[k] for k in ("unk_token", "cls_token", "sep_token"))
         for token in (unk, cls, sep):

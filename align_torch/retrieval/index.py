@@ -242,7 +242,9 @@ def _faiss():
     try:
         import faiss
     except ImportError as e:
-        raise ImportError('indexes need FAISS: pip install "align-torch[index]" (faiss-cpu)') from e
+        raise ImportError(
+            'indexes need FAISS: pip install faiss-cpu (or pip install -e ".[index]" in the clone)'
+        ) from e
     return faiss
 
 

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
 from ..preprocess.templates import TEMPLATE_SETS
@@ -30,20 +31,24 @@ RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed")
 # initialised or modified small model needs to learn in few steps (measured in README, "Recipes").
 RECIPES: dict[str, dict[str, Any]] = {
     "finetune": {},
-    "scratch": {"bn_momentum": 0.1, "drop_path_rate": 0.0, "clip_grad": 0.0},
+    # Crops of half the area up: the 0.9-1 default suits a trained model; one learning from scratch needs more.
+    "scratch": {"bn_momentum": 0.1, "drop_path_rate": 0.0, "clip_grad": 0.0, "crop_scale": (0.5, 1.0)},
 }
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
-    """A TrainConfig field: its default, its help text and options for its command-line flag."""
-    return field(default=default, metadata={"help": help, **cli})
+def opt(default: Any = dataclasses.MISSING, help: str = "", kw_only: bool = False, **cli: Any) -> Any:
+    """A TrainConfig field: its default, its help text and options for its command-line flag. `kw_only` lets a
+    field with a default come before fields without one."""
+    return field(default=default, kw_only=kw_only, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """A fine-tuning run. Defaults follow the original ALIGN where it made a choice (see README)."""
 
-    model: str = opt(help="model folder (native or Hugging Face layout) or Hub repo id to start from")
+    model: str = opt(
+        defaults.MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True
+    )
     train: str = opt(help="manifest (.csv/.tsv/.jsonl/.parquet with image, caption) or .tar shards (file/folder/glob)")
     out: str = opt(help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)")
     val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
@@ -55,7 +60,9 @@ class TrainConfig:
     )
 
     epochs: int = opt(1, "passes over the training data")
-    max_steps: int | None = opt(None, "stop after this many optimiser steps (when fewer than the epochs give)")
+    max_steps: int | None = opt(
+        None, "train exactly this many optimiser steps, over as many epochs as that takes (overrides --epochs)"
+    )
     batch_size: int = opt(32, "pairs per rank per contrastive batch; the loss contrasts the batch of all ranks")
     grad_accum: int = opt(1, "contrastive batches per optimiser step (each its own contrastive batch)")
     micro_batch_size: int | None = opt(
@@ -113,7 +120,7 @@ class TrainConfig:
     precision: str = opt("fp32", "bf16: autocast for the towers; the loss stays float32", choices=PRECISIONS)
     grad_checkpointing: bool = opt(False, "recompute activations in backward (both towers)")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
-    workers: int = opt(0, "DataLoader processes (0: load in the main process)")
+    workers: int = opt(defaults.image_workers(), "DataLoader processes (0: load in the main process)")
     seed: int = opt(0, "seed for data order, augmentation and drop-path/dropout")
     log_every: int = opt(10, "optimiser steps between metrics.jsonl lines")
     save_every: int = opt(500, "optimiser steps between checkpoints (and at each epoch end)")

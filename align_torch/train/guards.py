@@ -49,11 +49,11 @@ def check_unreadable(
     shown = "; ".join(examples[:EXAMPLES_SHOWN]) or "see the other ranks"
     if bad == seen and seen >= min(EARLY_CHECK_IMAGES, epoch_images):
         raise UnreadableDataError(
-            f"none of the {seen} images tried in epoch {progress.epoch + 1} could be read from {source}, e.g. {shown}"
+            f"none of the {seen} images tried in epoch {progress.epoch} (0-based) could be read from {source}, e.g. {shown}"
         )
     if bad > max_fraction * epoch_images:
         raise UnreadableDataError(
-            f"{bad} of the {seen} images tried so far in epoch {progress.epoch + 1} could not be read from "
+            f"{bad} of the {seen} images tried so far in epoch {progress.epoch} (0-based) could not be read from "
             f"{source}: more than --max-unreadable-fraction {max_fraction:g} of the epoch's {epoch_images}; "
             f"e.g. {shown}"
         )

@@ -2,7 +2,7 @@
 rest of the model frozen. `merged_copy` folds the adapters into plain weights, so a LoRA run's final/ is an
 ordinary checkpoint; `save_adapters` writes the adapters alone, in peft's file layout.
 
-peft is an optional extra: `pip install "align-torch[lora]"`.
+peft is an optional extra: `pip install -e ".[lora]"` in the clone.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _peft():
     try:
         import peft
     except ImportError as e:
-        raise ImportError('LoRA needs peft: pip install "align-torch[lora]"') from e
+        raise ImportError('LoRA needs peft: pip install peft (or pip install -e ".[lora]" in the clone)') from e
     return peft
 
 

@@ -20,26 +20,39 @@ def drop_records_after(folder: str | os.PathLike, step: int, epoch: int, *, eval
     path = Path(folder) / METRICS_FILE
     if not path.is_file():
         return None
+    lines = path.read_text(encoding="utf-8").splitlines()
     kept, last_eval = [], None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict):
-            continue
-        at = (record.get("step", 0), record.get("epoch", 0))
-        if record.get("type") == "eval":
+            if number == len(lines):
+                continue  # torn by a crash mid-write: the step runs again
+            raise ValueError(f"{path}, line {number}: not JSON; fix or delete the line to resume") from None
+        at = _position(path, number, record)
+        if record["type"] == "eval":
             keep = at[0] < step or (at[0] == step and not eval_pending)
         else:
             keep = at <= (step, epoch)
         if keep:
             kept.append(line)
-            if record.get("type") == "eval":
-                last_eval = record.get("step")
+            if record["type"] == "eval":
+                last_eval = at[0]
     with atomic_file(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     return last_eval
+
+
+def _position(path: Path, number: int, record: object) -> tuple[int, int]:
+    """(step, epoch) of one metrics.jsonl record, checked: an object of type train or eval, whole numbers >= 0."""
+    where = f"{path}, line {number}"
+    if not isinstance(record, dict) or record.get("type") not in ("train", "eval"):
+        raise ValueError(f"{where}: not a train or eval record; fix or delete the line to resume")
+    for field in ("step", "epoch"):
+        value = record.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{where}: {field} must be a whole number >= 0, got {value!r}; fix or delete the line")
+    return record["step"], record["epoch"]
 
 
 class MetricsLogger:

@@ -88,3 +88,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup, cfg.schedule)
     )
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put `scheduler` (built for this run's plan) at optimiser step `step` after a resume. The optimiser's
+    saved rates are those of the saved plan: a finished run extended with more epochs saved the rate at the
+    end of its shorter plan (0 under cosine or linear decay), so every rate is recomputed from this plan."""
+    scheduler.last_epoch = step
+    rates = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = rates

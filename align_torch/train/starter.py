@@ -1,7 +1,9 @@
 """A random-weight checkpoint with processor files, to try the commands, notebooks and fine-tuning offline.
 
-The weights are PyTorch's default initialisation, so embeddings carry no meaning; everything else (folder
-layout, processor files, shapes, the code paths) is what a converted align-base gives. The tokenizer's
+The weights are random, initialised as the towers' papers' code does (AlignModel.init_weights), with the
+BatchNorm statistics measured on a few generated images so that activations keep their scale through every
+stage: the embeddings carry no meaning, but different images embed differently and fine-tuning can start from
+it. Everything else (folder layout, processor files, shapes, the code paths) is what a converted align-base gives. The tokenizer's
 vocab is a small WordPiece vocab in BERT's layout built here, not bert-base-uncased's (that one comes with
 the real checkpoint): lower-case ASCII characters and their `##` pieces, so any English text tokenizes.
 """
@@ -14,7 +16,10 @@ import string
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from torch import nn
 
 from ..checkpoint.weights import save_native
 from ..defaults import TEXT_LENGTH
@@ -25,6 +30,7 @@ from ..preprocess.processor import AlignProcessor
 from ..preprocess.tokenizer import AlignTokenizer
 
 STARTER_PRESETS = ("align-tiny", "align-base")
+CALIBRATION_IMAGES = 16  # generated images the BatchNorm statistics are measured on, in batches of 8
 
 # A few whole words so that common captions are not all single characters.
 _WORDS = (
@@ -50,6 +56,60 @@ def starter_processor(image_size: int, max_length: int) -> AlignProcessor:
     return AlignProcessor(images, AlignTokenizer(vocab, model_max_length=min(TEXT_LENGTH, max_length)))
 
 
+def calibration_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
+    """Photo-like stand-ins, made here so `init` needs no data: smooth random colour fields (8x8 noise
+    upsampled) with a few solid shapes for edges."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        field = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+        image = Image.fromarray(field).resize((size, size), Image.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(3):
+            (x0, y0), (w, h) = rng.integers(0, size * 3 // 4, 2), rng.integers(size // 8, size // 2, 2)
+            x1, y1 = x0 + w, y0 + h
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((int(x0), int(y0), int(x1), int(y1)), fill=colour)
+        images.append(image)
+    return images
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, pixel_values: torch.Tensor, batch_size: int = 8) -> None:
+    """Set every BatchNorm's running statistics to their average over `pixel_values` (B, 3, H, W): a pass in
+    batches with only the BatchNorms in train mode and momentum None (PyTorch's cumulative average), so
+    drop-path and dropout stay off. Each layer's statistics are those of its input in this pass."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, was_training = [m.momentum for m in norms], model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for chunk in pixel_values.split(batch_size):
+            model(chunk)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+def starter_model(preset_name: str = "align-tiny", seed: int = 0) -> AlignModel:
+    """A random-weight `preset_name` model, initialised by AlignModel.init_weights and with BatchNorm
+    statistics calibrated on generated images, in eval mode."""
+    config = preset(preset_name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AlignModel(config)
+        model.init_weights()
+    size = config.vision.image_size
+    processor = starter_processor(size, config.text.max_position_embeddings)
+    pixels = processor(images=calibration_images(CALIBRATION_IMAGES, size, seed))["pixel_values"]  # (N, 3, S, S)
+    calibrate_batchnorm(model.vision_model, pixels)
+    return model.eval()
+
+
 def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0) -> Path:
     """Write a random-weight `preset_name` model and its processor files to `folder`, all or nothing.
 
@@ -62,9 +122,7 @@ def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "alig
     config = preset(preset_name)
     if len(starter_vocab()) > config.text.vocab_size:
         raise ValueError(f"the starter vocab does not fit {preset_name}'s {config.text.vocab_size} token ids")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AlignModel(config).eval()
+    model = starter_model(preset_name, seed)
     processor = starter_processor(config.vision.image_size, config.text.max_position_embeddings)
     with tempfile.TemporaryDirectory(prefix=".align-torch-init-") as files:
         save_native(model, folder, processor_from=processor.save_pretrained(files))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..util.fileio import atomic_file
+from .state_checks import TrainCheckpointError, check_progress, check_rng
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 # What align_torch wrote before: a pickle, which only an unsafe load can read. Never opened.
 LEGACY_CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "align_torch.train_checkpoint"
 VERSION = 1
-
-
-class TrainCheckpointError(ValueError):
-    """A training checkpoint that cannot be resumed: missing, truncated, corrupt, or an older unsafe format."""
 
 
 @dataclass
@@ -155,7 +152,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                     f"reads version {VERSION}"
                 )
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-        return _unpack(tensors, json.loads(metadata["state"]))
+        return _unpack(path, tensors, json.loads(metadata["state"]))
     except TrainCheckpointError:
         raise
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -164,7 +161,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         ) from None
 
 
-def _unpack(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> Checkpoint:
+def _unpack(path: Path, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> Checkpoint:
+    """The checkpoint's parts, each checked (state_checks.py) before it is put together."""
+    if not isinstance(plain, dict):
+        raise TrainCheckpointError(f"{path}: its state must be an object, got {type(plain).__name__}")
+    for name, kind in (("optimizer", dict), ("scheduler", dict), ("train_config", dict), ("rng", list)):
+        if not isinstance(plain.get(name), kind):
+            raise TrainCheckpointError(
+                f"{path}: {name} must be {'an object' if kind is dict else 'a list'}, got "
+                f"{type(plain.get(name)).__name__}; the checkpoint cannot be resumed"
+            )
+    optimizer = plain["optimizer"]
+    if not isinstance(optimizer.get("param_groups"), list) or not all(
+        isinstance(g, dict) for g in optimizer["param_groups"]
+    ):
+        raise TrainCheckpointError(f"{path}: optimizer.param_groups must be a list of objects")
+    state = optimizer.get("state")
+    if not isinstance(state, dict) or not all(isinstance(v, dict) and k.isdigit() for k, v in state.items()):
+        raise TrainCheckpointError(f"{path}: optimizer.state must map parameter numbers to objects")
+    progress = Progress(**check_progress(path, plain.get("progress"), [f.name for f in fields(Progress)]))
+    for rank, state in enumerate(plain["rng"]):
+        check_rng(path, rank, state, tensors.get(f"rng.{rank}.numpy"), tensors.get(f"rng.{rank}.torch"))
     model = {name[len("model.") :]: t for name, t in tensors.items() if name.startswith("model.")}
     opt_state: dict[int, dict[str, Any]] = {int(i): dict(values) for i, values in plain["optimizer"]["state"].items()}
     for name, t in tensors.items():
@@ -190,7 +207,7 @@ def _unpack(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> Checkpoi
         model_config=plain["model_config"],
         optimizer={"state": opt_state, "param_groups": groups},
         scheduler=plain["scheduler"],
-        progress=Progress(**plain["progress"]),
+        progress=progress,
         train_config=plain["train_config"],
         rng=rng,
     )

@@ -42,7 +42,7 @@ from .lock import RunLockedError, acquire_run_lock, release_run_lock
 from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
 from .modes import prepare_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, resume_schedule
 from .skipped import SkippedLog, skipped_record
 from .state import (
     CHECKPOINT_FILE,
@@ -54,6 +54,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
+from .state_checks import check_optimizer, check_run_position, check_scheduler
 
 FINAL_DIR = "final"
 ADAPTERS_DIR = "adapters"  # LoRA runs: the adapters alone, beside the merged final/
@@ -181,9 +182,8 @@ class Trainer:
                 f"{len(self.dataset)} training pairs give no full optimiser step: batch {cfg.batch_size} x "
                 f"{self.dist.world} ranks x {cfg.grad_accum} accumulation"
             )
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        # --max-steps is the run's length, over as many epochs as it takes (as transformers' max_steps).
+        self.total_steps = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else cfg.max_steps
 
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
@@ -224,10 +224,15 @@ class Trainer:
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
+        path = self.checkpoint_path
+        check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
+        check_optimizer(path, checkpoint.optimizer, self.optimizer)
+        check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
         self.model.load_state_dict(checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.progress = checkpoint.progress
+        resume_schedule(self.scheduler, self.progress.step)
         self._saved_step = self.progress.step
         rng = checkpoint.rng
         if len(rng) == self.dist.world:
@@ -350,7 +355,7 @@ class Trainer:
             if record is not None:
                 result.losses.append(record.loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record.loss:.4f}", epoch=p.epoch + 1)
+                bar.set_postfix(loss=f"{record.loss:.4f}", epoch=record.epoch)  # 0-based, as metrics.jsonl
                 if self.logger is not None and (record.step % cfg.log_every == 0 or record.step == 1):
                     self.logger.log({"type": "train", **asdict(record)})
                 for callback in self.callbacks:
@@ -477,7 +482,7 @@ class Trainer:
         bad = all_reduce_((~torch.isfinite(loss.detach())).float(), "max").item() > 0
         if bad:
             raise NonFiniteLossError(
-                f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"loss is {float(loss.detach())} at step {self.progress.step + 1} (epoch {self.progress.epoch}, 0-based); "
                 f"stopping. {self._last_good()}. Try a lower --lr, --precision fp32, or --clip-grad."
             )
 
@@ -485,7 +490,7 @@ class Trainer:
         bad = reduce_scalar(float(not all_finite(tensors)), "max", self.device) > 0
         if bad:
             raise NonFiniteLossError(
-                f"{what} are not finite at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                f"{what} are not finite at step {self.progress.step + 1} (epoch {self.progress.epoch}, 0-based); "
                 f"stopping before saving. {self._last_good()}. Try a lower --lr or --clip-grad."
             )
 
