@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' randomised transformers models
+sys.path.insert(0, str(ROOT))  # the package and tests.helpers (randomised transformers models, processor files)
 
 from align_torch import AlignModel  # noqa: E402
 from align_torch.checkpoint.hf_keys import config_from_hf, hf_to_native  # noqa: E402
@@ -72,11 +72,11 @@ class Variant:
 # --- models and inputs --------------------------------------------------------------------------------
 def build_models(preset: str, device: torch.device) -> tuple[torch.nn.Module, AlignModel]:
     """transformers' AlignModel with random weights and randomised BN/LN, and ours loaded from its state."""
-    from hf_reference import hf_align_model
+    from tests.helpers.hf_reference import hf_align_model
 
     config = None
     if preset == "tiny":
-        from checkpoints import tiny_hf_config
+        from tests.helpers.checkpoints import tiny_hf_config
 
         config = tiny_hf_config()
     # transformers' AlignModel supports only eager attention.
@@ -179,7 +179,7 @@ def compiled(module: torch.nn.Module, args: argparse.Namespace, **kw: object) ->
 
 # --- the groups ---------------------------------------------------------------------------------------
 def image_variants(hf, ours: AlignModel, args: argparse.Namespace, device: torch.device) -> list[Variant]:
-    from hf_reference import smooth_images
+    from tests.helpers.hf_reference import smooth_images
 
     # Photo-like pixels: white noise drives the randomly initialised towers far outside their BN statistics.
     pixels = smooth_images(args.batch_images, ours.config.vision.image_size).to(device)
@@ -333,7 +333,7 @@ def train_results(hf, ours: AlignModel, args: argparse.Namespace, device: torch.
     """Each variant on its own fresh copy, one after the other, so peak memory is each one's own."""
     n = args.train_batch
     size = ours.config.vision.image_size
-    from hf_reference import smooth_images
+    from tests.helpers.hf_reference import smooth_images
 
     pixels = smooth_images(n, size, seed=1).to(device)
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)

@@ -25,9 +25,7 @@ import PIL.Image
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' processor files
-
-from _proc_data import ALIGN_BASE_PREPROCESSOR, write_checkpoint  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the package and tests.helpers (randomised transformers models, processor files)
 
 from align_torch import AlignModel, AlignProcessor  # noqa: E402
 from align_torch.data import list_images, load_image  # noqa: E402
@@ -35,6 +33,7 @@ from align_torch.inference.fast import fuse_for_inference  # noqa: E402
 from align_torch.model.config import preset  # noqa: E402
 from align_torch.retrieval.embed_folder import embed_to_folder  # noqa: E402
 from align_torch.retrieval.partitions import plan_input  # noqa: E402
+from tests.helpers.proc_data import ALIGN_BASE_PREPROCESSOR, write_checkpoint  # noqa: E402
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int]) -> None:

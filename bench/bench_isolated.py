@@ -32,7 +32,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 # name -> what the worker runs
 SIDES = {
@@ -44,7 +43,7 @@ SIDES = {
 
 def worker(side: str, checkpoint: Path, batch: int, iters: int) -> dict[str, object]:
     """Load one side from `checkpoint`, time `iters` calls on a photo-like batch; seconds per call."""
-    from hf_reference import smooth_images
+    from tests.helpers.hf_reference import smooth_images
 
     pixels = smooth_images(batch, 289)  # (B, 3, 289, 289)
     if side == "transformers":
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, args.checkpoint, args.batch, args.iters)))
         return 0
 
-    from hf_reference import hf_align_model
+    from tests.helpers.hf_reference import hf_align_model
 
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     faults: dict[str, list[int]] = {side: [] for side in SIDES}

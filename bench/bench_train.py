@@ -28,7 +28,7 @@ import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' randomised transformers models
+sys.path.insert(0, str(ROOT))  # the package and tests.helpers (randomised transformers models, processor files)
 
 VARIANTS = ("align_torch", "align_torch+ckpt", "transformers", "transformers+ckpt")
 
@@ -36,11 +36,10 @@ VARIANTS = ("align_torch", "align_torch+ckpt", "transformers", "transformers+ckp
 def _models():
     """(transformers model, align_torch model) with identical random align-base weights. The towers take
     any image size, so one align-base config serves every --image-size."""
-    from hf_reference import hf_align_model
-
     from align_torch import AlignModel
     from align_torch.checkpoint.hf_keys import config_from_hf, hf_to_native
     from align_torch.checkpoint.weights import load_state_dict
+    from tests.helpers.hf_reference import hf_align_model
 
     hf = hf_align_model(seed=0)
     native = AlignModel(config_from_hf(hf.config.to_dict()))

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # the package and tests.helpers
 
 SETTINGS = {
     "ALIGN (bn 0.01, drop-path 0.2, clip 1, crop 0.5-1)": ("finetune", {"crop_scale": (0.5, 1.0)}),
@@ -23,13 +23,13 @@ SETTINGS = {
 
 def main() -> None:
     import torch
-    from _train_data import write_shapes_classes, write_shapes_manifest
-    from checkpoints import tiny_hf_checkpoint
 
     from align_torch import AlignModel, AlignProcessor
     from align_torch.evaluate import zero_shot_accuracy
     from align_torch.inference.convert import convert
     from align_torch.train import TrainConfig, Trainer
+    from tests.helpers.checkpoints import tiny_hf_checkpoint
+    from tests.helpers.train_data import write_shapes_classes, write_shapes_manifest
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=200)

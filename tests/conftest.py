@@ -3,16 +3,13 @@ costs seconds, running it costs more, so every parity test shares them."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from checkpoints import tiny_hf_checkpoint, write_hf_checkpoint  # noqa: E402
-from hf_reference import hf_align_model  # noqa: E402
+from tests.helpers.checkpoints import tiny_hf_checkpoint, write_hf_checkpoint  # noqa: E402
+from tests.helpers.hf_reference import hf_align_model  # noqa: E402
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -26,7 +23,7 @@ def hf_full():
 @pytest.fixture(scope="session")
 def hf_full_dir(hf_full, tmp_path_factory) -> Path:
     """hf_full saved as kakaobrain/align-base ships it: config.json + pytorch_model.bin + processor files."""
-    from _proc_data import ALIGN_BASE_PREPROCESSOR
+    from tests.helpers.proc_data import ALIGN_BASE_PREPROCESSOR
 
     return write_hf_checkpoint(
         tmp_path_factory.mktemp("hf_full"), hf_full, fmt="bin", preprocessor=ALIGN_BASE_PREPROCESSOR
@@ -64,6 +61,6 @@ def tiny_native_dir(tiny_hf_dir, tmp_path_factory) -> Path:
 def model_dir(tiny_native_dir, tmp_path_factory) -> Path:
     """The tiny checkpoint with BatchNorm statistics measured on real photos, so that different photos give
     clearly different embeddings (shared by the zero-shot and command-line tests)."""
-    from _job_data import input_sensitive_checkpoint
+    from tests.helpers.job_data import input_sensitive_checkpoint
 
     return input_sensitive_checkpoint(tiny_native_dir, tmp_path_factory.mktemp("photo_model") / "model")
