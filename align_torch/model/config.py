@@ -57,6 +57,12 @@ def _check_str(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> N
 
 _INF = math.inf
 
+LOSSES = ("softmax", "sigmoid")
+# SigLIP's initialisation for training from scratch (Zhai et al. 2023): logit scale exp(t') with t' = log 10,
+# i.e. temperature 1/10 in ALIGN's parametrisation (logits = cosine / temperature), and logit bias -10.
+SIGLIP_TEMPERATURE_INIT = 0.1
+SIGLIP_BIAS_INIT = -10.0
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -188,6 +194,11 @@ class AlignConfig:
     projection_dim: int = 640
     temperature_init: float = 1.0
     label_smoothing: float = 0.1
+    # The training objective: "softmax" (ALIGN's contrastive cross-entropy) or "sigmoid" (SigLIP: each pair a
+    # binary decision on cosine / temperature + bias). Only "sigmoid" gives the model a `logit_bias` parameter,
+    # so ALIGN's checkpoints keep their keys.
+    loss: str = "softmax"
+    logit_bias_init: float = SIGLIP_BIAS_INIT
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -197,6 +208,8 @@ class AlignConfig:
         _check_int("AlignConfig", "projection_dim", self.projection_dim)
         _check_float("AlignConfig", "temperature_init", self.temperature_init, 0.0, _INF, True, True)
         _check_float("AlignConfig", "label_smoothing", self.label_smoothing, 0.0, 1.0, False, True)
+        _check_str("AlignConfig", "loss", self.loss, LOSSES)
+        _check_float("AlignConfig", "logit_bias_init", self.logit_bias_init, -_INF, _INF, True, True)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model.config import LOSSES
+from ..model.loss import EXCHANGES
 from ..preprocess.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
@@ -21,7 +23,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed")
+RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss")
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -87,6 +89,19 @@ class TrainConfig:
     label_smoothing: float | None = opt(
         None, "override the model config's label smoothing (align-base: 0.1)", default_text="the model config's"
     )
+    loss: str | None = opt(
+        None,
+        "training loss: softmax (ALIGN's contrastive cross-entropy) or sigmoid (SigLIP: each pair a binary "
+        "decision; adds a learnable logit bias starting at -10, the temperature continues from the model)",
+        choices=LOSSES,
+        default_text="the model config's (align-base: softmax)",
+    )
+    sigmoid_exchange: str = opt(
+        "gather",
+        "how --loss sigmoid meets other ranks' texts: gather (all-gather them at once) or ring (SigLIP's chunked "
+        "exchange: each rank passes its text chunk to the next, world size - 1 times); both exact",
+        choices=EXCHANGES,
+    )
     bn_momentum: float | None = opt(
         None,
         "override the model config's BN momentum, PyTorch convention (ALIGN: 0.01)",
@@ -125,13 +140,21 @@ class TrainConfig:
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.clip_grad == 0:
             object.__setattr__(self, "clip_grad", None)
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "precision": PRECISIONS,
+            "device": DEVICES,
+            "sigmoid_exchange": EXCHANGES,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise ValueError(
                 f"micro_batch_size must be between 1 and batch_size ({self.batch_size}), got {self.micro_batch_size}"

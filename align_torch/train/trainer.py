@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..checkpoint.weights import checkpoint_dir, write_native
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..model.align import AlignModel
-from ..model.loss import global_contrastive_loss
+from ..model.loss import global_loss
 from ..preprocess.processor import AlignProcessor
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
@@ -81,12 +81,21 @@ class TrainResult:
 
 
 def forward_loss(
-    model: torch.nn.Module, batch: Batch, temperature: torch.Tensor, label_smoothing: float, precision: str = "fp32"
+    model: torch.nn.Module,
+    batch: Batch,
+    temperature: torch.Tensor,
+    label_smoothing: float,
+    precision: str = "fp32",
+    *,
+    logit_bias: torch.Tensor | None = None,
+    exchange: str = "gather",
 ) -> torch.Tensor:
-    """This rank's share of ALIGN's loss over the global batch (see global_contrastive_loss). `model` may be
-    DDP-wrapped; the loss itself is computed in float32 (or float64) outside autocast."""
+    """This rank's share of the loss over the global batch (see global_loss: ALIGN's, or SigLIP's with a
+    `logit_bias`). `model` may be DDP-wrapped; the loss itself is computed in float32 (or float64) outside
+    autocast."""
     text, image = embed_pairs(model, batch, precision)
-    return global_contrastive_loss(text, image, temperature.to(text.dtype), label_smoothing)
+    bias = None if logit_bias is None else logit_bias.to(text.dtype)
+    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange)
 
 
 class Trainer:
@@ -155,6 +164,7 @@ class Trainer:
             lock_image=cfg.lock_image,
             lock_text=cfg.lock_text,
             grad_checkpointing=cfg.grad_checkpointing,
+            loss=cfg.loss,
         )
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
@@ -427,11 +437,19 @@ class Trainer:
                     scale=1 / cfg.grad_accum,
                     sync=last,
                     check_loss=self._check_finite,
+                    logit_bias=self.model.logit_bias,
+                    exchange=cfg.sigmoid_exchange,
                 )
             else:
                 with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                     loss = forward_loss(
-                        model, batch, self.model.temperature, self.model.config.label_smoothing, cfg.precision
+                        model,
+                        batch,
+                        self.model.temperature,
+                        self.model.config.label_smoothing,
+                        cfg.precision,
+                        logit_bias=self.model.logit_bias,
+                        exchange=cfg.sigmoid_exchange,
                     )
                     self._check_finite(loss)
                     (loss / cfg.grad_accum).backward()
