@@ -16,6 +16,7 @@ from ..checkpoint.weights import compare_state_dicts, load_state_dict, read_chec
 from .bert import Bert
 from .config import AlignConfig
 from .efficientnet import EfficientNet
+from .hf_text import HFTextTower
 from .input_checks import check_batches, check_kwargs, check_pixels, check_text
 from .intermediates import forward_intermediates
 from .loss import contrastive_loss, sigmoid_loss
@@ -48,7 +49,8 @@ class AlignModel(nn.Module):
         config = config or AlignConfig()
         self.config = config
         self.vision_model = EfficientNet(config.vision)
-        self.text_model = Bert(config.text)
+        # The native BERT, or a transformers encoder (`--text-tower hf:...`) recorded in the config.
+        self.text_model = Bert(config.text) if config.hf_text_config is None else HFTextTower(config.hf_text_config)
         # ALIGN has no image projection: the pooled map *is* the embedding. Only a config whose
         # projection_dim differs from the tower's width gets one, so align-base keeps its checkpoint's keys.
         self.image_projection = (
@@ -209,7 +211,9 @@ class AlignModel(nn.Module):
             model = cls(config)
         own = model.state_dict()
         report = compare_state_dicts(own, sd)
-        if report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
+        # A transformers tower keeps non-persistent buffers (position ids) that no checkpoint holds: built for real.
+        adoptable = config.hf_text_config is None
+        if adoptable and report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
             model.load_state_dict(sd, assign=True)
         else:
             model = cls(config)

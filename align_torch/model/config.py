@@ -199,6 +199,11 @@ class AlignConfig:
     # so ALIGN's checkpoints keep their keys.
     loss: str = "softmax"
     logit_bias_init: float = SIGLIP_BIAS_INIT
+    # A text tower from transformers in place of the native BERT (`--text-tower hf:PATH_OR_ID`): where it came
+    # from, and its transformers config (so the model rebuilds from its own folder). `text` then mirrors the
+    # tower's sizes for the input checks and the pooling.
+    text_tower: str | None = None
+    hf_text_config: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -210,6 +215,12 @@ class AlignConfig:
         _check_float("AlignConfig", "label_smoothing", self.label_smoothing, 0.0, 1.0, False, True)
         _check_str("AlignConfig", "loss", self.loss, LOSSES)
         _check_float("AlignConfig", "logit_bias_init", self.logit_bias_init, -_INF, _INF, True, True)
+        if (self.text_tower is None) != (self.hf_text_config is None):
+            raise ValueError("AlignConfig.text_tower and AlignConfig.hf_text_config are given together or not at all")
+        if self.hf_text_config is not None and not (
+            isinstance(self.hf_text_config, dict) and isinstance(self.hf_text_config.get("model_type"), str)
+        ):
+            raise ValueError("AlignConfig.hf_text_config must be a transformers config object with a model_type")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -23,7 +23,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss")
+RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower")
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -113,6 +113,12 @@ class TrainConfig:
     freeze_bn: bool = opt(
         False, "BatchNorm normalises with and keeps its running statistics (exact with micro-batches)"
     )
+    text_tower: str | None = opt(
+        None,
+        "hf:PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config says, "
+        "a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
+        metavar="hf:PATH_OR_ID",
+    )
     lock_image: bool = opt(False, "LiT: freeze the image tower")
     lock_text: bool = opt(False, "freeze the text tower and projection")
 
@@ -183,6 +189,8 @@ class TrainConfig:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.text_tower is not None and not self.text_tower.startswith("hf:"):
+            raise ValueError(f"text_tower must be hf:PATH_OR_ID (a transformers encoder), got {self.text_tower!r}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:

@@ -54,6 +54,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
+from .text_tower import swap_text_tower
 
 FINAL_DIR = "final"
 ADAPTERS_DIR = "adapters"  # LoRA runs: the adapters alone, beside the merged final/
@@ -155,6 +156,8 @@ class Trainer:
 
         self.model = self.model or AlignModel.from_pretrained(cfg.model)
         self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
+        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
+            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
         self._hooks = prepare_model(
             self.model,
             bn_momentum=cfg.bn_momentum,
