@@ -38,6 +38,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--loss", choices=("softmax", "sigmoid"), default="softmax", help="ALIGN's loss or SigLIP's")
+    p.add_argument(
+        "--bias-init", type=float, default=-10.0, help="--loss sigmoid: the logit bias to start from (SigLIP's -10)"
+    )
     p.add_argument("--settings", type=int, nargs="+", default=list(range(len(SETTINGS))), help="rows to run (0-based)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -48,7 +51,8 @@ def main() -> None:
         train = write_shapes_manifest(tmp / "train", 180)
         held_out = write_shapes_classes(tmp / "held_out", per_class=6)
         print(
-            f"{args.steps} steps, batch 18, lr {args.lr}, {args.loss} loss, tiny preset from random init; "
+            f"{args.steps} steps, batch 18, lr {args.lr}, {args.loss} loss"
+            f"{f' (bias init {args.bias_init:g})' if args.loss == 'sigmoid' else ''}, tiny preset from random init; "
             "zero-shot top-1 %"
         )
         for row, (name, (recipe, changes)) in enumerate(SETTINGS.items()):
@@ -57,7 +61,9 @@ def main() -> None:
             scores = []
             for seed in args.seeds:
                 torch.manual_seed(seed)
-                model = AlignModel(AlignModel.from_pretrained(model_dir).config.replace(loss=args.loss))
+                model = AlignModel(
+                    AlignModel.from_pretrained(model_dir).config.replace(loss=args.loss, logit_bias_init=args.bias_init)
+                )
                 with torch.no_grad():
                     model.temperature.fill_(0.1)
                 cfg = TrainConfig.from_recipe(

@@ -131,6 +131,11 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = opt(DEFAULT_TARGETS, "LoRA: names of the nn.Linear / 1x1 nn.Conv2d layers adapted")
     lora_head: bool = opt(True, "LoRA: keep the projections and temperature frozen too", flag="--lora-freeze-head")
 
+    fsdp: bool = opt(
+        False,
+        "under torchrun: FSDP2 instead of DDP, each block of both towers sharded across the ranks (bf16 compute "
+        "with --precision bf16 on CUDA); checkpoints and final/ hold the whole model",
+    )
     precision: str = opt("fp32", "bf16: autocast for the towers; the loss stays float32", choices=PRECISIONS)
     grad_checkpointing: bool = opt(False, "recompute activations in backward (both towers)")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)

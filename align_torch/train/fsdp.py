@@ -9,6 +9,7 @@ Checkpoints and final/ gather the full weights and optimiser state to rank 0 and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,3 +107,32 @@ def _optimizer_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list
     """Parameter names in the order torch numbers them in optimizer.state_dict() (group by group)."""
     names = {id(p): name for name, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float, replicated: list[nn.Parameter]) -> float:
+    """clip_grad_norm_ for a sharded model: the global norm adds every rank's squared shard norms (an
+    all-reduce) to the whole parameters' squares (the same on every rank, counted once)."""
+    kept = {id(p) for p in replicated}
+    sharded = [p.grad.to_local() for p in model.parameters() if p.grad is not None and id(p) not in kept]
+    whole = [p.grad for p in replicated if p.grad is not None]
+    square = sum((g.double().pow(2).sum() for g in sharded), torch.zeros((), dtype=torch.float64))
+    dist.all_reduce(square)
+    square = square + sum((g.double().pow(2).sum() for g in whole), torch.zeros((), dtype=torch.float64))
+    norm = float(square.sqrt())
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    return norm
+
+
+@dataclass
+class GatheredModel:
+    """A sharded model's config and whole state dict (rank 0), standing in for the model when writing final/."""
+
+    config: Any
+    tensors: dict[str, torch.Tensor]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors

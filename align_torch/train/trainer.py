@@ -28,6 +28,16 @@ from ..preprocess.processor import AlignProcessor
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
+from .fsdp import (
+    GatheredModel,
+    average_replicated_grads,
+    clip_grad_norm,
+    full_model_state,
+    full_optimizer_state,
+    load_full_state,
+    local_parameter_count,
+    shard_model,
+)
 from .gradcache import embed_pairs, gradcache_backward
 from .guards import (
     EXAMPLES_SHOWN,
@@ -198,12 +208,15 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
+        self.replicated: list[torch.nn.Parameter] | None = None  # set when FSDP shards the model
+        if cfg.fsdp and self.dist.world > 1:
+            self._shard()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         if checkpoint is not None:
             self._load(checkpoint)
         self.ddp = None
-        if self.dist.world > 1:
+        if self.dist.world > 1 and self.replicated is None:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         if self.dist.is_main:
@@ -219,6 +232,14 @@ class Trainer:
             all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
         )
         self._last_eval_step = None if last_eval < 0 else last_eval
+
+    def _shard(self) -> None:
+        """FSDP2 in place of DDP; every rank prints how much of the model it holds."""
+        if self.cfg.lora_rank is not None or self.val_pairs or self.cfg.zero_shot_dir:
+            raise ValueError("--fsdp does not yet combine with --lora-rank, --val or --zero-shot-dir")
+        self.replicated = shard_model(self.model, self.device, self.cfg.precision)
+        local, total = local_parameter_count(self.model)
+        print(f"fsdp: rank {self.dist.rank} holds {local:,} of {total:,} parameters", file=sys.stderr, flush=True)
 
     def _take_lock(self) -> None:
         """Rank 0 locks the run folder; every rank stops if it could not."""
@@ -237,8 +258,11 @@ class Trainer:
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.replicated is not None:
+            load_full_state(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
+        else:
+            self.model.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.progress = checkpoint.progress
         self._saved_step = self.progress.step
@@ -257,6 +281,12 @@ class Trainer:
         """Write checkpoint.safetensors (rank 0) with every rank's RNG state. Called at step boundaries only,
         after the step's finiteness checks, so the checkpoint is always one a run can continue from exactly."""
         states = gather_objects(rng_state())
+        whole = {}
+        if self.replicated is not None:  # collectives: every rank gathers, rank 0 receives
+            whole = {
+                "model_state": full_model_state(self.model),
+                "optimizer_state": full_optimizer_state(self.model, self.optimizer),
+            }
         if self.dist.is_main:
             try:
                 save_checkpoint(
@@ -267,6 +297,7 @@ class Trainer:
                     progress=self.progress,
                     train_config=self.cfg.to_dict(),
                     rng_states=states,
+                    **whole,
                 )
             except OSError as e:
                 kept = (
@@ -283,11 +314,14 @@ class Trainer:
     def save_final(self) -> Path:
         """The trained model in native format with the processor files, at out/final (rank 0)."""
         final = self.out / FINAL_DIR
+        model = self.model
+        if self.replicated is not None:  # a collective: the shards gathered whole to rank 0
+            model = GatheredModel(self.model.config, full_model_state(self.model))
         if self.dist.is_main:
             lora = has_lora(self.model)
             # A final/ from an earlier run on this --out is replaced; a folder that is not a checkpoint is refused.
             with checkpoint_dir(final, overwrite=True) as tmp:
-                write_native(merged_copy(self.model) if lora else self.model, tmp)
+                write_native(merged_copy(self.model) if lora else model, tmp)
                 self.processor.save_pretrained(tmp)
             if lora:
                 save_adapters(self.model, self.out / ADAPTERS_DIR)
@@ -464,9 +498,14 @@ class Trainer:
             return None
         if self.ddp is not None and not synced:
             self._sync_gradients()
+        if self.replicated is not None:
+            average_replicated_grads(self.replicated)
         self._check_tensors("gradients", [q.grad for q in self.model.parameters() if q.grad is not None])
         if cfg.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            if self.replicated is not None:
+                clip_grad_norm(self.model, cfg.clip_grad, self.replicated)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses; the scheduler then moves on
         self.optimizer.step()
         self.scheduler.step()
