@@ -1,5 +1,5 @@
 """FSDP2 (`--fsdp`) on 2 gloo ranks against DDP: one training step gives the same loss and the same updated
-weights (fp32), and each rank holds about half of the parameters."""
+weights (fp32, plain SGD, so the weights carry the gradients), and each rank holds about half of the parameters."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _one_step(rank: int, fsdp: bool) -> tuple[float, dict[str, torch.Tensor], tu
         counts = local_parameter_count(model)
     else:
         net = DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    # Plain SGD: the update is the gradient itself (Adam's normalisation would hide a gradient off by a factor).
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     start = (0, 5)[rank]
     local = _rows(_global_batch(), start, start + (5, 3)[rank])
     loss = forward_loss(net, local, model.temperature, label_smoothing=0.1)
