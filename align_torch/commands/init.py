@@ -15,8 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=STARTER_PRESETS,
         default="align-tiny",
-        help="architecture: align-tiny (a few MB, seconds per command) or align-base (the real model's size, "
-        "about 700 MB) (default: align-tiny)",
+        help="architecture: align-tiny (a few MB, seconds per command), align-base (the real model's size, "
+        "about 700 MB) or align-l2 (the paper's EfficientNet-L2 + BERT-large, about 3.2 GB; refused when the "
+        "memory to build it is not free) (default: align-tiny)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
 

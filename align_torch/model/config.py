@@ -278,6 +278,8 @@ EFFICIENTNET_SCALING: dict[str, tuple[float, float, int]] = {
     "b5": (1.6, 2.2, 456),
     "b6": (1.8, 2.6, 528),
     "b7": (2.0, 3.1, 600),
+    # Noisy Student's EfficientNet-L2 (Xie et al. 2020): B7 widened and deepened further, tested at 800 px.
+    "l2": (4.3, 5.3, 800),
 }
 
 # BERT sizes of Turc et al. 2019 ("Well-Read Students Learn Better"): name -> (layers, hidden size).
@@ -288,6 +290,7 @@ BERT_SIZES: dict[str, tuple[int, int]] = {
     "small": (4, 512),
     "medium": (8, 512),
     "base": (12, 768),
+    "large": (24, 1024),
 }
 
 
@@ -322,10 +325,26 @@ def align_efficientnet(name: str, text: str = "base") -> AlignConfig:
     return AlignConfig(vision=vision, text=bert(text), projection_dim=vision.num_features)
 
 
+def align_l2() -> AlignConfig:
+    """The ALIGN paper's largest model: EfficientNet-L2 + BERT-large, trained (as align-base) at 289 px, embedding
+    in the image tower's width (1376)."""
+    return align_efficientnet("l2", text="large").replace(vision=efficientnet("l2", image_size=289))
+
+
 PRESETS = {
     "align-base": align_base,
     "align-tiny": align_tiny,
-    **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING},
+    **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING if b != "l2"},
+    "align-l2": align_l2,
+}
+
+# Sizes published for the towers of a preset, printed beside `summary`'s own count. Ours leave out what ALIGN
+# does not use: EfficientNet's top 1x1 conv and classifier (ALIGN pools the last block), nothing of BERT.
+PUBLISHED_SIZES: dict[str, tuple[str, ...]] = {
+    "align-l2": (
+        "EfficientNet-L2: 480M parameters (Noisy Student, Xie et al. 2020; with its top conv and 1000-class head)",
+        "BERT-large: 340M parameters (Devlin et al. 2019)",
+    ),
 }
 
 

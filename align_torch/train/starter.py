@@ -23,7 +23,7 @@ from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.processor import AlignProcessor
 from ..preprocess.tokenizer import AlignTokenizer
 
-STARTER_PRESETS = ("align-tiny", "align-base")
+STARTER_PRESETS = ("align-tiny", "align-base", "align-l2")
 
 # A few whole words so that common captions are not all single characters.
 _WORDS = (
@@ -49,6 +49,25 @@ def starter_processor(image_size: int, max_length: int) -> AlignProcessor:
     return AlignProcessor(images, AlignTokenizer(vocab, model_max_length=min(64, max_length)))
 
 
+def memory_needed(config) -> int:
+    """Bytes `init` needs for a model of `config`: its float32 weights, held once by the model and once more by
+    safetensors while it writes them."""
+    with torch.device("meta"):
+        model = AlignModel(config)
+    return 2 * sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()))
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0) -> Path:
     """Write a random-weight `preset_name` model and its processor files to `folder`, all or nothing.
 
@@ -59,6 +78,13 @@ def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "alig
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{str(folder)!r} is not an empty folder; choose a new one")
     config = preset(preset_name)
+    need, free = memory_needed(config), available_memory()
+    if free is not None and free < need:
+        # Refused here with the figures, rather than killed by the OOM killer half-way through.
+        raise MemoryError(
+            f"{preset_name} needs about {need / 2**30:.1f} GiB of free memory to initialise and write "
+            f"(float32 weights, held twice while writing); {free / 2**30:.1f} GiB is available"
+        )
     if len(starter_vocab()) > config.text.vocab_size:
         raise ValueError(f"the starter vocab does not fit {preset_name}'s {config.text.vocab_size} token ids")
     with torch.random.fork_rng(devices=[]):
