@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..checkpoint.weights import checkpoint_dir, write_native
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..model.align import AlignModel
-from ..model.loss import global_loss
+from ..model.loss import global_contrastive_loss, global_sigmoid_loss
 from ..preprocess.processor import AlignProcessor
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
@@ -105,8 +105,9 @@ def forward_loss(
     `logit_bias`). `model` may be DDP-wrapped; the loss itself is computed in float32 (or float64) outside
     autocast."""
     text, image = embed_pairs(model, batch, precision)
-    bias = None if logit_bias is None else logit_bias.to(text.dtype)
-    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange)
+    if logit_bias is None:
+        return global_contrastive_loss(text, image, temperature.to(text.dtype), label_smoothing)
+    return global_sigmoid_loss(text, image, temperature.to(text.dtype), logit_bias.to(text.dtype), exchange)
 
 
 class Trainer:
