@@ -187,3 +187,25 @@ def test_finetune_switches_an_align_model_to_the_sigmoid_loss(tiny_native_dir: P
         assert float(final.logit_bias) != -10.0  # it trained
         saved = json.loads((tmp_path / f"run{lora}" / "final" / "config.json").read_text())
         assert saved["config"]["loss"] == "sigmoid"
+
+
+def test_init_writes_a_sigmoid_model_with_siglips_start(tmp_path: Path):
+    from align_torch.cli import main
+
+    assert main(["init", str(tmp_path / "m"), "--loss", "sigmoid"]) == 0
+    model = AlignModel.from_pretrained(tmp_path / "m")
+    assert model.config.loss == "sigmoid"
+    assert float(model.temperature.detach()) == pytest.approx(0.1)  # SigLIP's t' = log 10
+    assert float(model.logit_bias.detach()) == -10.0
+
+
+def test_resume_refuses_another_loss(tiny_native_dir: Path, tmp_path: Path):
+    from _train_data import write_shapes_manifest
+
+    from align_torch.train import TrainConfig, Trainer
+
+    manifest = write_shapes_manifest(tmp_path / "data", 8)
+    cfg = TrainConfig(model=str(tiny_native_dir), train=str(manifest), out=str(tmp_path / "run"), batch_size=4)
+    Trainer(cfg.replace(max_steps=1, progress=False)).fit()
+    with pytest.raises(ValueError, match="cannot resume .* loss: None -> 'sigmoid'"):
+        Trainer(cfg.replace(max_steps=2, progress=False, loss="sigmoid"), resume=True).fit()

@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoint.weights import save_native
 from ..model.align import AlignModel
-from ..model.config import preset
+from ..model.config import SIGLIP_BIAS_INIT, SIGLIP_TEMPERATURE_INIT, preset
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.processor import AlignProcessor
 from ..preprocess.tokenizer import AlignTokenizer
@@ -68,16 +68,25 @@ def available_memory() -> int | None:
     return None
 
 
-def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0) -> Path:
+def write_starter_checkpoint(
+    folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0, loss: str = "softmax"
+) -> Path:
     """Write a random-weight `preset_name` model and its processor files to `folder`, all or nothing.
 
-    Refuses a folder that already holds anything (an empty one is filled)."""
+    Refuses a folder that already holds anything (an empty one is filled). `loss="sigmoid"` gives a model for
+    SigLIP's loss with SigLIP's initial temperature and logit bias."""
     if preset_name not in STARTER_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(STARTER_PRESETS)}, got {preset_name!r}")
     folder = Path(folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{str(folder)!r} is not an empty folder; choose a new one")
     config = preset(preset_name)
+    if loss == "sigmoid":  # SigLIP's start for training from scratch: t' = log 10 (temperature 0.1), bias -10
+        config = config.replace(
+            loss="sigmoid", temperature_init=SIGLIP_TEMPERATURE_INIT, logit_bias_init=SIGLIP_BIAS_INIT
+        )
+    elif loss != "softmax":
+        raise ValueError(f"loss must be 'softmax' or 'sigmoid', got {loss!r}")
     need, free = memory_needed(config), available_memory()
     if free is not None and free < need:
         # Refused here with the figures, rather than killed by the OOM killer half-way through.
