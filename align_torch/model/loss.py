@@ -153,11 +153,7 @@ def global_sigmoid_loss(
         start = sum(counts[:rank])
         total = _pair_terms(image_embeds, all_text, temperature, logit_bias, positive_offset=start)
     else:
-        total = _pair_terms(image_embeds, text_embeds, temperature, logit_bias, positive_offset=0)
-        chunk = text_embeds
-        for k in range(1, world):
-            chunk = _RingPass.apply(chunk, counts[(rank - k) % world], _ring_group())  # rank r - k's texts
-            total = total + _pair_terms(image_embeds, chunk, temperature, logit_bias, positive_offset=None)
+        total = _RingLoss.apply(image_embeds, text_embeds, temperature, logit_bias, counts, _ring_group())
     return total / sum(counts) * world
 
 
@@ -200,18 +196,49 @@ def _shift(x: torch.Tensor, rows: int, step: int, group: dist.ProcessGroup) -> t
     return out
 
 
-class _RingPass(torch.autograd.Function):
-    """Each rank passes its chunk to the next rank and receives the previous rank's. The backward passes the
-    gradient the other way: the chunk this rank sent is read by the next rank's loss, which holds its gradient."""
+class _RingLoss(torch.autograd.Function):
+    """sum over this rank's images and every rank's texts of the sigmoid terms, by SigLIP's chunked exchange:
+    each rank passes the text chunk it holds to the next rank, W - 1 times, scoring its images against each.
+
+    Only one received chunk is held at a time, in the forward and in the backward: the backward passes the
+    chunks round the ring again, recomputing each step's terms, and each chunk travels with the gradient its
+    visited ranks have added up; one more pass brings every gradient home to the rank whose texts it is for.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rows: int, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.rows, ctx.group = x.shape[0], group
-        return _shift(x, rows, 1, group)  # (rows, P): the previous rank's chunk
+    def forward(ctx, image, text, temperature, bias, counts: list[int], group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.save_for_backward(image, text, temperature, bias)
+        ctx.counts, ctx.group = counts, group
+        world, rank = len(counts), dist.get_rank()
+        total = _pair_terms(image, text, temperature, bias, positive_offset=0)
+        chunk = text
+        for k in range(1, world):
+            chunk = _shift(chunk, counts[(rank - k) % world], 1, group)  # (n_{r-k}, P): rank r - k's texts
+            total = total + _pair_terms(image, chunk, temperature, bias, positive_offset=None)
+        return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return _shift(grad, ctx.rows, -1, ctx.group), None, None
+    def backward(ctx, grad: torch.Tensor):
+        image, text, temperature, bias = ctx.saved_tensors
+        counts, group = ctx.counts, ctx.group
+        world, rank = len(counts), dist.get_rank()
+        grads = [torch.zeros_like(image), None, torch.zeros_like(temperature), torch.zeros_like(bias)]
+        chunk, chunk_grad = text, torch.zeros_like(text)  # the chunk held and its gradient so far
+        for k in range(world):
+            if k > 0:
+                rows = counts[(rank - k) % world]
+                chunk, chunk_grad = _shift(chunk, rows, 1, group), _shift(chunk_grad, rows, 1, group)
+            leaves = [t.detach().requires_grad_() for t in (image, chunk, temperature, bias)]
+            with torch.enable_grad():
+                terms = _pair_terms(*leaves, positive_offset=0 if k == 0 else None)
+                g_image, g_chunk, g_temperature, g_bias = torch.autograd.grad(terms, leaves, grad)
+            grads[0] += g_image
+            grads[2] += g_temperature
+            grads[3] += g_bias
+            chunk_grad = chunk_grad + g_chunk
+        # The chunk held last is rank r + 1's; one more pass gives each rank its own texts' gradient.
+        grads[1] = _shift(chunk_grad, counts[rank], 1, group) if world > 1 else chunk_grad
+        return (*grads, None, None)
 
 
 def global_loss(
