@@ -131,3 +131,30 @@ def test_fsdp_trainer_follows_ddp_and_resumes_exactly(tiny_native_dir: Path, tmp
     resumed = max((cut[k].float() - fsdp[k].float()).abs().max().item() for k in ddp)
     print(f"trainer: FSDP vs DDP {worst:.1e}, resumed vs uninterrupted {resumed:.1e} (weights moved {moved:.1e})")
     assert moved > 1e-4 and worst <= 1e-5 and resumed <= 1e-6
+
+
+def _seeded_worker(rank: int, port: int, out: str) -> None:
+    from align_torch import AlignModel
+    from align_torch.model.config import align_tiny
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(rank)  # as the trainer seeds each rank: a random init differs between ranks
+        model = AlignModel(align_tiny())
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        shard_model(model, torch.device("cpu"))
+        state = full_model_state(model)
+        if rank == 0:
+            torch.save({"before": before, "after": state}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharding_starts_every_rank_from_rank_0s_weights(tmp_path: Path):
+    """A text projection initialised after seeding differs per rank; the sharded model is rank 0's, as DDP's."""
+    out = tmp_path / "seeded.pt"
+    mp.spawn(_seeded_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    saved = torch.load(out, weights_only=True)
+    assert saved["before"].keys() == saved["after"].keys()
+    assert all(torch.equal(saved["before"][k], saved["after"][k]) for k in saved["before"])

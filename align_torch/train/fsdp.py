@@ -47,6 +47,11 @@ def shard_model(model: nn.Module, device: torch.device, precision: str = "fp32")
     policy = MixedPrecisionPolicy()
     if device.type == "cuda" and precision == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    # Rank 0's weights everywhere first, as DDP does: each rank seeds differently, so anything initialised at
+    # random after loading (a new text projection) differs between ranks, and each rank keeps its own shard.
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            dist.broadcast(t, src=0)
     scalars = [p for p in model.parameters() if p.ndim == 0]
     for unit in _units(model):
         fully_shard(unit, mp_policy=policy)
