@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .inspect.summary import summarize
     from .model.align import AlignModel, AlignOutput
     from .model.config import AlignConfig, Stage, TextConfig, VisionConfig, preset
+    from .model.loss import contrastive_loss, sigmoid_loss
     from .preprocess.processor import AlignProcessor
 
 # Imported on first use, so that the parts that need no model (reading an embeddings folder, building a FAISS
@@ -25,6 +26,8 @@ _EXPORTS = {
     "TextConfig": "model.config",
     "VisionConfig": "model.config",
     "preset": "model.config",
+    "contrastive_loss": "model.loss",
+    "sigmoid_loss": "model.loss",
     "AlignModel": "model.align",
     "AlignOutput": "model.align",
     "AlignProcessor": "preprocess.processor",
@@ -49,6 +52,7 @@ __all__ = [
     "Stage",
     "TextConfig",
     "VisionConfig",
+    "contrastive_loss",
     "convert",
     "create_model_and_transforms",
     "embed_images",
@@ -56,6 +60,7 @@ __all__ = [
     "fuse_for_inference",
     "get_tokenizer",
     "preset",
+    "sigmoid_loss",
     "similarity_heatmap",
     "summarize",
 ]

@@ -1,7 +1,9 @@
 """Which training settings let a randomly initialised tiny model learn: zero-shot top-1 on held-out coloured
 shapes (9 classes, chance 11%) after the same steps, for ALIGN's fine-tuning settings and `--recipe scratch`.
 
-    python bench/recipe_shapes.py [--steps 200] [--lr 1e-3] [--seeds 0 1 2] [--settings 0 2]
+    python bench/recipe_shapes.py [--steps 200] [--lr 1e-3] [--seeds 0 1 2] [--settings 0 2] [--loss sigmoid]
+
+The model starts at temperature 0.1 (SigLIP's t' = log 10); with --loss sigmoid also at SigLIP's logit bias -10.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--loss", choices=("softmax", "sigmoid"), default="softmax", help="ALIGN's loss or SigLIP's")
+    p.add_argument(
+        "--bias-init", type=float, default=-10.0, help="--loss sigmoid: the logit bias to start from (SigLIP's -10)"
+    )
     p.add_argument("--settings", type=int, nargs="+", default=list(range(len(SETTINGS))), help="rows to run (0-based)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -44,14 +50,20 @@ def main() -> None:
         processor = AlignProcessor.from_pretrained(model_dir)
         train = write_shapes_manifest(tmp / "train", 180)
         held_out = write_shapes_classes(tmp / "held_out", per_class=6)
-        print(f"{args.steps} steps, batch 18, lr {args.lr}, tiny preset from random init; zero-shot top-1 %")
+        print(
+            f"{args.steps} steps, batch 18, lr {args.lr}, {args.loss} loss"
+            f"{f' (bias init {args.bias_init:g})' if args.loss == 'sigmoid' else ''}, tiny preset from random init; "
+            "zero-shot top-1 %"
+        )
         for row, (name, (recipe, changes)) in enumerate(SETTINGS.items()):
             if row not in args.settings:
                 continue
             scores = []
             for seed in args.seeds:
                 torch.manual_seed(seed)
-                model = AlignModel(AlignModel.from_pretrained(model_dir).config)
+                model = AlignModel(
+                    AlignModel.from_pretrained(model_dir).config.replace(loss=args.loss, logit_bias_init=args.bias_init)
+                )
                 with torch.no_grad():
                     model.temperature.fill_(0.1)
                 cfg = TrainConfig.from_recipe(
@@ -65,6 +77,7 @@ def main() -> None:
                     lr=args.lr,
                     warmup=10,
                     seed=seed,
+                    loss=args.loss,
                     progress=False,
                     save_every=10**6,
                     **changes,

@@ -207,6 +207,13 @@ def config_to_hf(cfg: AlignConfig) -> dict[str, Any]:
     if t.pooling != "cls":
         # transformers always projects the [CLS] state; writing this config would silently change the model.
         raise ValueError(f"text pooling {t.pooling!r} has no Hugging Face equivalent (transformers pools [CLS])")
+    if cfg.text_tower is not None:
+        raise ValueError(
+            f"text tower {cfg.text_tower!r} has no Hugging Face ALIGN equivalent (ALIGN's text tower is BERT)"
+        )
+    if cfg.loss != "softmax":
+        # transformers' AlignModel has no logit bias: the exported model would lose a trained parameter.
+        raise ValueError(f"loss {cfg.loss!r} (with its logit_bias) has no Hugging Face ALIGN equivalent")
     return {
         "architectures": ["AlignModel"],
         "model_type": "align",

@@ -1,4 +1,4 @@
-"""align-torch init DIR [--preset align-tiny|align-base] [--seed N]"""
+"""align-torch init DIR [--preset align-tiny|align-base|align-l2] [--seed N] [--loss softmax|sigmoid]"""
 
 from __future__ import annotations
 
@@ -15,15 +15,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=STARTER_PRESETS,
         default="align-tiny",
-        help="architecture: align-tiny (a few MB, seconds per command) or align-base (the real model's size, "
-        "about 700 MB) (default: align-tiny)",
+        help="architecture: align-tiny (a few MB, seconds per command), align-base (the real model's size, "
+        "about 700 MB) or align-l2 (the paper's EfficientNet-L2 + BERT-large, about 3.2 GB; refused when the "
+        "memory to build it is not free) (default: align-tiny)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument(
+        "--loss",
+        choices=("softmax", "sigmoid"),
+        default="softmax",
+        help="the loss the model is for: softmax (ALIGN's) or sigmoid (SigLIP's, with its from-scratch start: "
+        "temperature 0.1, i.e. t' = log 10, and a logit bias of -10) (default: softmax)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train.starter import write_starter_checkpoint
 
-    folder = write_starter_checkpoint(args.folder, args.preset, seed=args.seed)
+    folder = write_starter_checkpoint(args.folder, args.preset, seed=args.seed, loss=args.loss)
     print(f"wrote a random-weight {args.preset} model to {folder} (its embeddings mean nothing; use --model {folder})")
     return 0

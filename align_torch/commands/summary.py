@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="align-base",
-        help="preset name (align-base, align-tiny, align-b0 .. align-b7), model folder or Hub repo id "
+        help="preset name (align-base, align-tiny, align-b0 .. align-b7, align-l2), model folder or Hub repo id "
         "(only its config.json is read; default: the built-in align-base preset, the same architecture as "
         "kakaobrain/align-base, no download)",
     )
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import resolve_model_dir
     from ..checkpoint.weights import read_config
     from ..inspect.summary import summarize
-    from ..model.config import PRESETS, preset
+    from ..model.config import PRESETS, PUBLISHED_SIZES, preset
 
     if args.model in PRESETS:
         config = preset(args.model)
@@ -43,4 +43,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(summary.table(blocks=not args.stages_only))
+        for line in PUBLISHED_SIZES.get(args.model, ()):
+            print(f"published: {line}")
     return 0

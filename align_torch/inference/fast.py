@@ -290,6 +290,7 @@ class FusedAlignModel(AlignModel):
         check_text(self.config.text, input_ids, attention_mask, token_type_ids)  # before the mask is read
         packable = (
             self.config.text.pooling == "cls"
+            and self.config.text_tower is None  # a transformers tower runs as it is
             and not torch.compiler.is_compiling()  # packing depends on the mask's values
             and (attention_mask is None or bool(attention_mask[:, 0].all()))  # right-padded texts only
         )
@@ -451,7 +452,8 @@ def fuse_for_inference(
     if channels_last:
         vision.to(memory_format=torch.channels_last)
     model.__class__ = FusedAlignModel
-    # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim.
-    if trim_text and model.config.text.pooling == "cls":
+    # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim; a
+    # transformers text tower (--text-tower hf:) is left as it is.
+    if trim_text and model.config.text.pooling == "cls" and model.config.text_tower is None:
         model.text_model.register_forward_pre_hook(_trim_hook, with_kwargs=True)
     return model.eval()

@@ -16,9 +16,10 @@ from ..checkpoint.weights import compare_state_dicts, load_state_dict, read_chec
 from .bert import Bert, init_linear_and_norms
 from .config import AlignConfig
 from .efficientnet import EfficientNet
+from .hf_text import HFTextTower
 from .input_checks import check_batches, check_kwargs, check_pixels, check_text
 from .intermediates import forward_intermediates
-from .loss import contrastive_loss
+from .loss import contrastive_loss, sigmoid_loss
 
 
 @dataclass
@@ -48,7 +49,8 @@ class AlignModel(nn.Module):
         config = config or AlignConfig()
         self.config = config
         self.vision_model = EfficientNet(config.vision)
-        self.text_model = Bert(config.text)
+        # The native BERT, or a transformers encoder (`--text-tower hf:...`) recorded in the config.
+        self.text_model = Bert(config.text) if config.hf_text_config is None else HFTextTower(config.hf_text_config)
         # ALIGN has no image projection: the pooled map *is* the embedding. Only a config whose
         # projection_dim differs from the tower's width gets one, so align-base keeps its checkpoint's keys.
         self.image_projection = (
@@ -58,6 +60,10 @@ class AlignModel(nn.Module):
         )
         self.text_projection = nn.Linear(config.text.hidden_size, config.projection_dim)
         self.temperature = nn.Parameter(torch.tensor(float(config.temperature_init)))
+        # SigLIP's learnable logit bias, only for a config trained with the sigmoid loss (align-base has none).
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(config.logit_bias_init))) if config.loss == "sigmoid" else None
+        )
         self.load_report = None  # set by from_pretrained(strict=False)
 
     # --- features -------------------------------------------------------------------------------------
@@ -120,8 +126,10 @@ class AlignModel(nn.Module):
         return self.encode_text(input_ids, attention_mask, token_type_ids)
 
     def logits(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Normalised (B_text, P) and (B_image, P) -> (B_text, B_image) cosine similarity / temperature."""
-        return text_embeds @ image_embeds.t() / self.temperature
+        """Normalised (B_text, P) and (B_image, P) -> (B_text, B_image) cosine similarity / temperature, plus the
+        logit bias of a sigmoid-loss model (so that sigmoid(logits) is its match probability)."""
+        logits = text_embeds @ image_embeds.t() / self.temperature
+        return logits if self.logit_bias is None else logits + self.logit_bias
 
     def forward(
         self,
@@ -132,7 +140,8 @@ class AlignModel(nn.Module):
         return_loss: bool = False,
         **kwargs: object,
     ) -> AlignOutput:
-        """Image-text logits and normalised embeddings; with `return_loss`, ALIGN's contrastive loss."""
+        """Image-text logits and normalised embeddings; with `return_loss`, the config's loss (ALIGN's contrastive
+        loss, or SigLIP's sigmoid loss)."""
         check_kwargs("forward", kwargs)
         if input_ids is None or pixel_values is None:
             raise ValueError(
@@ -147,7 +156,13 @@ class AlignModel(nn.Module):
         image_embeds = self.encode_image(pixel_values, normalize=True)
         text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)
         logits_per_text = self.logits(text_embeds, image_embeds)
-        loss = contrastive_loss(logits_per_text, self.config.label_smoothing) if return_loss else None
+        loss = None
+        if return_loss:
+            loss = (
+                sigmoid_loss(logits_per_text)
+                if self.config.loss == "sigmoid"
+                else contrastive_loss(logits_per_text, self.config.label_smoothing)
+            )
         return AlignOutput(
             logits_per_image=logits_per_text.t(),
             logits_per_text=logits_per_text,
@@ -208,7 +223,9 @@ class AlignModel(nn.Module):
             model = cls(config)
         own = model.state_dict()
         report = compare_state_dicts(own, sd)
-        if report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
+        # A transformers tower keeps non-persistent buffers (position ids) that no checkpoint holds: built for real.
+        adoptable = config.hf_text_config is None
+        if adoptable and report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
             model.load_state_dict(sd, assign=True)
         else:
             model = cls(config)

@@ -60,6 +60,11 @@ _INF = math.inf
 # ALIGN's label smoothing of the contrastive loss (the paper's 0.1): the model config's default, and the default
 # of the loss functions in loss.py, which take it from here.
 LABEL_SMOOTHING = 0.1
+LOSSES = ("softmax", "sigmoid")
+# SigLIP's initialisation for training from scratch (Zhai et al. 2023): logit scale exp(t') with t' = log 10,
+# i.e. temperature 1/10 in ALIGN's parametrisation (logits = cosine / temperature), and logit bias -10.
+SIGLIP_TEMPERATURE_INIT = 0.1
+SIGLIP_BIAS_INIT = -10.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,16 @@ class AlignConfig:
     projection_dim: int = 640
     temperature_init: float = 1.0
     label_smoothing: float = LABEL_SMOOTHING
+    # The training objective: "softmax" (ALIGN's contrastive cross-entropy) or "sigmoid" (SigLIP: each pair a
+    # binary decision on cosine / temperature + bias). Only "sigmoid" gives the model a `logit_bias` parameter,
+    # so ALIGN's checkpoints keep their keys.
+    loss: str = "softmax"
+    logit_bias_init: float = SIGLIP_BIAS_INIT
+    # A text tower from transformers in place of the native BERT (`--text-tower hf:PATH_OR_ID`): where it came
+    # from, and its transformers config (so the model rebuilds from its own folder). `text` then mirrors the
+    # tower's sizes for the input checks and the pooling.
+    text_tower: str | None = None
+    hf_text_config: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -201,6 +216,14 @@ class AlignConfig:
         _check_int("AlignConfig", "projection_dim", self.projection_dim)
         _check_float("AlignConfig", "temperature_init", self.temperature_init, 0.0, _INF, True, True)
         _check_float("AlignConfig", "label_smoothing", self.label_smoothing, 0.0, 1.0, False, True)
+        _check_str("AlignConfig", "loss", self.loss, LOSSES)
+        _check_float("AlignConfig", "logit_bias_init", self.logit_bias_init, -_INF, _INF, True, True)
+        if (self.text_tower is None) != (self.hf_text_config is None):
+            raise ValueError("AlignConfig.text_tower and AlignConfig.hf_text_config are given together or not at all")
+        if self.hf_text_config is not None and not (
+            isinstance(self.hf_text_config, dict) and isinstance(self.hf_text_config.get("model_type"), str)
+        ):
+            raise ValueError("AlignConfig.hf_text_config must be a transformers config object with a model_type")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -256,6 +279,8 @@ EFFICIENTNET_SCALING: dict[str, tuple[float, float, int]] = {
     "b5": (1.6, 2.2, 456),
     "b6": (1.8, 2.6, 528),
     "b7": (2.0, 3.1, 600),
+    # Noisy Student's EfficientNet-L2 (Xie et al. 2020): B7 widened and deepened further, tested at 800 px.
+    "l2": (4.3, 5.3, 800),
 }
 
 # BERT sizes of Turc et al. 2019 ("Well-Read Students Learn Better"): name -> (layers, hidden size).
@@ -266,6 +291,7 @@ BERT_SIZES: dict[str, tuple[int, int]] = {
     "small": (4, 512),
     "medium": (8, 512),
     "base": (12, 768),
+    "large": (24, 1024),
 }
 
 
@@ -300,10 +326,26 @@ def align_efficientnet(name: str, text: str = "base") -> AlignConfig:
     return AlignConfig(vision=vision, text=bert(text), projection_dim=vision.num_features)
 
 
+def align_l2() -> AlignConfig:
+    """The ALIGN paper's largest model: EfficientNet-L2 + BERT-large, trained (as align-base) at 289 px, embedding
+    in the image tower's width (1376)."""
+    return align_efficientnet("l2", text="large").replace(vision=efficientnet("l2", image_size=289))
+
+
 PRESETS = {
     "align-base": align_base,
     "align-tiny": align_tiny,
-    **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING},
+    **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING if b != "l2"},
+    "align-l2": align_l2,
+}
+
+# Sizes published for the towers of a preset, printed beside `summary`'s own count. Ours leave out what ALIGN
+# does not use: EfficientNet's top 1x1 conv and classifier (ALIGN pools the last block), nothing of BERT.
+PUBLISHED_SIZES: dict[str, tuple[str, ...]] = {
+    "align-l2": (
+        "EfficientNet-L2: 480M parameters (Noisy Student, Xie et al. 2020; with its top conv and 1000-class head)",
+        "BERT-large: 340M parameters (Devlin et al. 2019)",
+    ),
 }
 
 

@@ -94,6 +94,10 @@ def forward_intermediates(
 
     text_hidden = text_attn = text_embeds = text_positions = None
     if input_ids is not None:
+        if model.config.text_tower is not None:
+            raise ValueError(
+                f"text intermediates read the native BERT's layers; this model's text tower is {model.config.text_tower}"
+            )
         n = len(model.text_model.layers) + 1
         wanted = take_indices(text_indices, n, "text hidden-state")
         last = max(wanted) if (stop_early and wanted) else n - 1

@@ -1,4 +1,5 @@
-"""ALIGN's contrastive loss as pure functions, and the cross-rank feature gather for training on many GPUs."""
+"""ALIGN's contrastive loss and SigLIP's sigmoid loss as pure functions, and the cross-rank exchanges (feature
+gather, ring pass) for training on many GPUs."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = LAB
     text_loss = F.cross_entropy(logits_per_text, target, label_smoothing=label_smoothing)
     image_loss = F.cross_entropy(logits_per_text.t(), target, label_smoothing=label_smoothing)
     return (text_loss + image_loss) / 2
+
+
+def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss (Zhai et al. 2023): every (text, image) pair is its own binary decision, the positives on
+    the diagonal; -sum_ij log sigmoid(z_ij * logit_ij) / batch with z = +1 on the diagonal, -1 elsewhere.
+
+    logits_per_text: (B, B) = cosine / temperature + bias.
+    """
+    if logits_per_text.ndim != 2 or logits_per_text.shape[0] != logits_per_text.shape[1]:
+        raise ValueError(
+            f"sigmoid loss needs a square (texts, images) logit matrix, got {tuple(logits_per_text.shape)}"
+        )
+    n = logits_per_text.shape[0]
+    signs = 2 * torch.eye(n, device=logits_per_text.device, dtype=logits_per_text.dtype) - 1  # (B, B): +1 / -1
+    return -F.logsigmoid(signs * logits_per_text).sum() / n
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -95,6 +111,148 @@ def global_contrastive_loss(
 
 def _row_offset(rows: int, device: torch.device) -> int:
     """Index of this rank's first row in the gathered batch."""
+    return sum(_row_counts(rows, device)[: dist.get_rank()])
+
+
+def _row_counts(rows: int, device: torch.device) -> list[int]:
+    """Every rank's number of rows, in rank order."""
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([rows], device=device))
-    return int(sum(int(s) for s in sizes[: dist.get_rank()]))
+    return [int(s) for s in sizes]
+
+
+EXCHANGES = ("gather", "ring")
+
+
+def global_sigmoid_loss(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    temperature: torch.Tensor,
+    logit_bias: torch.Tensor,
+    exchange: str = "gather",
+) -> torch.Tensor:
+    """SigLIP's loss over the batch of every rank: this rank's images score against every rank's texts.
+
+    Takes this rank's L2-normalised (b, P) embeddings. `exchange` says how the other ranks' texts arrive:
+    "gather" all-gathers them at once; "ring" is SigLIP's chunked exchange, each rank passing the text chunk
+    it holds to the next rank W-1 times (a point-to-point pass whose backward sends the gradient back the other
+    way). Both are exact. As global_contrastive_loss, each rank returns its share of the global loss scaled by
+    the world size, so DDP's gradient average is the gradient of one process holding the whole batch.
+    """
+    if text_embeds.shape != image_embeds.shape or text_embeds.ndim != 2:
+        raise ValueError(
+            f"text and image embeddings must both be (batch, dim), got {tuple(text_embeds.shape)} "
+            f"and {tuple(image_embeds.shape)}"
+        )
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be {' or '.join(repr(e) for e in EXCHANGES)}, got {exchange!r}")
+    if not is_distributed():
+        return sigmoid_loss(text_embeds @ image_embeds.t() / temperature + logit_bias)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    counts = _row_counts(text_embeds.shape[0], text_embeds.device)
+    if exchange == "gather":
+        all_text = gather_features(text_embeds)  # (N, P)
+        start = sum(counts[:rank])
+        total = _pair_terms(image_embeds, all_text, temperature, logit_bias, positive_offset=start)
+    else:
+        total = _RingLoss.apply(image_embeds, text_embeds, temperature, logit_bias, counts, _ring_group())
+    return total / sum(counts) * world
+
+
+def _pair_terms(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    temperature: torch.Tensor,
+    logit_bias: torch.Tensor,
+    positive_offset: int | None,
+) -> torch.Tensor:
+    """sum_ij -log sigmoid(z_ij * logit_ij) for images (b, P) against texts (n, P); z = +1 where text
+    positive_offset + i is image i's caption, -1 elsewhere (everywhere when positive_offset is None)."""
+    logits = image @ text.t() / temperature + logit_bias  # (b, n)
+    signs = -torch.ones_like(logits)
+    if positive_offset is not None:
+        rows = torch.arange(image.shape[0], device=image.device)
+        signs[rows, positive_offset + rows] = 1.0
+    return -F.logsigmoid(signs * logits).sum()
+
+
+_RING: dict[str, object] = {}
+
+
+def _ring_group() -> dist.ProcessGroup:
+    """A process group of its own for the ring's point-to-point passes, so they never interleave with DDP's
+    gradient all-reduces on the default group. Made (collectively) on first use in each default group."""
+    world_group = dist.distributed_c10d._get_default_group()
+    if _RING.get("world") is not world_group:
+        _RING["world"], _RING["group"] = world_group, dist.new_group()
+    return _RING["group"]
+
+
+def _shift(x: torch.Tensor, rows: int, step: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """Send `x` to rank + step and receive `rows` rows from rank - step (ranks on a ring)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    out = x.new_empty((rows, *x.shape[1:]))
+    requests = [dist.isend(x.contiguous(), (rank + step) % world, group), dist.irecv(out, (rank - step) % world, group)]
+    for request in requests:
+        request.wait()
+    return out
+
+
+class _RingLoss(torch.autograd.Function):
+    """sum over this rank's images and every rank's texts of the sigmoid terms, by SigLIP's chunked exchange:
+    each rank passes the text chunk it holds to the next rank, W - 1 times, scoring its images against each.
+
+    Only one received chunk is held at a time, in the forward and in the backward: the backward passes the
+    chunks round the ring again, recomputing each step's terms, and each chunk travels with the gradient its
+    visited ranks have added up; one more pass brings every gradient home to the rank whose texts it is for.
+    """
+
+    @staticmethod
+    def forward(ctx, image, text, temperature, bias, counts: list[int], group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.save_for_backward(image, text, temperature, bias)
+        ctx.counts, ctx.group = counts, group
+        world, rank = len(counts), dist.get_rank()
+        total = _pair_terms(image, text, temperature, bias, positive_offset=0)
+        chunk = text
+        for k in range(1, world):
+            chunk = _shift(chunk, counts[(rank - k) % world], 1, group)  # (n_{r-k}, P): rank r - k's texts
+            total = total + _pair_terms(image, chunk, temperature, bias, positive_offset=None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        image, text, temperature, bias = ctx.saved_tensors
+        counts, group = ctx.counts, ctx.group
+        world, rank = len(counts), dist.get_rank()
+        grads = [torch.zeros_like(image), None, torch.zeros_like(temperature), torch.zeros_like(bias)]
+        chunk, chunk_grad = text, torch.zeros_like(text)  # the chunk held and its gradient so far
+        for k in range(world):
+            if k > 0:
+                rows = counts[(rank - k) % world]
+                chunk, chunk_grad = _shift(chunk, rows, 1, group), _shift(chunk_grad, rows, 1, group)
+            leaves = [t.detach().requires_grad_() for t in (image, chunk, temperature, bias)]
+            with torch.enable_grad():
+                terms = _pair_terms(*leaves, positive_offset=0 if k == 0 else None)
+                g_image, g_chunk, g_temperature, g_bias = torch.autograd.grad(terms, leaves, grad)
+            grads[0] += g_image
+            grads[2] += g_temperature
+            grads[3] += g_bias
+            chunk_grad = chunk_grad + g_chunk
+        # The chunk held last is rank r + 1's; one more pass gives each rank its own texts' gradient.
+        grads[1] = _shift(chunk_grad, counts[rank], 1, group) if world > 1 else chunk_grad
+        return (*grads, None, None)
+
+
+def global_loss(
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    temperature: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+    label_smoothing: float = 0.1,
+    exchange: str = "gather",
+) -> torch.Tensor:
+    """The training loss over every rank's batch: ALIGN's softmax contrastive loss, or SigLIP's sigmoid loss
+    when the model has a logit bias (a config with loss="sigmoid"; `exchange` applies to it alone)."""
+    if logit_bias is None:
+        return global_contrastive_loss(text_embeds, image_embeds, temperature, label_smoothing)
+    return global_sigmoid_loss(text_embeds, image_embeds, temperature, logit_bias, exchange)

@@ -15,6 +15,8 @@ from typing import Any
 from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
+from ..model.config import LOSSES
+from ..model.loss import EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
@@ -24,7 +26,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed")
+RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower")
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -94,6 +96,19 @@ class TrainConfig:
     label_smoothing: float | None = opt(
         None, "override the model config's label smoothing (align-base: 0.1)", default_text="the model config's"
     )
+    loss: str | None = opt(
+        None,
+        "training loss: softmax (ALIGN's contrastive cross-entropy) or sigmoid (SigLIP: each pair a binary "
+        "decision; adds a learnable logit bias starting at -10, the temperature continues from the model)",
+        choices=LOSSES,
+        default_text="the model config's (align-base: softmax)",
+    )
+    sigmoid_exchange: str = opt(
+        "gather",
+        "how --loss sigmoid meets other ranks' texts: gather (all-gather them at once) or ring (SigLIP's chunked "
+        "exchange: each rank passes its text chunk to the next, world size - 1 times); both exact",
+        choices=EXCHANGES,
+    )
     bn_momentum: float | None = opt(
         None,
         "override the model config's BN momentum, PyTorch convention (ALIGN: 0.01)",
@@ -104,6 +119,12 @@ class TrainConfig:
     )
     freeze_bn: bool = opt(
         False, "BatchNorm normalises with and keeps its running statistics (exact with micro-batches)"
+    )
+    text_tower: str | None = opt(
+        None,
+        "hf:PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config says, "
+        "a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
+        metavar="hf:PATH_OR_ID",
     )
     lock_image: bool = opt(False, "LiT: freeze the image tower")
     lock_text: bool = opt(False, "freeze the text tower and projection")
@@ -117,6 +138,11 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = opt(DEFAULT_TARGETS, "LoRA: names of the nn.Linear / 1x1 nn.Conv2d layers adapted")
     lora_head: bool = opt(True, "LoRA: keep the projections and temperature frozen too", flag="--lora-freeze-head")
 
+    fsdp: bool = opt(
+        False,
+        "under torchrun: FSDP2 instead of DDP, each block of both towers sharded across the ranks (bf16 compute "
+        "with --precision bf16 on CUDA); checkpoints and final/ hold the whole model",
+    )
     precision: str = opt("fp32", "bf16: autocast for the towers; the loss stays float32", choices=PRECISIONS)
     grad_checkpointing: bool = opt(False, "recompute activations in backward (both towers)")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
@@ -132,13 +158,21 @@ class TrainConfig:
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.clip_grad == 0:
             object.__setattr__(self, "clip_grad", None)
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "precision": PRECISIONS,
+            "device": DEVICES,
+            "sigmoid_exchange": EXCHANGES,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise ValueError(
                 f"micro_batch_size must be between 1 and batch_size ({self.batch_size}), got {self.micro_batch_size}"
@@ -167,6 +201,8 @@ class TrainConfig:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.text_tower is not None and not self.text_tower.startswith("hf:"):
+            raise ValueError(f"text_tower must be hf:PATH_OR_ID (a transformers encoder), got {self.text_tower!r}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:

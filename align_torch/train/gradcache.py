@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..model.loss import global_contrastive_loss
+from ..model.loss import global_loss
 from .data import Batch
 
 
@@ -91,9 +91,11 @@ def gradcache_backward(
     scale: float = 1.0,
     sync: bool = True,
     check_loss: Callable[[torch.Tensor], None] | None = None,
+    logit_bias: nn.Parameter | None = None,
+    exchange: str = "gather",
 ) -> torch.Tensor:
-    """Accumulate into .grad `scale` times the gradient of ALIGN's global loss over `batch` (this rank's
-    share, as global_contrastive_loss), computed chunk by chunk; returns the loss (detached).
+    """Accumulate into .grad `scale` times the gradient of the global loss over `batch` (this rank's share, as
+    global_loss: ALIGN's, or SigLIP's with a `logit_bias`), computed chunk by chunk; returns the loss (detached).
 
     `model` may be DDP-wrapped: gradients are then averaged across ranks on the last chunk's backward, or
     on none with `sync=False` (for gradient accumulation). `check_loss` sees the loss before any backward."""
@@ -111,7 +113,8 @@ def gradcache_backward(
     text = torch.cat(texts).requires_grad_()  # (B, P)
     image = torch.cat(images).requires_grad_()  # (B, P)
     temp = temperature.detach().to(text.dtype).requires_grad_()
-    loss = global_contrastive_loss(text, image, temp, label_smoothing)
+    bias = None if logit_bias is None else logit_bias.detach().to(text.dtype).requires_grad_()
+    loss = global_loss(text, image, temp, bias, label_smoothing, exchange)
     if check_loss is not None:
         check_loss(loss)
     loss.backward()  # under DDP this all-reduces the gathered rows' gradient: every rank's loss reads ours
@@ -127,6 +130,8 @@ def gradcache_backward(
             if last and temperature.requires_grad:
                 # In the last backward, so DDP sees the temperature's gradient when it averages the rest.
                 surrogate = surrogate + temperature.to(temp.dtype) * temp.grad
+            if last and logit_bias is not None and logit_bias.requires_grad:
+                surrogate = surrogate + logit_bias.to(bias.dtype) * bias.grad
             (surrogate * scale).backward()
     for buf, value in saved:
         buf.copy_(value)

@@ -32,6 +32,8 @@ class Interrupted(KeyboardInterrupt):
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every element of every tensor is finite (one reduction, one device sync)."""
+    # A sharded (FSDP) tensor is checked by its local shard; the caller reduces the answer over ranks.
+    tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
     tensors = [t.detach() for t in tensors if t.is_floating_point()]
     if not tensors:
         return True

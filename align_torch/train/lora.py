@@ -56,7 +56,7 @@ def add_lora(
 ) -> TrainableCount:
     """Inject rank-`rank` adapters (scale alpha / rank; alpha defaults to rank) into every layer named in
     `targets`, in place; freeze everything else except, with `train_head`, the text/image projections and
-    the temperature."""
+    the temperature (and a sigmoid-loss model's logit bias)."""
     if rank < 1:
         raise ValueError(f"lora rank must be at least 1, got {rank}")
     peft = _peft()
@@ -70,6 +70,8 @@ def add_lora(
         p.requires_grad_("lora_" in name)
     if train_head:
         model.temperature.requires_grad_(True)
+        if getattr(model, "logit_bias", None) is not None:  # the sigmoid loss's bias belongs to the head
+            model.logit_bias.requires_grad_(True)
         for head in ("text_projection", "image_projection"):
             if isinstance(getattr(model, head, None), nn.Module):
                 getattr(model, head).requires_grad_(True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -73,6 +74,20 @@ def set_training_knobs(
     model.vision_model.set_drop_path_rate(vision.drop_path_rate)
 
 
+def set_loss(model: AlignModel, loss: str) -> None:
+    """Train `model` with `loss` ("softmax" or "sigmoid"), recorded in its config. Switching an ALIGN model to
+    the sigmoid loss adds SigLIP's logit bias at the config's `logit_bias_init` (-10) and keeps the model's
+    temperature; switching back drops the bias."""
+    if loss == model.config.loss:
+        return
+    model.config = model.config.replace(loss=loss)
+    if loss == "sigmoid":
+        t = model.temperature
+        model.logit_bias = nn.Parameter(torch.tensor(model.config.logit_bias_init, dtype=t.dtype, device=t.device))
+    else:
+        model.logit_bias = None
+
+
 def prepare_model(
     model: AlignModel,
     *,
@@ -83,10 +98,14 @@ def prepare_model(
     lock_image: bool = False,
     lock_text: bool = False,
     grad_checkpointing: bool = False,
+    loss: str | None = None,
 ) -> list[RemovableHandle]:
     """Apply a run's training semantics to a model in place; returns the hooks that hold modules in eval.
-    BN momentum, drop-path and label smoothing come from `model.config` unless given (then recorded there)."""
+    BN momentum, drop-path, label smoothing and the loss come from `model.config` unless given (then recorded
+    there)."""
     set_training_knobs(model, bn_momentum=bn_momentum, drop_path_rate=drop_path_rate, label_smoothing=label_smoothing)
+    if loss is not None:
+        set_loss(model, loss)
     model.set_grad_checkpointing(grad_checkpointing)
     # ALIGN embeds text from the [CLS] state, never the BERT pooler: a parameter without a gradient would
     # stall DDP, so the pooler is frozen (it is still saved, so checkpoints round-trip).

@@ -24,12 +24,12 @@ from torch import nn
 from ..checkpoint.weights import save_native
 from ..defaults import TEXT_LENGTH
 from ..model.align import AlignModel
-from ..model.config import preset
+from ..model.config import SIGLIP_BIAS_INIT, SIGLIP_TEMPERATURE_INIT, AlignConfig, preset
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.processor import AlignProcessor
 from ..preprocess.tokenizer import AlignTokenizer
 
-STARTER_PRESETS = ("align-tiny", "align-base")
+STARTER_PRESETS = ("align-tiny", "align-base", "align-l2")
 CALIBRATION_IMAGES = 16  # generated images the BatchNorm statistics are measured on, in batches of 8
 
 # A few whole words so that common captions are not all single characters.
@@ -95,10 +95,10 @@ def calibrate_batchnorm(model: nn.Module, pixel_values: torch.Tensor, batch_size
         model.train(was_training)
 
 
-def starter_model(preset_name: str = "align-tiny", seed: int = 0) -> AlignModel:
+def starter_model(preset_name: str = "align-tiny", seed: int = 0, config: AlignConfig | None = None) -> AlignModel:
     """A random-weight `preset_name` model, initialised by AlignModel.init_weights and with BatchNorm
-    statistics calibrated on generated images, in eval mode."""
-    config = preset(preset_name)
+    statistics calibrated on generated images, in eval mode. `config`: the preset's, changed (e.g. its loss)."""
+    config = config or preset(preset_name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AlignModel(config)
@@ -110,19 +110,54 @@ def starter_model(preset_name: str = "align-tiny", seed: int = 0) -> AlignModel:
     return model.eval()
 
 
-def write_starter_checkpoint(folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0) -> Path:
+def memory_needed(config) -> int:
+    """Bytes `init` needs for a model of `config`: its float32 weights, held once by the model and once more by
+    safetensors while it writes them."""
+    with torch.device("meta"):
+        model = AlignModel(config)
+    return 2 * sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()))
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def write_starter_checkpoint(
+    folder: str | os.PathLike, preset_name: str = "align-tiny", seed: int = 0, loss: str = "softmax"
+) -> Path:
     """Write a random-weight `preset_name` model and its processor files to `folder`, all or nothing.
 
-    Refuses a folder that already holds anything (an empty one is filled)."""
+    Refuses a folder that already holds anything (an empty one is filled). `loss="sigmoid"` gives a model for
+    SigLIP's loss with SigLIP's initial temperature and logit bias."""
     if preset_name not in STARTER_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(STARTER_PRESETS)}, got {preset_name!r}")
     folder = Path(folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{str(folder)!r} is not an empty folder; choose a new one")
     config = preset(preset_name)
+    if loss == "sigmoid":  # SigLIP's start for training from scratch: t' = log 10 (temperature 0.1), bias -10
+        config = config.replace(
+            loss="sigmoid", temperature_init=SIGLIP_TEMPERATURE_INIT, logit_bias_init=SIGLIP_BIAS_INIT
+        )
+    elif loss != "softmax":
+        raise ValueError(f"loss must be 'softmax' or 'sigmoid', got {loss!r}")
+    need, free = memory_needed(config), available_memory()
+    if free is not None and free < need:
+        # Refused here with the figures, rather than killed by the OOM killer half-way through.
+        raise MemoryError(
+            f"{preset_name} needs about {need / 2**30:.1f} GiB of free memory to initialise and write "
+            f"(float32 weights, held twice while writing); {free / 2**30:.1f} GiB is available"
+        )
     if len(starter_vocab()) > config.text.vocab_size:
         raise ValueError(f"the starter vocab does not fit {preset_name}'s {config.text.vocab_size} token ids")
-    model = starter_model(preset_name, seed)
+    model = starter_model(preset_name, seed, config)
     processor = starter_processor(config.vision.image_size, config.text.max_position_embeddings)
     with tempfile.TemporaryDirectory(prefix=".align-torch-init-") as files:
         save_native(model, folder, processor_from=processor.save_pretrained(files))

@@ -79,12 +79,16 @@ def save_checkpoint(
     progress: Progress,
     train_config: dict[str, Any],
     rng_states: list[dict[str, Any]],
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write everything `--resume` needs into one file, replacing the previous one only once complete."""
+    """Write everything `--resume` needs into one file, replacing the previous one only once complete.
+    `model_state`/`optimizer_state`, when given, replace the model's and optimiser's own (a sharded model's,
+    gathered whole)."""
     tensors: dict[str, torch.Tensor] = {}
-    for name, value in model.state_dict().items():
+    for name, value in (model.state_dict() if model_state is None else model_state).items():
         tensors[f"model.{name}"] = value.detach().cpu().contiguous()
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict() if optimizer_state is None else optimizer_state
     opt_values: dict[str, dict[str, Any]] = {}
     for index, values in opt["state"].items():
         opt_values[str(index)] = {}

@@ -23,11 +23,21 @@ from tqdm import tqdm
 from ..checkpoint.weights import checkpoint_dir, write_native
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..model.align import AlignModel
-from ..model.loss import global_contrastive_loss
+from ..model.loss import global_contrastive_loss, global_sigmoid_loss
 from ..preprocess.processor import AlignProcessor
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
 from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
+from .fsdp import (
+    GatheredModel,
+    average_replicated_grads,
+    clip_grad_norm,
+    full_model_state,
+    full_optimizer_state,
+    load_full_state,
+    local_parameter_count,
+    shard_model,
+)
 from .gradcache import embed_pairs, gradcache_backward
 from .guards import (
     EXAMPLES_SHOWN,
@@ -55,6 +65,7 @@ from .state import (
     set_rng_state,
 )
 from .state_checks import check_optimizer, check_run_position, check_scheduler
+from .text_tower import swap_text_tower
 
 FINAL_DIR = "final"
 ADAPTERS_DIR = "adapters"  # LoRA runs: the adapters alone, beside the merged final/
@@ -82,12 +93,22 @@ class TrainResult:
 
 
 def forward_loss(
-    model: torch.nn.Module, batch: Batch, temperature: torch.Tensor, label_smoothing: float, precision: str = "fp32"
+    model: torch.nn.Module,
+    batch: Batch,
+    temperature: torch.Tensor,
+    label_smoothing: float,
+    precision: str = "fp32",
+    *,
+    logit_bias: torch.Tensor | None = None,
+    exchange: str = "gather",
 ) -> torch.Tensor:
-    """This rank's share of ALIGN's loss over the global batch (see global_contrastive_loss). `model` may be
-    DDP-wrapped; the loss itself is computed in float32 (or float64) outside autocast."""
+    """This rank's share of the loss over the global batch (see global_loss: ALIGN's, or SigLIP's with a
+    `logit_bias`). `model` may be DDP-wrapped; the loss itself is computed in float32 (or float64) outside
+    autocast."""
     text, image = embed_pairs(model, batch, precision)
-    return global_contrastive_loss(text, image, temperature.to(text.dtype), label_smoothing)
+    if logit_bias is None:
+        return global_contrastive_loss(text, image, temperature.to(text.dtype), label_smoothing)
+    return global_sigmoid_loss(text, image, temperature.to(text.dtype), logit_bias.to(text.dtype), exchange)
 
 
 class Trainer:
@@ -147,6 +168,8 @@ class Trainer:
 
         self.model = self.model or AlignModel.from_pretrained(cfg.model)
         self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
+        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
+            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
         self._hooks = prepare_model(
             self.model,
             bn_momentum=cfg.bn_momentum,
@@ -156,6 +179,7 @@ class Trainer:
             lock_image=cfg.lock_image,
             lock_text=cfg.lock_text,
             grad_checkpointing=cfg.grad_checkpointing,
+            loss=cfg.loss,
         )
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
@@ -185,12 +209,15 @@ class Trainer:
         # --max-steps is the run's length, over as many epochs as it takes (as transformers' max_steps).
         self.total_steps = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else cfg.max_steps
 
+        self.replicated: list[torch.nn.Parameter] | None = None  # set when FSDP shards the model
+        if cfg.fsdp and self.dist.world > 1:
+            self._shard()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         if checkpoint is not None:
             self._load(checkpoint)
         self.ddp = None
-        if self.dist.world > 1:
+        if self.dist.world > 1 and self.replicated is None:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         if self.dist.is_main:
@@ -206,6 +233,14 @@ class Trainer:
             all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
         )
         self._last_eval_step = None if last_eval < 0 else last_eval
+
+    def _shard(self) -> None:
+        """FSDP2 in place of DDP; every rank prints how much of the model it holds."""
+        if self.cfg.lora_rank is not None or self.val_pairs or self.cfg.zero_shot_dir:
+            raise ValueError("--fsdp does not yet combine with --lora-rank, --val or --zero-shot-dir")
+        self.replicated = shard_model(self.model, self.device, self.cfg.precision)
+        local, total = local_parameter_count(self.model)
+        print(f"fsdp: rank {self.dist.rank} holds {local:,} of {total:,} parameters", file=sys.stderr, flush=True)
 
     def _take_lock(self) -> None:
         """Rank 0 locks the run folder; every rank stops if it could not."""
@@ -228,8 +263,11 @@ class Trainer:
         check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
         check_optimizer(path, checkpoint.optimizer, self.optimizer)
         check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.replicated is not None:
+            load_full_state(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
+        else:
+            self.model.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.progress = checkpoint.progress
         resume_schedule(self.scheduler, self.progress.step)
@@ -249,6 +287,12 @@ class Trainer:
         """Write checkpoint.safetensors (rank 0) with every rank's RNG state. Called at step boundaries only,
         after the step's finiteness checks, so the checkpoint is always one a run can continue from exactly."""
         states = gather_objects(rng_state())
+        whole = {}
+        if self.replicated is not None:  # collectives: every rank gathers, rank 0 receives
+            whole = {
+                "model_state": full_model_state(self.model),
+                "optimizer_state": full_optimizer_state(self.model, self.optimizer),
+            }
         if self.dist.is_main:
             try:
                 save_checkpoint(
@@ -259,6 +303,7 @@ class Trainer:
                     progress=self.progress,
                     train_config=self.cfg.to_dict(),
                     rng_states=states,
+                    **whole,
                 )
             except OSError as e:
                 kept = (
@@ -275,11 +320,14 @@ class Trainer:
     def save_final(self) -> Path:
         """The trained model in native format with the processor files, at out/final (rank 0)."""
         final = self.out / FINAL_DIR
+        model = self.model
+        if self.replicated is not None:  # a collective: the shards gathered whole to rank 0
+            model = GatheredModel(self.model.config, full_model_state(self.model))
         if self.dist.is_main:
             lora = has_lora(self.model)
             # A final/ from an earlier run on this --out is replaced; a folder that is not a checkpoint is refused.
             with checkpoint_dir(final, overwrite=True) as tmp:
-                write_native(merged_copy(self.model) if lora else self.model, tmp)
+                write_native(merged_copy(self.model) if lora else model, tmp)
                 self.processor.save_pretrained(tmp)
             if lora:
                 save_adapters(self.model, self.out / ADAPTERS_DIR)
@@ -432,11 +480,19 @@ class Trainer:
                     scale=1 / cfg.grad_accum,
                     sync=last,
                     check_loss=self._check_finite,
+                    logit_bias=self.model.logit_bias,
+                    exchange=cfg.sigmoid_exchange,
                 )
             else:
                 with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                     loss = forward_loss(
-                        model, batch, self.model.temperature, self.model.config.label_smoothing, cfg.precision
+                        model,
+                        batch,
+                        self.model.temperature,
+                        self.model.config.label_smoothing,
+                        cfg.precision,
+                        logit_bias=self.model.logit_bias,
+                        exchange=cfg.sigmoid_exchange,
                     )
                     self._check_finite(loss)
                     (loss / cfg.grad_accum).backward()
@@ -448,9 +504,14 @@ class Trainer:
             return None
         if self.ddp is not None and not synced:
             self._sync_gradients()
+        if self.replicated is not None:
+            average_replicated_grads(self.replicated)
         self._check_tensors("gradients", [q.grad for q in self.model.parameters() if q.grad is not None])
         if cfg.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            if self.replicated is not None:
+                clip_grad_norm(self.model, cfg.clip_grad, self.replicated)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses; the scheduler then moves on
         self.optimizer.step()
         self.scheduler.step()

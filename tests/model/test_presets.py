@@ -29,7 +29,7 @@ PAPER = {
 B0_STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320)
 
 # Turc et al. 2019 parameter counts (millions, embeddings and pooler included).
-BERT_PARAMS_M = {"tiny": 4.4, "mini": 11.3, "small": 29.1, "medium": 41.7, "base": 110.1}
+BERT_PARAMS_M = {"tiny": 4.4, "mini": 11.3, "small": 29.1, "medium": 41.7, "base": 110.1, "large": 335.1}
 
 
 def on_meta(module_cls, cfg):

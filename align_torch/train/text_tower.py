@@ -1,0 +1,51 @@
+"""`finetune --text-tower hf:PATH_OR_ID`: put a pretrained transformers encoder in place of the model's text
+tower, with a new text projection to the image embedding size; the image tower (and the temperature, and a
+sigmoid model's bias) stay as they were. With `--lock-image` this is LiT on ALIGN's image tower.
+
+The tokenizer comes from the tower's folder when it holds one (tokenizer.json or a WordPiece vocab.txt);
+otherwise the starting model's is kept, if its ids fit the tower's vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..model.align import AlignModel
+from ..model.hf_text import text_config_from_hf, tower_source, transformers_module
+from ..preprocess.processor import AlignProcessor
+from ..preprocess.tokenizer import AlignTokenizer
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def swap_text_tower(model: AlignModel, spec: str, processor: AlignProcessor) -> tuple[AlignModel, AlignProcessor]:
+    """A new AlignModel with `model`'s image side and the encoder `spec` ("hf:PATH_OR_ID") as its text tower,
+    and the processor that tokenizes for it."""
+    source = tower_source(spec)
+    encoder = transformers_module().AutoModel.from_pretrained(source)
+    hf_config = encoder.config.to_dict()
+    text = text_config_from_hf(hf_config, pooling=model.config.text.pooling)
+    config = model.config.replace(text=text, text_tower=spec, hf_text_config=hf_config)
+    swapped = AlignModel(config).to(dtype=model.temperature.dtype, device=model.temperature.device)
+    swapped.text_model.encoder.load_state_dict(encoder.state_dict())
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_model.", "text_projection."))}
+    missing, unexpected = swapped.load_state_dict(kept, strict=False)
+    stray = [k for k in missing if not k.startswith(("text_model.", "text_projection."))]
+    if stray or unexpected:
+        raise ValueError(f"the image side did not carry over to the new text tower: {sorted(stray + unexpected)}")
+    return swapped.train(model.training), AlignProcessor(processor.image_processor, _tokenizer(source, processor, text))
+
+
+def _tokenizer(source: str, processor: AlignProcessor, text) -> AlignTokenizer:
+    folder = Path(source).expanduser()
+    if folder.is_dir() and any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        tokenizer = AlignTokenizer.from_pretrained(folder)
+        where = f"the tokenizer in {source}"
+    else:
+        tokenizer, where = processor.tokenizer, "the starting model's tokenizer"
+    if tokenizer.vocab_size > text.vocab_size:
+        raise ValueError(
+            f"{where} has {tokenizer.vocab_size} tokens but the text tower {source} embeds only {text.vocab_size}: "
+            "give the tower a folder with its own tokenizer"
+        )
+    return tokenizer
