@@ -86,7 +86,9 @@ def export_towers(
     if "text" in towers:
         plan.append(("text", "text", None))
     written: dict[str, dict[str, Any]] = {}
-    with atomic_dir(out, overwrite=overwrite, replaceable=is_export_dir, what="align-torch export folder") as tmp:
+    with atomic_dir(
+        out, overwrite=overwrite, replaceable=is_export_dir, what="folder written by align-torch export"
+    ) as tmp:
         for name, which, hw in plan:
             module = tower(model, which, normalize)
             example, check = _inputs(model, which, hw, tokenizer)
