@@ -66,3 +66,20 @@ def test_compiled_tower_equals_eager(models, kind, which):
         got = compiled(*inputs)
     scale = float(ref.abs().max())
     torch.testing.assert_close(got, ref, atol=1e-5 * max(1.0, scale), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["unfused", "fused"])
+def test_encode_methods_trace_as_one_graph(models, kind):
+    """The model's own encode_image / encode_text: their argument checks step aside in a traced graph."""
+    model, processor = models[0][kind], models[1]
+    with torch.no_grad():
+        for method, inputs in (
+            (model.encode_image, _inputs(processor, "image")),
+            (model.encode_text, _inputs(processor, "text")),
+        ):
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(method)(*inputs)
+            assert not explained.break_reasons, [str(b.reason) for b in explained.break_reasons]
+            torch._dynamo.reset()
+            got = torch.compile(method, fullgraph=True, backend="eager")(*inputs)
+            torch.testing.assert_close(got, method(*inputs), atol=1e-5, rtol=1e-5)
