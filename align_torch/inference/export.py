@@ -29,11 +29,12 @@ import torch.nn.functional as F
 
 from ..model.align import AlignModel
 from ..preprocess.tokenizer import AlignTokenizer
-from ..util.fileio import atomic_dir
+from ..util.fileio import atomic_dir, check_destination
 from .towers import TOWERS, tower, uses_token_types
 
 FORMATS = ("onnx", "pt2")
 META_FORMAT = "align-torch-export"
+EXPORT_WHAT = "folder written by align-torch export"
 # Held-out captions of assorted lengths for the parity check at export (none is a training template).
 CHECK_TEXTS = (
     "a",
@@ -75,46 +76,49 @@ def export_towers(
         raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
     if fmt == "onnx" or int8:
         _require_onnx()
+    check_destination(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT)  # before any work
     size = model.config.vision.image_size
     sizes = [_check_size(s) for s in image_sizes] or [(size, size)]
     if len(set(sizes)) != len(sizes):
         raise ValueError(f"image sizes repeat: {sizes}")
-    model = model.eval()
     plan: list[tuple[str, str, tuple[int, int] | None]] = []
     if "image" in towers:
         plan += [(_image_name(i, hw), "image", hw) for i, hw in enumerate(sizes)]
     if "text" in towers:
         plan.append(("text", "text", None))
     written: dict[str, dict[str, Any]] = {}
-    with atomic_dir(
-        out, overwrite=overwrite, replaceable=is_export_dir, what="folder written by align-torch export"
-    ) as tmp:
-        for name, which, hw in plan:
-            module = tower(model, which, normalize)
-            example, check = _inputs(model, which, hw, tokenizer)
-            path = tmp / f"{name}.{fmt}"
-            if fmt == "onnx":
-                opset_used = _export_onnx(module, example, path, which, opset)
-                run = _onnx_runner(path)
-            else:
-                opset_used = None
-                _export_pt2(module, example, path, which)
-                run = _pt2_runner(path)
-            meta = _metadata(model, which, name, fmt, hw, normalize, model_id, opset_used)
-            meta["parity"] = parity(module, run, check)
-            _write_json(tmp / f"{name}.json", meta)
-            written[name] = meta
-            if int8:
-                q_path = tmp / f"{name}.int8.onnx"
-                quantize_int8(path, q_path)
-                q_meta = {
-                    **meta,
-                    "file": q_path.name,
-                    "int8": True,
-                    "parity": parity(module, _onnx_runner(q_path), check),
-                }
-                _write_json(tmp / f"{name}.int8.json", q_meta)
-                written[f"{name}.int8"] = q_meta
+    was_training = model.training
+    model.eval()  # BatchNorm's running statistics, no dropout; the caller's mode comes back after
+    try:
+        with atomic_dir(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT) as tmp:
+            for name, which, hw in plan:
+                module = tower(model, which, normalize)
+                example, check = _inputs(model, which, hw, tokenizer)
+                path = tmp / f"{name}.{fmt}"
+                if fmt == "onnx":
+                    opset_used = _export_onnx(module, example, path, which, opset)
+                    run = _onnx_runner(path)
+                else:
+                    opset_used = None
+                    _export_pt2(module, example, path, which)
+                    run = _pt2_runner(path)
+                meta = _metadata(model, which, name, fmt, hw, normalize, model_id, opset_used)
+                meta["parity"] = parity(module, run, check)
+                _write_json(tmp / f"{name}.json", meta)
+                written[name] = meta
+                if int8:
+                    q_path = tmp / f"{name}.int8.onnx"
+                    quantize_int8(path, q_path)
+                    q_meta = {
+                        **meta,
+                        "file": q_path.name,
+                        "int8": True,
+                        "parity": parity(module, _onnx_runner(q_path), check),
+                    }
+                    _write_json(tmp / f"{name}.int8.json", q_meta)
+                    written[f"{name}.int8"] = q_meta
+    finally:
+        model.train(was_training)
     return written
 
 
