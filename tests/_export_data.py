@@ -35,3 +35,28 @@ def captions(n: int, seed: int = 0) -> list[str]:
     """`n` held-out captions of 2 to 40 words (longer ones reach the tiny tokenizer's 64 tokens)."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(CAPTION_WORDS) for _ in range(rng.randint(2, 40))) for _ in range(n)]
+
+
+def spread_text_weights_(model, seed: int = 0) -> None:
+    """Re-initialise the text tower and projection so that different captions get clearly different embeddings.
+
+    The tests' randomised checkpoints give every caption nearly the same text embedding (mean pairwise cosine
+    0.99999), where any rounding keeps the cosine to fp32 near 1 whatever it does to what tells captions apart.
+    Unit-variance token embeddings, 1/sqrt(fan_in) linear weights and no biases spread them out.
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in [*model.text_model.modules(), model.text_projection]:
+            if isinstance(module, nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g))
+            elif isinstance(module, nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) / math.sqrt(module.in_features))
+                module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
