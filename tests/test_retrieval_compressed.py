@@ -11,7 +11,7 @@ from _retrieval_data import clustered, normalise, write_folder
 
 from align_torch.retrieval import index as ix
 from align_torch.retrieval.folder import EmbeddingFolder
-from align_torch.retrieval.search import exact_top_k
+from align_torch.retrieval.search import Collection, exact_top_k
 
 faiss = pytest.importorskip("faiss")
 
@@ -73,6 +73,12 @@ def test_search_command_uses_a_compressed_index_and_refuses_mixed_options(tmp_pa
     assert loaded.info["quantize"] == "binary"
     _, found = loaded.search(vectors[:5], 3)
     assert list(found[:, 0]) == [0, 1, 2, 3, 4]  # each vector finds itself first after rescoring
+    # search goes through the index unchanged: each query finds itself, every score is the exact cosine
+    hits = Collection(root).search_vectors(vectors[:5], k=3)
+    assert [row[0].id for row in hits] == [0, 1, 2, 3, 4]
+    for q, row in enumerate(hits):
+        for hit in row:
+            assert hit.score == pytest.approx(float(vectors[hit.id] @ vectors[q]), abs=1e-5)
     assert main(["index", str(root), "--quantize", "int8", "--kind", "hnsw"]) == 2
     assert "leave out --kind hnsw" in capsys.readouterr().err
     with pytest.raises(ValueError, match="multiple of 8"):
