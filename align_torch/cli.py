@@ -31,6 +31,7 @@ COMMANDS = {
     "finetune": "finetune",
     "eval": "eval",
     "clip-benchmark": "clip_benchmark",
+    "export": "export",
 }
 
 EXIT_FAILURE = 1  # the command failed while running

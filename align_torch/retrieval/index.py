@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..util.fileio import atomic_file
+from . import compressed
 from .folder import EmbeddingFolder, EmbeddingFolderError, unit_rows
 
 FORMAT = "align_torch.faiss_index"
@@ -135,12 +136,16 @@ def _ivf_plan(kind: str, count: int, dim: int, budget: int, code_bytes: int = 0)
     return None
 
 
-def plan_index(count: int, dim: int, max_memory: int, kind: str = "auto") -> IndexPlan:
-    """The index to build for `count` vectors of `dim` dims within `max_memory` bytes (see the module docstring)."""
+def plan_index(count: int, dim: int, max_memory: int, kind: str = "auto", quantize: str | None = None) -> IndexPlan:
+    """The index to build for `count` vectors of `dim` dims within `max_memory` bytes (see the module docstring).
+    `quantize` ("int8" or "binary"): a compressed flat index whose candidates are rescored from the float vectors
+    (see compressed.py)."""
     if kind not in KINDS:
         raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if count < 1 or dim < 1:
         raise ValueError(f"nothing to index: {count} vectors of {dim} dims")
+    if quantize is not None:
+        return _compressed_plan(count, dim, max_memory, kind, quantize)
     if kind == "auto":
         kind = _auto_kind(count, dim, max_memory)
     if kind == "flat":
@@ -172,6 +177,23 @@ def plan_index(count: int, dim: int, max_memory: int, kind: str = "auto") -> Ind
     if plan.kind in ("flat", "hnsw"):
         plan = IndexPlan(**{**asdict(plan), "chunk_rows": _chunk_rows(dim, free)})
     return plan
+
+
+def _compressed_plan(count: int, dim: int, max_memory: int, kind: str, quantize: str) -> IndexPlan:
+    if kind != "auto":
+        raise ValueError(f"--quantize {quantize} builds a compressed flat index; leave out --kind {kind}")
+    size = compressed.compressed_bytes(quantize, count, dim)  # also refuses an unknown quantize
+    compressed.check_dim(quantize, dim)
+    train = min(count, compressed.SQ_TRAIN_ROWS) if quantize == "int8" else 0
+    if size + train * dim * 4 > max_memory:
+        raise ValueError(
+            f"a {quantize} index of {count:,} vectors of {dim} dims does not fit in --max-memory "
+            f"{_fmt_bytes(max_memory)} (it needs about {_fmt_bytes(size + train * dim * 4)}); raise --max-memory"
+        )
+    plan = IndexPlan(
+        quantize, compressed.FACTORY[quantize], count, dim, size, search={"rescore": compressed.RESCORE[quantize]}
+    )
+    return IndexPlan(**{**asdict(plan), "train_rows": train, "chunk_rows": _chunk_rows(dim, max_memory - size)})
 
 
 def pq_sizes(dim: int) -> list[int]:
@@ -217,6 +239,7 @@ def memory_per_million(dim: int) -> dict[str, int]:
         "hnsw (M=32)": index_bytes("hnsw", n, dim, links=32),
         "ivf-flat": index_bytes("ivf-flat", n, dim, lists=lists),
         **{f"ivf-pq (PQ{m})": index_bytes("ivf-pq", n, dim, lists=lists, code_bytes=m) for m in pq_sizes(dim)[:3]},
+        **{f"{q} + rescore": compressed.compressed_bytes(q, n, dim) for q in compressed.QUANTIZE},
     }
 
 
@@ -255,26 +278,34 @@ def build_index(
     max_memory: int | str = "4GB",
     out: str | Path | None = None,
     seed: int = 0,
+    quantize: str | None = None,
 ) -> BuiltIndex:
     """Build an index of one modality of the folder, reading it in chunks, and write it (and its .json
-    description) atomically; the index is `out` or FOLDER/index/{modality}.index."""
+    description) atomically; the index is `out` or FOLDER/index/{modality}.index. `quantize`: see plan_index."""
     faiss = _faiss()
     folder = folder if isinstance(folder, EmbeddingFolder) else EmbeddingFolder(folder)
-    plan = plan_index(folder.count(modality), folder.dim(modality), parse_memory(max_memory), kind)
+    plan = plan_index(folder.count(modality), folder.dim(modality), parse_memory(max_memory), kind, quantize)
     out = Path(out) if out is not None else default_index_path(folder, modality)
     began = time.perf_counter()
-    index = faiss.index_factory(plan.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if plan.train_rows:
-        _train_ivf(faiss, index, folder, modality, plan, seed)
+    if quantize is not None:
+        index = compressed.new_index(faiss, quantize, plan.dim)
+        if plan.train_rows:  # the 8-bit quantizer's per-component ranges
+            index.train(folder.sample(modality, plan.train_rows, seed))
+    else:
+        index = faiss.index_factory(plan.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+        if plan.train_rows:
+            _train_ivf(faiss, index, folder, modality, plan, seed)
     for _, chunk in folder.chunks(modality, plan.chunk_rows):
-        index.add(unit_rows(chunk))  # ids follow the collection's row order; scores are then cosines
+        # ids follow the collection's row order; scores are then cosines
+        index.add(unit_rows(chunk) if quantize is None else compressed.codes(quantize, unit_rows(chunk)))
     with atomic_file(out) as tmp:
-        faiss.write_index(index, str(tmp))
+        (faiss.write_index_binary if quantize == "binary" else faiss.write_index)(index, str(tmp))
     info = {
         "format": FORMAT,
         "version": VERSION,
         "modality": modality,
         "kind": plan.kind,
+        "quantize": quantize,
         "factory": plan.factory,
         "metric": "inner_product",
         "count": plan.count,
@@ -312,8 +343,9 @@ def _check_info(info: dict[str, Any], info_path: Path) -> None:
         return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
     problems = []
-    if info.get("kind") not in KINDS[1:]:
-        problems.append(f"kind {info.get('kind')!r} is not one of {KINDS[1:]}")
+    kinds = (*KINDS[1:], *compressed.FACTORY)
+    if info.get("kind") not in kinds:
+        problems.append(f"kind {info.get('kind')!r} is not one of {kinds}")
     for name, least in (("count", 1), ("dim", 1), ("index_bytes", 1)):
         if not whole(info.get(name), least):
             problems.append(f"{name} {info.get(name)!r} is not an integer of at least {least}")
@@ -324,23 +356,34 @@ def _check_info(info: dict[str, Any], info_path: Path) -> None:
         problems.append("layout is not a list of [part, rows] pairs")
     search = info.get("search")
     if not isinstance(search, dict) or not all(
-        name in ("nprobe", "efSearch") and whole(value, 1) for name, value in search.items()
+        name in ("nprobe", "efSearch", "rescore") and whole(value, 1) for name, value in search.items()
     ):
-        problems.append(f"search {search!r} is not {{nprobe or efSearch: a positive integer}}")
+        problems.append(f"search {search!r} is not {{nprobe, efSearch or rescore: a positive integer}}")
+    if info.get("quantize") not in (None, *compressed.FACTORY):
+        problems.append(f"quantize {info.get('quantize')!r} is not one of {tuple(compressed.FACTORY)}")
     if problems:
         raise EmbeddingFolderError(f"{str(info_path)!r} is damaged: {'; '.join(problems)}; rebuild the index")
 
 
 @dataclass
 class LoadedIndex:
-    """A FAISS index read back with its description, search parameters applied."""
+    """A FAISS index read back with its description, search parameters applied. A compressed (int8 or binary)
+    index searches `rescore` x k candidates and ranks them exactly from the folder's float vectors."""
 
     index: Any
     info: dict[str, Any]
+    folder: EmbeddingFolder | None = None  # the float vectors a compressed index rescores from
+    modality: str = "image"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (Q, k); id -1 where the index found fewer than k."""
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        quantize = self.info.get("quantize")
+        if quantize is None:
+            return self.index.search(queries, k)
+        pool = min(k * self.info["search"]["rescore"], self.index.ntotal)
+        _, candidates = self.index.search(compressed.codes(quantize, queries), pool)  # (Q, pool)
+        return compressed.rescore(lambda ids: self.folder.take(self.modality, ids), queries, candidates, k)
 
 
 def load_index(folder: EmbeddingFolder, modality: str, path: str | Path | None = None) -> LoadedIndex | None:
@@ -370,9 +413,10 @@ def load_index(folder: EmbeddingFolder, modality: str, path: str | Path | None =
             f"{str(info_path)!r} is damaged: count {info['count']} and dim {info['dim']} are not the folder's "
             f"{folder.count(modality)} and {folder.dim(modality)}; rebuild the index"
         )
+    binary = info.get("quantize") == "binary"
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if info["kind"].startswith("ivf") else 0
     try:
-        index = faiss.read_index(str(path), flags)
+        index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path), flags)
         if "nprobe" in info["search"]:
             faiss.extract_index_ivf(index).nprobe = info["search"]["nprobe"]
         if "efSearch" in info["search"]:
@@ -388,4 +432,4 @@ def load_index(folder: EmbeddingFolder, modality: str, path: str | Path | None =
             f"index {str(path)!r} holds {index.ntotal} vectors of {index.d} dims where {str(info_path)!r} says "
             f"{info['count']} of {info['dim']}; rebuild it"
         )
-    return LoadedIndex(index, info)
+    return LoadedIndex(index, info, folder, modality)
