@@ -56,6 +56,8 @@ def load_for_inference(
 ) -> tuple[AlignModel, AlignProcessor]:
     """(model, processor) from one folder or Hub repo id: the model in eval mode on `device` ("auto", "cpu",
     ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False."""
+    if isinstance(model_class, str):
+        model_class = import_model_class(model_class)  # a wrong name fails before anything loads
     processor = AlignProcessor.from_pretrained(model)
     loaded = load_model(model, device, model_class=model_class)
     return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor
