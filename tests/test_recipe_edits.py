@@ -19,8 +19,8 @@ import pytest
 import torch
 from _job_data import photo
 from _train_data import write_shapes_classes
-from hf_reference import smooth_images
 from _variants import mbconv_plus_forward, naive_pre_ln_forward, pre_ln_forward
+from hf_reference import smooth_images
 
 import align_torch
 from align_torch.cli import main
