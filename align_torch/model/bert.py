@@ -207,7 +207,7 @@ class Layer(nn.Module):
 
 @dataclass
 class TextOutput:
-    last_hidden_state: torch.Tensor  # (B, T, D)
+    last_hidden_state: torch.Tensor  # (B, T, D); (B, 1, D), the [CLS] states, when packed
     hidden_states: list[torch.Tensor] | None = None  # embeddings output, then each layer: num_layers + 1
     attentions: list[torch.Tensor] | None = None  # per layer (B, heads, T, T) softmax probabilities
 
