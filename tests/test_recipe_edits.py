@@ -222,3 +222,33 @@ def test_no_class_rebinding_in_the_package():
                 if isinstance(node.args[1], ast.Constant) and node.args[1].value == "__class__":
                     found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
+
+
+def test_attention_sites_reach_the_packed_path(model_dir):
+    """A hook on `heads_site` (silencing head 0 of every layer) acts on the fused, packed text path exactly as
+    on the padded one; `probs_site` sees the eager softmax probabilities."""
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0, 0], [5, 6, 7, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    model = load_model(model_dir, "cpu")
+    with torch.no_grad():
+        plain = model.encode_text(ids, mask)
+
+    def silence_head_0(_module, _args, heads):
+        heads = heads.clone()
+        heads[:, 0] = 0  # (B, heads, T, d_head)
+        return heads
+
+    for layer in model.text_model.layers:
+        layer.attn.heads_site.register_forward_hook(silence_head_0)
+    seen = []
+    model.text_model.layers[0].attn.probs_site.register_forward_hook(lambda _m, _a, probs: seen.append(probs))
+    with torch.no_grad():
+        edited = model.encode_text(ids, mask)
+        out = model.text_model(ids, mask, output_attentions=True)
+        fused = fuse_for_inference(model)
+        assert fused.pack_text
+        packed = fused.encode_text(ids, mask)
+    assert (edited - plain).abs().max() > 1e-3
+    torch.testing.assert_close(packed, edited, atol=TOL, rtol=0)
+    assert len(seen) == 1 and seen[0] is out.attentions[0]
+    torch.testing.assert_close(seen[0].sum(-1), torch.ones(2, seen[0].shape[1], 7))
