@@ -496,21 +496,23 @@ class _Probe:
         vision = model.vision_model
         unfused: list[str] = []
         with torch.no_grad():
-            parts = [("stem", vision.stem, stem_undo)]
-            parts += [(f"blocks.{i}", vision.blocks[i], undo) for i, undo in enumerate(block_undo)]
-            for name, part, undo in parts:
-                if name not in self.seen or not undo:
-                    continue
-                x, expected = self.seen[name]
-                why = _differs(lambda part=part, x=x: part(x.clone()), expected)
-                if why is not None:
-                    _undo(undo)
-                    unfused.append(f"vision_model.{name} ({type(_unwrap(part)).__name__}): {why}")
-            why = _differs(lambda: model.encode_image(self.pixels), self.image)
-            if why is not None:  # something outside the blocks: the whole image tower runs unfused
-                for undo in [stem_undo, *block_undo]:
-                    _undo(undo)
-                unfused.append(f"vision_model ({type(vision).__name__}): {why}")
+            # The whole tower first; only when it moved, block by block on the recorded inputs to find which.
+            if _differs(lambda: model.encode_image(self.pixels), self.image) is not None:
+                parts = [("stem", vision.stem, stem_undo)]
+                parts += [(f"blocks.{i}", vision.blocks[i], undo) for i, undo in enumerate(block_undo)]
+                for name, part, undo in parts:
+                    if name not in self.seen or not undo:
+                        continue
+                    x, expected = self.seen[name]
+                    why = _differs(lambda part=part, x=x: part(x.clone()), expected)
+                    if why is not None:
+                        _undo(undo)
+                        unfused.append(f"vision_model.{name} ({type(_unwrap(part)).__name__}): {why}")
+                why = _differs(lambda: model.encode_image(self.pixels), self.image)
+                if why is not None:  # something outside the blocks: the whole image tower runs unfused
+                    for undo in [stem_undo, *block_undo]:
+                        _undo(undo)
+                    unfused.append(f"vision_model ({type(vision).__name__}): {why}")
             if model.pack_text:
                 why = _differs(lambda: model.encode_text(self.ids, self.mask), self.text)
                 if why is not None:
