@@ -414,6 +414,8 @@ def fuse_for_inference(
     if check:
         with _user_hooks_off(model):
             probe.check(model, stem_undo, block_undo, trim)
+        for conv in convs:  # oneDNN picks its weight layout for the input it first sees: let that be a real one
+            conv.__dict__.pop("_onednn_weight", None)
     return model.eval()
 
 
