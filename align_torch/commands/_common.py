@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from .. import defaults
-from ..inference.fast import fuse_for_inference
-from ..util.device import DEVICES, resolve_device
+from ..util.device import DEVICES
 
 if TYPE_CHECKING:
     from ..inference.embed import ImageEmbeddings
@@ -38,6 +37,12 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         action="store_true",
         help="run the checkpoint's layers as loaded; by default BatchNorm and SiLU are folded into the convs "
         "(fuse_for_inference: the same embeddings to about 1e-5, faster)",
+    )
+    p.add_argument(
+        "--model-class",
+        metavar="MODULE:CLASS",
+        help="build the model as this AlignModel subclass from your code (importable, e.g. my_variants:PreLNAlign) "
+        "with the checkpoint's config and weights (default: align_torch.AlignModel)",
     )
 
 
@@ -84,15 +89,14 @@ def output_file(path: str) -> Path:
     return out
 
 
-def load_model_and_processor(model: str, device: str, fuse: bool = True) -> tuple[AlignModel, AlignProcessor]:
-    """The model (eval mode, on the device, fused for inference unless `fuse` is False) and its processor,
-    from one folder or Hub repo id."""
-    from ..model.align import AlignModel
-    from ..preprocess.processor import AlignProcessor
+def load_model_and_processor(
+    model: str, device: str, fuse: bool = True, model_class: str | None = None
+) -> tuple[AlignModel, AlignProcessor]:
+    """The command's --model, --device, --unfused and --model-class through the one loader
+    (inference.loader.load_for_inference)."""
+    from ..inference.loader import load_for_inference
 
-    processor = AlignProcessor.from_pretrained(model)
-    loaded = AlignModel.from_pretrained(model, device=resolve_device(device))
-    return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor
+    return load_for_inference(model, device, fuse=fuse, model_class=model_class)
 
 
 def report_skipped(command: str, path: Path | str, reason: str) -> None:

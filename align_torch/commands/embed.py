@@ -83,7 +83,7 @@ def _run_file(args: argparse.Namespace) -> int:
 
     out = output_file(args.out)
     paths = list_images(args.images)
-    model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
+    model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
     try:
         result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
     except ImageLoadError as e:
@@ -121,6 +121,7 @@ def _run_folder(args: argparse.Namespace) -> int:
         partition_size=args.partition_size,
         dtype=args.dtype,
         fused=not args.unfused,
+        model_class=args.model_class,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet,

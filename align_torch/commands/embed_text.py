@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     texts = read_lines(args.textfile)
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
-    model, processor = load_model_and_processor(args.model, args.device, fuse=not args.unfused)
+    model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
     EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=model_reference(args.model)).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)

@@ -19,7 +19,6 @@ from ..defaults import TEMPLATES
 from ..evaluate.knn import KNN_KS, KNN_TEMPERATURE
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
-from ..inference.fast import fuse_for_inference
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.distributed_env import torchrun_env
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
@@ -95,18 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     """Model, processor and whether this run spans several torchrun ranks."""
     if not torchrun_env().distributed:
-        return (*load_model_and_processor(args.model, args.device, fuse=not args.unfused), False)
-    from ..model.align import AlignModel
-    from ..preprocess.processor import AlignProcessor
+        return (*load_model_and_processor(args.model, args.device, not args.unfused, args.model_class), False)
+    from ..inference.loader import load_for_inference
     from ..train.distributed import setup_distributed
 
     _, device = setup_distributed(args.device)
-    model = AlignModel.from_pretrained(args.model, device=device)
-    return (
-        (model.eval() if args.unfused else fuse_for_inference(model)),
-        AlignProcessor.from_pretrained(args.model),
-        True,
-    )
+    return (*load_for_inference(args.model, device, fuse=not args.unfused, model_class=args.model_class), True)
 
 
 def _read_class_names(path: str) -> list[str]:

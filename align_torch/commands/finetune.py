@@ -17,12 +17,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_recipe_argument(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.safetensors")
+    p.add_argument(
+        "--model-class",
+        metavar="MODULE:CLASS",
+        help="fine-tune this AlignModel subclass from your code (importable), built from --model's config and "
+        "weights (default: align_torch.AlignModel)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.loader import import_model_class
     from ..train import NonFiniteLossError, Trainer
 
-    trainer = Trainer(config_from_args(args), resume=args.resume)
+    cfg = config_from_args(args)
+    model = import_model_class(args.model_class).from_pretrained(cfg.model) if args.model_class else None
+    trainer = Trainer(cfg, resume=args.resume, model=model)
     try:
         result = trainer.fit()
     except NonFiniteLossError as e:

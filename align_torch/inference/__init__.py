@@ -1,1 +1,2 @@
-"""Inference for every command: the fast path (module swaps under the recipe) and the embedding loops."""
+"""Inference for every command: the one loader (loader.py), the fast path (module swaps under the recipe, fast.py)
+and the embedding loops."""

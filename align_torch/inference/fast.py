@@ -1,60 +1,67 @@
 """The inference fast path: `fuse_for_inference(model)` turns a loaded AlignModel into an inference-only one.
 
-The model files (efficientnet.py, bert.py, model.py) hold the recipe only; everything here is for inference.
-`fuse_for_inference` swaps in subclasses that own the fast path (`FusedMBConv`, `FusedSqueezeExcite`,
-`FusedConv2d`, `FusedAlignModel`), so an unfused model runs the paper's sequence and nothing else.
-
-What it does, and why each step is exact (fp32 outputs agree with the unfused model to float rounding):
+The model files (model/efficientnet.py, model/bert.py) hold the recipe only. Fusing never copies a layer's
+`forward` and never changes a module's class: it swaps modules *under* the recipe, or wraps a module so that
+the module's own `forward` still runs, so an edit of the recipe (or a subclass's override) reaches every
+command. What it does, and why each step is exact (fp32 outputs agree with the unfused model to float rounding):
 - every BatchNorm is folded into the convolution before it (in eval mode BN is a per-channel affine map,
-  so `bn(conv(x)) == conv'(x)` with `w' = w * g / sqrt(v + eps)`, `b' = b - m * g / sqrt(v + eps)`); the BN
-  module becomes `nn.Identity`, so every block's `forward`, its hooks and `forward_intermediates` still work;
+  so `bn(conv(x)) == conv'(x)` with `w' = w * g / sqrt(v + eps)`, `b' = b - m * g / sqrt(v + eps)`): the conv
+  becomes a `FusedConv2d` and the BN `nn.Identity`, so every block's `forward`, its hooks and
+  `forward_intermediates` still work;
 - the SiLU after a folded conv moves into it (`FusedConv2d.act`) and its module becomes `nn.Identity` too. On
   the CPU in fp32 eager mode a FusedConv2d then runs as one oneDNN call (conv + bias + SiLU as a post-op,
   weights reordered once into oneDNN's blocked layout and cached), and the squeeze-excite gate multiplies
-  in place: two passes over each depthwise map instead of four (conv, BatchNorm, SiLU, gate), and none of
-  the large temporary buffers whose allocation (page faults) costs as much as the arithmetic on a small CPU.
-  The oneDNN op is private to PyTorch (`torch.ops.mkldnn._convolution_pointwise`, checked with torch
-  2.13.0), so the first fused model of a process compares it with the plain conv + SiLU on a few layers and,
-  if they disagree or the op fails, warns once and runs every conv the plain way.
+  in place (`InPlaceGate` around the block's `se`): two passes over each depthwise map instead of four (conv,
+  BatchNorm, SiLU, gate), and none of the large temporary buffers whose allocation (page faults) costs as much
+  as the arithmetic on a small CPU. The oneDNN op is private to PyTorch (`torch.ops.mkldnn._convolution_pointwise`,
+  checked with torch 2.13.0), so the first fused model of a process compares it with the plain conv + SiLU on
+  a few layers and, if they disagree or the op fails, warns once and runs every conv the plain way.
   Elsewhere (CUDA, autocast, torch.compile, inputs that need gradients) it is the plain conv + F.silu;
 - the image tower stays NCHW on the CPU: the oneDNN convs return NHWC maps whatever the layout, and
   bench/README.md measures NCHW and channels_last weights as equally fast there within noise. On CUDA the tower
   moves to channels_last, where cuDNN runs depthwise and 1x1 convs faster in NHWC;
-- on the CPU, a block whose expanded maps for the whole batch exceed `cpu_chunk_mb` (16 MiB) runs on slices of
-  the batch and concatenates the results (exact: samples are independent in eval mode). At align-base's
-  289 px the first stages' maps are 16-64 MiB for a batch of 4; sliced, they stay in cache from one conv to
-  the next and the allocator recycles their buffers, where each fresh 64 MiB map cost ~16k page faults;
-- texts padded to a fixed length (the processor pads to 64) are cut to the longest real text before the
-  text tower runs: with the padding masked out, [CLS] never sees the trailing pads, so its state does not
-  change. The cut reads the mask's values, which torch.compile cannot trace without a graph break, so it
-  runs only in eager mode; call `trim_padding` yourself before a compiled text tower;
-- `encode_text` (so `get_text_features`, the model's forward and every command) goes further for [CLS]
-  -pooled towers: `encode_text_packed` runs every per-token op on the real tokens only (no padding at all
-  outside attention), and the last layer on [CLS] only. Mean-pooled towers keep the trimmed padded path.
+- every block is wrapped in `SlicedBatch`: on the CPU, a block whose expanded maps for the whole batch exceed
+  `cpu_chunk_mb` (16 MiB) runs (its own `forward`) on slices of the batch, and the results are concatenated
+  (exact: samples are independent in eval mode). At align-base's 289 px the first stages' maps are 16-64 MiB
+  for a batch of 4; sliced, they stay in cache from one conv to the next and the allocator recycles their
+  buffers, where each fresh 64 MiB map cost ~16k page faults. Attribute reads pass through the wrappers
+  (`blocks[3].dw_conv` still works); a hook on the block itself fires once per slice;
+- text: the text tower's own padding-free path (`Bert.forward(packed=True)`, see model/bert.py) is switched on
+  for `encode_text` (so `get_text_features`, the model's forward and every command) of [CLS]-pooled towers,
+  and a direct call of the text tower has texts padded to a fixed length (the processor pads to 64) cut to the
+  longest real text in eager mode (masked trailing pads are never attended). Under torch.compile neither
+  happens: call `trim_padding` yourself before a compiled text tower.
+
+Fusing never changes the answer: `fuse_for_inference` runs the model once before and once after on a tiny
+input (one image at the smallest size, two short texts). A block whose output moved beyond float rounding (a
+module it cannot fuse, an override that the swaps would break) gets its original modules back, a text tower
+whose packed path differs runs padded, and one warning names what was left unfused.
 
 A fused model refuses to train: `model.train()`, a forward in training mode and asking for gradients of the
-folded weights all raise, because the folded weights are no longer the checkpoint's parameters. Gradients
-with respect to the inputs (saliency maps) still work. Because the gate multiplies in place, a forward hook
-on a fused block's `dw_conv` sees that map before the gate but holds it after; hook an unfused model to
-study the insides of a block (block outputs and `forward_intermediates` are never modified).
+folded weights all raise (in `FusedConv2d`), because the folded weights are no longer the checkpoint's
+parameters. Gradients with respect to the inputs (saliency maps) still work. Because the gate multiplies in
+place, a forward hook on a fused block's `dw_conv` sees that map before the gate but holds it after; hook an
+unfused model to study the insides of a block (block outputs and `forward_intermediates` are never modified).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..model.align import AlignModel
-from ..model.efficientnet import MBConv, SqueezeExcite
-from ..model.input_checks import check_text
+from ..model.bert import trim_padding
+from ..model.efficientnet import SqueezeExcite
+from ..model.input_checks import min_image_size
 
-if TYPE_CHECKING:
-    from ..model.bert import Bert
+__all__ = ["FusedConv2d", "InPlaceGate", "SlicedBatch", "fold_bn", "fuse_for_inference", "is_fused", "trim_padding"]
 
 FUSED_ERROR = "fused for inference; reload the model to train"
 
@@ -229,170 +236,105 @@ _BLOCK_PAIRS = (
     ("project_conv", "project_bn", ""),
 )
 
+# A swap to undo: (parent module, attribute name, the module that was there).
+Swap = tuple[nn.Module, str, nn.Module]
 
-def _fold_pairs(module: nn.Module, pairs: tuple[tuple[str, str, str], ...]) -> None:
+
+def _swap(parent: nn.Module, name: str, new: nn.Module, undo: list[Swap]) -> None:
+    undo.append((parent, name, getattr(parent, name)))
+    setattr(parent, name, new)
+
+
+def _undo(undo: list[Swap]) -> None:
+    for parent, name, old in reversed(undo):
+        setattr(parent, name, old)
+    undo.clear()
+
+
+def _fold_pairs(module: nn.Module, pairs: tuple[tuple[str, str, str], ...], undo: list[Swap] | None = None) -> None:
+    """Fold each (conv, BatchNorm[, SiLU]) the module has, as module swaps recorded in `undo`."""
+    undo = [] if undo is None else undo
     for conv_name, bn_name, act_name in pairs:
-        conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-        if conv is None or not isinstance(bn, nn.BatchNorm2d):
-            continue  # a block without an expand conv, or already folded
+        conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+        if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d) or _hooked(conv) or _hooked(bn):
+            continue  # a block without an expand conv, a custom module, a hooked one, or already folded
         fused = fold_bn(conv, bn)
-        setattr(module, conv_name, fused)
-        setattr(module, bn_name, nn.Identity())
-        if act_name and type(getattr(module, act_name)) is nn.SiLU:
+        _swap(module, conv_name, fused, undo)
+        _swap(module, bn_name, nn.Identity(), undo)
+        act = getattr(module, act_name, None) if act_name else None
+        if type(act) is nn.SiLU and not _hooked(act):
             fused.act = "silu"
-            setattr(module, act_name, nn.Identity())
+            _swap(module, act_name, nn.Identity(), undo)
 
 
-class FusedSqueezeExcite(SqueezeExcite):
-    """The gate multiplies the depthwise map in place when no gradient flows through it: nothing else reads
-    that map, and a fresh (B, C, H, W) buffer per block costs page faults on a small CPU."""
+def _hooked(module: nn.Module) -> bool:
+    """A module with forward hooks is never swapped out: its hooks would stop firing."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+class _Wrapper(nn.Module):
+    """Runs `self.module`'s own forward, and lets attribute reads pass through to it."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")  # absent while a copy or an unpickled model is being built
+            if not modules or "module" not in modules:
+                raise
+            return getattr(modules["module"], name)
+
+
+_PLAIN_SE_FORWARD = SqueezeExcite.forward  # as imported: a patched or overridden forward is not bypassed
+
+
+class InPlaceGate(_Wrapper):
+    """Around a SqueezeExcite: the gate multiplies the depthwise map in place when no gradient flows through it
+    and nothing hooks the module; nothing else reads that map, and a fresh (B, C, H, W) buffer per block costs
+    page faults on a small CPU. Otherwise the module's own forward runs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return super().forward(x)
-        return x.mul_(self.gate(x))
+        se = self.module
+        if (torch.is_grad_enabled() and x.requires_grad) or _hooked(se):
+            return se(x)
+        return x.mul_(se.gate(x))  # (B, C, H, W)
 
 
-class FusedMBConv(MBConv):
-    """An MBConv that, on the CPU in eager mode, runs large batches in slices of at most `cpu_chunk_bytes`
-    of expanded map (None: never slices)."""
+class SlicedBatch(_Wrapper):
+    """Around an image block: on the CPU in eager mode, a large batch runs through the block's own forward in
+    slices of at most `cpu_chunk_bytes` of expanded map (None: never slices)."""
 
-    cpu_chunk_bytes: int | None = None
+    def __init__(self, module: nn.Module, cpu_chunk_bytes: int | None):
+        super().__init__(module)
+        self.cpu_chunk_bytes = cpu_chunk_bytes
 
     def chunk_size(self, x: torch.Tensor) -> int:
         """How many samples of `x` (B, in, H, W) to run at once: B, unless `cpu_chunk_bytes` says fewer."""
-        if self.cpu_chunk_bytes is None or self.training or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return x.shape[0]  # inductor plans its own buffers
-        per_sample = self.dw_conv.in_channels * x.shape[2] * x.shape[3] * x.element_size()  # one expanded map
+        dw = getattr(self.module, "dw_conv", None)
+        if (
+            self.cpu_chunk_bytes is None
+            or not isinstance(dw, nn.Conv2d)  # a custom block: its map sizes are unknown
+            or self.training
+            or x.device.type != "cpu"
+            or x.ndim != 4
+            or torch.compiler.is_compiling()  # inductor plans its own buffers
+        ):
+            return x.shape[0]
+        per_sample = dw.in_channels * x.shape[2] * x.shape[3] * x.element_size()  # one expanded map
         return max(1, self.cpu_chunk_bytes // per_sample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.chunk_size(x)
         if n >= x.shape[0]:
-            return super().forward(x)
+            return self.module(x)
         # Samples are independent in eval mode. Smaller maps stay in the CPU's cache between the expand,
         # depthwise and project convs, and the allocator recycles their buffers instead of mapping (and
         # page-faulting) fresh memory for every large temporary.
-        return torch.cat([super(FusedMBConv, self).forward(chunk) for chunk in x.split(n)])  # (B, out, H/s, W/s)
-
-
-class FusedAlignModel(AlignModel):
-    """An AlignModel after `fuse_for_inference`: `encode_text` takes the packed path for [CLS]-pooled towers."""
-
-    def encode_text(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        normalize: bool = False,
-    ) -> torch.Tensor:
-        """`AlignModel.encode_text`, through `encode_text_packed` where it is exact and traceable."""
-        check_text(self.config.text, input_ids, attention_mask, token_type_ids)  # before the mask is read
-        packable = (
-            self.config.text.pooling == "cls"
-            and self.config.text_tower is None  # a transformers tower runs as it is
-            and not torch.compiler.is_compiling()  # packing depends on the mask's values
-            and (attention_mask is None or bool(attention_mask[:, 0].all()))  # right-padded texts only
-        )
-        if packable:
-            return encode_text_packed(self, input_ids, attention_mask, token_type_ids, normalize)
-        return super().encode_text(input_ids, attention_mask, token_type_ids, normalize)
-
-
-def trim_padding(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Cut (B, T) text inputs to the longest real text (B, T'), T' = the last position any mask marks.
-
-    Exact for ALIGN's [CLS] embedding: masked trailing pads are never attended. When every remaining
-    position is real the mask is dropped (None), which lets SDPA pick its unmasked kernels. Eager only:
-    T' depends on the mask's values.
-    """
-    if attention_mask is None:
-        return input_ids, None, token_type_ids
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-        )
-    keep = attention_mask.bool()
-    # Trailing columns where no text has a real token can go; a column is kept if any row still needs it.
-    real = keep.any(dim=0)  # (T,)
-    length = int(real.nonzero().max()) + 1 if bool(real.any()) else 1
-    input_ids = input_ids[:, :length]  # (B, T')
-    keep = keep[:, :length]  # (B, T')
-    if token_type_ids is not None:
-        token_type_ids = token_type_ids[:, :length]  # (B, T')
-    mask = None if bool(keep.all()) else attention_mask[:, :length]
-    return input_ids, mask, token_type_ids
-
-
-def _to_heads(t: torch.Tensor, keep: torch.Tensor, heads: int) -> torch.Tensor:
-    """Packed (N, D) tokens -> zero-padded (B, heads, T', D / heads) for attention."""
-    B, T = keep.shape
-    out = t.new_zeros(B, T, t.shape[-1])
-    out[keep] = t  # (B, T', D)
-    return out.view(B, T, heads, -1).transpose(1, 2)  # (B, H, T', hd)
-
-
-def packed_cls_states(
-    bert: Bert,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    token_type_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B, T) padded texts -> (B, D) last-layer [CLS] states, with every per-token op run on real tokens only.
-
-    Padding-free ("packed") BERT: embeddings, projections, MLPs and LayerNorms see the N real tokens as one
-    (N, D) matrix; only attention goes back to a padded (B, T') layout. In the last layer only [CLS] rows are
-    computed past the keys and values, since nothing else is read. Mirrors `bert.Layer.forward` (post-LN)
-    op for op, so it agrees with the padded tower to float rounding. Eager and inference only.
-    """
-    if bert.training:
-        raise RuntimeError("packed_cls_states is for inference; call .eval() first")
-    ids, mask, types = trim_padding(input_ids, attention_mask, token_type_ids)
-    if mask is None:  # nothing to pack
-        return bert(ids, None, types).last_hidden_state[:, 0]
-    keep = mask.bool()  # (B, T')
-    if not bool(keep[:, 0].all()):
-        raise ValueError("every text must start with a real token ([CLS]) to be packed; pad on the right")
-    B, T = ids.shape
-    lengths = keep.sum(dim=1)  # (B,)
-    cls_rows = lengths.cumsum(0) - lengths  # (B,) where each text's [CLS] sits among the packed tokens
-    attn_mask = keep[:, None, None, :]  # (B, 1, 1, T')
-    x = bert.embeddings(ids, types)[keep]  # (N, D)
-    for i, layer in enumerate(bert.layers):
-        attn = layer.attn
-        H, hd = attn.num_heads, attn.head_dim
-        last = i == len(bert.layers) - 1
-        k, v = _to_heads(attn.k(x), keep, H), _to_heads(attn.v(x), keep, H)
-        if last:
-            x = x[cls_rows]  # (B, D): only [CLS] is read after the last layer
-            q = attn.q(x).view(B, 1, H, hd).transpose(1, 2)  # (B, H, 1, hd)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, 1, hd)
-            y = y.transpose(1, 2).reshape(B, H * hd)  # (B, D)
-        else:
-            q = _to_heads(attn.q(x), keep, H)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T', hd)
-            y = y.transpose(1, 2).reshape(B, T, H * hd)[keep]  # (N, D)
-        x = layer.attn_norm(x + attn.out(y))
-        x = layer.mlp_norm(x + layer.mlp(x))
-    return x if len(bert.layers) else x[cls_rows]
-
-
-def encode_text_packed(
-    model: AlignModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-    normalize: bool = False,
-) -> torch.Tensor:
-    """`model.encode_text` through `packed_cls_states`: the fastest exact text path for padded captions."""
-    if model.config.text.pooling != "cls":
-        raise ValueError(f"encode_text_packed reads [CLS]; this model pools text by {model.config.text.pooling!r}")
-    cls = packed_cls_states(model.text_model, input_ids, attention_mask, token_type_ids)  # (B, D)
-    return model.project_text(cls, normalize)  # (B, P)
+        return torch.cat([self.module(chunk) for chunk in x.split(n)])  # (B, out, H/s, W/s)
 
 
 def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
@@ -421,15 +363,17 @@ def fuse_for_inference(
     trim_text: bool = True,
     cpu_chunk_mb: float | None = 16,
     onednn: bool = True,
+    check: bool = True,
 ) -> AlignModel:
     """Make `model` an inference-only fast model, in place, and return it (see the module docstring).
 
     `channels_last` stores the image tower's weights NHWC (inputs may stay NCHW: the first conv converts
     them); None: on CUDA only (on the CPU the oneDNN convs return NHWC maps either way, and NCHW weights
-    measured as fast). `trim_text` cuts padded text batches to their longest real text in eager
-    mode. `cpu_chunk_mb`: on the CPU, a block whose expanded maps would exceed this many MiB for the whole
-    batch runs on slices of the batch (None: never). `onednn=False` keeps PyTorch's public conv + SiLU on the
-    CPU. Fusing a fused model does nothing more. Reload the model to train it again.
+    measured as fast). `trim_text` cuts padded text batches to their longest real text and packs them
+    in eager mode. `cpu_chunk_mb`: on the CPU, a block whose expanded maps would exceed this many MiB for the
+    whole batch runs on slices of the batch (None: never). `onednn=False` keeps PyTorch's public conv + SiLU on
+    the CPU. `check` (default) compares the result with the unfused model on a tiny input and leaves unfused,
+    with a warning, whatever differs. Fusing a fused model does nothing more. Reload the model to train it again.
     """
     if cpu_chunk_mb is not None and not cpu_chunk_mb > 0:
         raise ValueError(f"cpu_chunk_mb must be a positive number of MiB or None, got {cpu_chunk_mb!r}")
@@ -437,12 +381,23 @@ def fuse_for_inference(
     if is_fused(vision):
         return model.eval()
     model.eval()
-    _fold_pairs(vision.stem, _STEM_PAIRS)
-    for block in vision.blocks:
-        _fold_pairs(block, _BLOCK_PAIRS)
-        block.__class__ = FusedMBConv
-        block.se.__class__ = FusedSqueezeExcite
-        block.cpu_chunk_bytes = None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20)
+    model.pack_text = False
+    if check:
+        with _user_hooks_off(model):
+            probe = _Probe(model)
+
+    stem_undo: list[Swap] = []
+    _fold_pairs(vision.stem, _STEM_PAIRS, stem_undo)
+    block_undo: list[list[Swap]] = []
+    chunk_bytes = None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20)
+    for i, block in enumerate(vision.blocks):
+        undo: list[Swap] = []
+        _fold_pairs(block, _BLOCK_PAIRS, undo)
+        se = getattr(block, "se", None)
+        if isinstance(se, SqueezeExcite) and type(se).forward is _PLAIN_SE_FORWARD:
+            _swap(block, "se", InPlaceGate(se), undo)
+        _swap(vision.blocks, str(i), SlicedBatch(block, chunk_bytes), undo)
+        block_undo.append(undo)
     convs = [m for m in vision.modules() if isinstance(m, FusedConv2d)]
     if not onednn or (convs and convs[0].weight.device.type == "cpu" and not onednn_agrees()):
         for conv in convs:
@@ -451,9 +406,134 @@ def fuse_for_inference(
         channels_last = vision.stem.conv.weight.device.type == "cuda"
     if channels_last:
         vision.to(memory_format=torch.channels_last)
-    model.__class__ = FusedAlignModel
-    # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim; a
-    # transformers text tower (--text-tower hf:) is left as it is.
+    # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim or pack;
+    # a transformers text tower (--text-tower hf:) is left as it is.
+    trim = None
     if trim_text and model.config.text.pooling == "cls" and model.config.text_tower is None:
-        model.text_model.register_forward_pre_hook(_trim_hook, with_kwargs=True)
+        trim = model.text_model.register_forward_pre_hook(_trim_hook, with_kwargs=True)
+        model.pack_text = True
+    if check:
+        with _user_hooks_off(model):
+            probe.check(model, stem_undo, block_undo, trim)
+        for conv in convs:  # oneDNN picks its weight layout for the input it first sees: let that be a real one
+            conv.__dict__.pop("_onednn_weight", None)
     return model.eval()
+
+
+@contextlib.contextmanager
+def _user_hooks_off(model: nn.Module) -> Iterator[None]:
+    """The check runs with the caller's forward hooks set aside (they would see the probe's tensors), and
+    puts them back in their order. Fusing keeps their effect: hooked modules are never swapped out."""
+    saved = []
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            if hooks:
+                saved.append((hooks, list(hooks.items())))
+                for key in [k for k, h in hooks.items() if h is not _trim_hook]:
+                    del hooks[key]
+    try:
+        yield
+    finally:
+        for hooks, items in saved:
+            still = set(hooks)  # the trimming hook, unless the check removed it
+            hooks.clear()
+            hooks.update((k, h) for k, h in items if h is not _trim_hook or k in still)
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """Largest max-difference, relative to the largest value, that float rounding explains."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def _differs(fn: Callable[[], torch.Tensor], expected: torch.Tensor) -> str | None:
+    """None if fn() equals `expected` to float rounding, else why not."""
+    try:
+        got = fn()
+    except Exception as err:  # noqa: BLE001 - any failure of the fused part means: leave it unfused
+        return f"{type(err).__name__}: {err}"
+    if got.shape != expected.shape:
+        return f"shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
+    scale = expected.abs().max().clamp(min=torch.finfo(expected.dtype).tiny)
+    rel = ((got.float() - expected.float()).abs().max() / scale.float()).item()
+    return None if rel <= _tolerance(expected.dtype) else f"differs by {rel:.1e} of the largest value"
+
+
+class _Probe:
+    """The unfused model's answers on a tiny input: the stem's and every block's input and output, the image
+    embedding, and the text embeddings of two short right-padded texts (padded past the longest)."""
+
+    def __init__(self, model: AlignModel):
+        vision, cfg = model.vision_model, model.config
+        param = next(model.parameters())
+        size = min_image_size(cfg.vision)
+        g = torch.Generator().manual_seed(0)
+        # Smooth, photo-like pixels: on white noise a random tower's maps blow up and amplify rounding.
+        coarse = torch.randn(1, cfg.vision.in_chans, 4, 4, generator=g)
+        pixels = torch.tanh(F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False))
+        self.pixels = pixels.to(device=param.device, dtype=param.dtype)  # (1, C, size, size)
+        vocab, pad = cfg.text.vocab_size, cfg.text.pad_token_id
+        ids = torch.randint(0, vocab, (2, 6), generator=g)
+        ids[ids == pad] = (pad + 1) % vocab
+        self.mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], device=param.device)  # (2, 6)
+        self.ids = ids.to(param.device).masked_fill(self.mask == 0, pad)  # (2, 6)
+        self.seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        parts = {"stem": vision.stem} | {f"blocks.{i}": b for i, b in enumerate(vision.blocks)}
+        handles = [m.register_forward_hook(self._record(name)) for name, m in parts.items()]
+        try:
+            with torch.no_grad():
+                self.image = model.encode_image(self.pixels)  # (1, P)
+                self.text = model.encode_text(self.ids, self.mask)  # (2, P)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _record(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if name not in self.seen and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                self.seen[name] = (args[0].clone(), out.clone())
+
+        return hook
+
+    def check(self, model: AlignModel, stem_undo: list[Swap], block_undo: list[list[Swap]], trim: Any | None) -> None:
+        """Undo the swaps of every part whose answer moved; one warning names them."""
+        vision = model.vision_model
+        unfused: list[str] = []
+        with torch.no_grad():
+            # The whole tower first; only when it moved, block by block on the recorded inputs to find which.
+            if _differs(lambda: model.encode_image(self.pixels), self.image) is not None:
+                parts = [("stem", vision.stem, stem_undo)]
+                parts += [(f"blocks.{i}", vision.blocks[i], undo) for i, undo in enumerate(block_undo)]
+                for name, part, undo in parts:
+                    if name not in self.seen or not undo:
+                        continue
+                    x, expected = self.seen[name]
+                    why = _differs(lambda part=part, x=x: part(x.clone()), expected)
+                    if why is not None:
+                        _undo(undo)
+                        unfused.append(f"vision_model.{name} ({type(_unwrap(part)).__name__}): {why}")
+                why = _differs(lambda: model.encode_image(self.pixels), self.image)
+                if why is not None:  # something outside the blocks: the whole image tower runs unfused
+                    for undo in [stem_undo, *block_undo]:
+                        _undo(undo)
+                    unfused.append(f"vision_model ({type(vision).__name__}): {why}")
+            if model.pack_text:
+                why = _differs(lambda: model.encode_text(self.ids, self.mask), self.text)
+                if why is not None:
+                    model.pack_text = False
+                    unfused.append(f"text_model ({type(model.text_model).__name__}), packed text: {why}")
+            if trim is not None and not model.pack_text:  # packing trims too: checked above
+                why = _differs(lambda: model.encode_text(self.ids, self.mask), self.text)
+                if why is not None:
+                    trim.remove()
+                    unfused.append(f"text_model ({type(model.text_model).__name__}), trimmed text: {why}")
+        if unfused:
+            warnings.warn(
+                "fuse_for_inference left these parts unfused, since fusing them changed their answer:\n  "
+                + "\n  ".join(unfused),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, _Wrapper) else module

@@ -65,6 +65,9 @@ class AlignModel(nn.Module):
             nn.Parameter(torch.tensor(float(config.logit_bias_init))) if config.loss == "sigmoid" else None
         )
         self.load_report = None  # set by from_pretrained(strict=False)
+        # encode_text runs the text tower padding-free (Bert's `packed`) in eval mode; fuse_for_inference turns
+        # it on after checking that this model's layers give the same embeddings that way.
+        self.pack_text = False
 
     # --- features -------------------------------------------------------------------------------------
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -106,7 +109,15 @@ class AlignModel(nn.Module):
         check_text(self.config.text, input_ids, attention_mask, token_type_ids)
         if attention_mask is None:
             attention_mask = (input_ids != self.config.text.pad_token_id).long()  # (B, T)
-        h = self.text_model(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
+        packed = (
+            self.pack_text
+            and self.config.text.pooling == "cls"
+            and not self.training
+            and not torch.compiler.is_compiling()  # packing depends on the mask's values
+            and bool(attention_mask[:, 0].all())  # right-padded texts only
+        )
+        extra = {"packed": True} if packed else {}  # a swapped-in text tower need not know the argument
+        h = self.text_model(input_ids, attention_mask, token_type_ids, **extra).last_hidden_state  # (B, T | 1, D)
         return self.project_text(self.pool_text(h, attention_mask), normalize)  # (B, P)
 
     def get_image_features(self, pixel_values: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:

@@ -3,6 +3,7 @@ returns the softmax probabilities when they are asked for."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -52,6 +53,100 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+def trim_padding(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Cut (B, T) text inputs to the longest real text (B, T'), T' = the last position any mask marks.
+
+    Exact for ALIGN's [CLS] embedding: masked trailing pads are never attended. When every remaining
+    position is real the mask is dropped (None), which lets SDPA pick its unmasked kernels. Eager only:
+    T' depends on the mask's values.
+    """
+    if attention_mask is None:
+        return input_ids, None, token_type_ids
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    keep = attention_mask.bool()
+    # Trailing columns where no text has a real token can go; a column is kept if any row still needs it.
+    real = keep.any(dim=0)  # (T,)
+    length = int(real.nonzero().max()) + 1 if bool(real.any()) else 1
+    input_ids = input_ids[:, :length]  # (B, T')
+    if token_type_ids is not None:
+        token_type_ids = token_type_ids[:, :length]  # (B, T')
+    mask = None if bool(keep[:, :length].all()) else attention_mask[:, :length]
+    return input_ids, mask, token_type_ids
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """How the tokens of a batch of texts are laid out; only `Attention` needs to know.
+
+    Padded: x is (B, T, D) and `mask` (B, 1, 1, T) marks the keys that may be attended (None: all).
+    Packed (`keep` set): x is (N, D), the N real tokens of all texts one after another, and `keep` (B, T) marks
+    where each sits in the padded layout. Every other op of a layer is token-wise, so it runs on either.
+    With `cls_only`, attention is asked for each text's first token only: `queries(x)` picks those rows, and
+    the layer's output has one row per text ((B, 1, D) padded, (B, D) packed).
+    """
+
+    mask: torch.Tensor | None = None  # (B, 1, 1, T) bool
+    keep: torch.Tensor | None = None  # (B, T) bool, packed only
+    cls_only: bool = False
+
+    @classmethod
+    def padded(cls, attention_mask: torch.Tensor | None) -> TextLayout:
+        return cls(mask=None if attention_mask is None else attention_mask.bool()[:, None, None, :])
+
+    @classmethod
+    def packed(cls, attention_mask: torch.Tensor) -> TextLayout:
+        """attention_mask (B, T) of right-padded texts (every text starts with a real token)."""
+        keep = attention_mask.bool()
+        if not bool(keep[:, 0].all()):
+            raise ValueError("every text must start with a real token ([CLS]) to be packed; pad on the right")
+        return cls(mask=keep[:, None, None, :], keep=keep)
+
+    def first_tokens_only(self) -> TextLayout:
+        """The same layout, asking attention for each text's first ([CLS]) token only."""
+        return dataclasses.replace(self, cls_only=True)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> the layout's tokens: (N, D) packed, unchanged padded."""
+        return x if self.keep is None else x[self.keep]
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows of x whose outputs are wanted: all, or with `cls_only` each text's first token."""
+        if not self.cls_only:
+            return x
+        if self.keep is None:
+            return x[:, :1]  # (B, 1, D)
+        lengths = self.keep.sum(dim=1)  # (B,)
+        return x[lengths.cumsum(0) - lengths]  # (B, D): where each text starts among the packed tokens
+
+    def split_heads(self, t: torch.Tensor, heads: int, queries: bool = False) -> torch.Tensor:
+        """Tokens in this layout (or, with `queries`, `queries(x)`'s rows) -> (B, heads, T or 1, D / heads)."""
+        if self.keep is not None:
+            if queries and self.cls_only:
+                t = t[:, None]  # (B, D) -> (B, 1, D)
+            else:
+                # Back to the padded layout for attention, zeros where the pads were (they are masked out).
+                padded = t.new_zeros(*self.keep.shape, t.shape[-1])  # (B, T, D)
+                padded[self.keep] = t
+                t = padded
+        B, T, D = t.shape
+        return t.view(B, T, heads, D // heads).transpose(1, 2)  # (B, H, T, hd)
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, heads, Tq, hd) attention outputs for the queries -> rows like `queries(x)`'s."""
+        B, H, T, hd = y.shape
+        y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, Tq, D)
+        if self.keep is None:
+            return y  # (B, T, D), or (B, 1, D) with cls_only
+        return y[:, 0] if self.cls_only else y[self.keep]  # (B, D) or (N, D)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -63,27 +158,31 @@ class Attention(nn.Module):
         self.v = nn.Linear(D, D)
         self.out = nn.Linear(D, D)
         self.dropout = nn.Dropout(cfg.attention_dropout)  # on the attention probabilities
+        # Parameter-free points to hook or swap: the softmax probabilities (eager path only) and the per-head
+        # outputs before they are merged and projected.
+        self.probs_site = nn.Identity()
+        self.heads_site = nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = False
+        self, x: torch.Tensor, layout: TextLayout, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, D); mask (B, 1, 1, T) bool, True where a key may be attended. Returns (out, probs|None)."""
-        B, T, D = x.shape
-        q = self.q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        v = self.v(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        """x (B, T, D) or packed (N, D), see TextLayout. Returns (out for `layout.queries(x)`, probs|None)."""
+        q = layout.split_heads(self.q(layout.queries(x)), self.num_heads, queries=True)  # (B, H, Tq, hd)
+        k = layout.split_heads(self.k(x), self.num_heads)  # (B, H, T, hd)
+        v = layout.split_heads(self.v(x), self.num_heads)  # (B, H, T, hd)
+        mask = layout.mask  # (B, 1, 1, T) or None
         p_drop = self.dropout.p if self.training else 0.0
         probs = None
         if need_weights:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, Tq, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # (B, H, T, T)
-            y = self.dropout(probs) @ v  # (B, H, T, hd)
+            probs = self.probs_site(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype))  # (B, H, Tq, T)
+            y = self.dropout(probs) @ v  # (B, H, Tq, hd)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
-        return self.out(y), probs
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, H, Tq, hd)
+        y = self.heads_site(y)  # (B, H, Tq, hd)
+        return self.out(layout.merge_heads(y)), probs
 
 
 class MLP(nn.Module):
@@ -111,17 +210,18 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = False
+        self, x: torch.Tensor, layout: TextLayout, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attn(x, mask, need_weights)
-        x = self.attn_norm(x + self.dropout(a))  # (B, T, D)
+        """x (B, T, D) or packed (N, D); the output has the rows of `layout.queries(x)`."""
+        a, probs = self.attn(x, layout, need_weights)
+        x = self.attn_norm(layout.queries(x) + self.dropout(a))  # (B, T, D)
         x = self.mlp_norm(x + self.dropout(self.mlp(x)))  # (B, T, D)
         return x, probs
 
 
 @dataclass
 class TextOutput:
-    last_hidden_state: torch.Tensor  # (B, T, D)
+    last_hidden_state: torch.Tensor  # (B, T, D); (B, 1, D), the [CLS] states, when packed
     hidden_states: list[torch.Tensor] | None = None  # embeddings output, then each layer: num_layers + 1
     attentions: list[torch.Tensor] | None = None  # per layer (B, heads, T, T) softmax probabilities
 
@@ -164,28 +264,49 @@ class Bert(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         num_layers: int | None = None,
+        packed: bool = False,
     ) -> TextOutput:
-        """input_ids (B, T). `num_layers` runs only the first layers (for early-stopping feature extraction)."""
+        """input_ids (B, T). `num_layers` runs only the first layers (for early-stopping feature extraction).
+
+        `packed` (inference, [CLS] only): the padding-free path. Trailing padding is cut, every per-token op
+        runs on the real tokens only and the last layer on each text's first token only, so
+        `last_hidden_state` is the (B, 1, D) [CLS] states. Texts must be right-padded. The same layers run
+        either way; only `Attention` sees the layout (TextLayout).
+        """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-                )
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        if packed:
+            if self.training:
+                raise RuntimeError("packed text is for inference; call .eval() first")
+            if output_hidden_states or output_attentions or num_layers is not None:
+                raise ValueError("packed text gives the [CLS] states only: no hidden states, attentions or num_layers")
+            # The mask's values decide the shapes: eager only.
+            input_ids, attention_mask, token_type_ids = trim_padding(input_ids, attention_mask, token_type_ids)
+        if packed and attention_mask is not None:
+            layout = TextLayout.packed(attention_mask)
+        else:
+            layout = TextLayout.padded(attention_mask)
+        x = layout.pack(self.embeddings(input_ids, token_type_ids))  # (B, T, D) or packed (N, D)
         hidden = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         layers = self.layers if num_layers is None else self.layers[:num_layers]
-        for layer in layers:
+        for i, layer in enumerate(layers):
+            if packed and i == len(layers) - 1:
+                layout = layout.first_tokens_only()  # nothing past the last layer reads the other tokens
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, probs = checkpoint(layer, x, mask, output_attentions, use_reentrant=False)
+                x, probs = checkpoint(layer, x, layout, output_attentions, use_reentrant=False)
             else:
-                x, probs = layer(x, mask, output_attentions)
+                x, probs = layer(x, layout, output_attentions)
             if hidden is not None:
                 hidden.append(x)
             if attentions is not None:
                 attentions.append(probs)
+        if packed:
+            if not len(layers):
+                x = layout.first_tokens_only().queries(x)
+            x = x.reshape(len(input_ids), 1, x.shape[-1])  # (B, 1, D): [CLS] only
         return TextOutput(last_hidden_state=x, hidden_states=hidden, attentions=attentions)

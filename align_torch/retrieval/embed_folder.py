@@ -28,7 +28,6 @@ from ..checkpoint.hub import model_reference, resolve_model_dir
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
-from ..inference.fast import fuse_for_inference
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
@@ -356,15 +355,17 @@ def embed_collection(
     partition_size: int = 10_000,
     dtype: str = "float16",
     fused: bool = True,
+    model_class: type[AlignModel] | str | None = None,
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
-    """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model`, and embed
-    this process's unfinished partitions into the folder `out`. Under torchrun each process takes its rank's
-    partitions and the GPU `cuda:LOCAL_RANK`."""
-    from ..preprocess.processor import AlignProcessor
+    """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model` (as
+    `model_class`, an AlignModel subclass or 'module:Class', if given), and embed this process's unfinished
+    partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
+    `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
+    from ..inference.loader import load_for_inference
     from ..util.device import resolve_device
     from .partitions import plan_input
 
@@ -374,9 +375,7 @@ def embed_collection(
         where = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(where)
     plan = plan_input(inputs, partition_size)
-    processor = AlignProcessor.from_pretrained(model)
-    loaded = AlignModel.from_pretrained(model, device=where)
-    loaded = fuse_for_inference(loaded) if fused else loaded.eval()
+    loaded, processor = load_for_inference(model, where, fuse=fused, model_class=model_class)
     return embed_to_folder(
         loaded,
         processor.image_processor,

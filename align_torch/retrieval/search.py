@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..inference.fast import fuse_for_inference
 from ..util.fileio import path_to_text
 from .folder import EmbeddingFolder, EmbeddingFolderError, unit_rows
 
@@ -78,11 +77,19 @@ def exact_top_k(chunks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k
 
 class Collection:
     """An embeddings folder or file opened for search, with the model that embeds its queries loaded on first
-    use."""
+    use (as `model_class`, an AlignModel subclass or 'module:Class', if given; `use_model` for one in memory)."""
 
-    def __init__(self, path: str | os.PathLike, model: str | None = None, device: str = "auto", use_index: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        model: str | None = None,
+        device: str = "auto",
+        use_index: bool = True,
+        model_class: Any = None,
+    ):
         self.path = Path(path)
         self.device = device
+        self.model_class = model_class
         self.use_index = use_index
         self._indexes: dict[str, Any] = {}
         self._model = None
@@ -205,13 +212,10 @@ class Collection:
     def _load_model(self):
         if self._model is None:
             self.require_model_name()
-            from ..model.align import AlignModel
-            from ..preprocess.processor import AlignProcessor
-            from ..util.device import resolve_device
+            from ..inference.loader import load_for_inference
 
-            processor = AlignProcessor.from_pretrained(self.model_name)
-            model = AlignModel.from_pretrained(self.model_name, device=resolve_device(self.device))
-            self._model = (fuse_for_inference(model), processor)
+            model, processor = load_for_inference(self.model_name, self.device, model_class=self.model_class)
+            self._model = (model, processor)
         return self._model
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

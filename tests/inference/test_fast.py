@@ -14,16 +14,15 @@ from torch import nn
 from align_torch import AlignModel
 from align_torch.inference.fast import (
     FusedConv2d,
-    FusedMBConv,
-    FusedSqueezeExcite,
+    InPlaceGate,
+    SlicedBatch,
     _fold_pairs,
-    encode_text_packed,
     fold_bn,
     fuse_for_inference,
     is_fused,
-    packed_cls_states,
     trim_padding,
 )
+from align_torch.model.bert import Bert
 from align_torch.model.efficientnet import MBConv, SqueezeExcite
 from tests.helpers.hf_reference import smooth_images
 
@@ -225,7 +224,7 @@ def test_used_fused_model_copies_and_pickles(tiny, tmp_path):
 
 def test_squeeze_excite_gates_in_place_only_without_gradients(tiny):
     se = fuse_for_inference(copy.deepcopy(tiny)).vision_model.blocks[0].se
-    assert isinstance(se, FusedSqueezeExcite)
+    assert isinstance(se, InPlaceGate)
     x = torch.rand(2, se.reduce.in_channels, 5, 5)
     with torch.no_grad():
         expect = tiny.vision_model.blocks[0].se(x.clone())
@@ -263,7 +262,7 @@ def test_cpu_batches_are_sliced_to_the_chunk_budget_without_changing_results(tin
 def test_chunk_budget_never_splits_training_or_bad_values(tiny):
     assert all(type(b) is MBConv for b in tiny.vision_model.blocks), "unfused blocks are the plain recipe"
     block = fuse_for_inference(copy.deepcopy(tiny), cpu_chunk_mb=None).vision_model.blocks[0]
-    assert isinstance(block, FusedMBConv)
+    assert isinstance(block, SlicedBatch)
     x = torch.randn(4, block.dw_conv.in_channels, 8, 8)
     assert block.chunk_size(x) == 4, "no budget: never split"
     block.cpu_chunk_bytes = 1
@@ -376,18 +375,22 @@ def test_mean_pooled_text_is_neither_trimmed_nor_packed(tiny, monkeypatch):
 
 
 def _count_packed(monkeypatch) -> list[int]:
-    """Record the batch size of every `packed_cls_states` call from now on."""
-    import align_torch.inference.fast as fast
-
+    """Record the batch size of every packed text-tower call (`Bert.forward(packed=True)`) from now on."""
     calls: list[int] = []
-    real = fast.packed_cls_states
+    real = Bert.forward
 
-    def counting(bert, input_ids, *args):
-        calls.append(input_ids.shape[0])
-        return real(bert, input_ids, *args)
+    def counting(bert, input_ids, *args, packed=False, **kwargs):
+        if packed:
+            calls.append(input_ids.shape[0])
+        return real(bert, input_ids, *args, packed=packed, **kwargs)
 
-    monkeypatch.setattr(fast, "packed_cls_states", counting)
+    monkeypatch.setattr(Bert, "forward", counting)
     return calls
+
+
+def encode_text_packed(model, ids, mask, types=None, normalize=False):
+    """The text embeddings through the tower's packed path (what a fused model's encode_text runs)."""
+    return model.project_text(model.text_model(ids, mask, types, packed=True).last_hidden_state[:, 0], normalize)
 
 
 def test_fused_text_features_take_the_packed_path(tiny, monkeypatch):
@@ -426,13 +429,10 @@ def test_packed_text_rejects_bad_inputs(tiny):
     _, ids, mask = _inputs(tiny.config.text.vocab_size)
     left_padded = mask.flip(1)
     with torch.no_grad(), pytest.raises(ValueError, match="pad on the right"):
-        packed_cls_states(tiny.text_model, ids.flip(1), left_padded)
+        tiny.text_model(ids.flip(1), left_padded, packed=True)
     model = copy.deepcopy(tiny).train()
     with pytest.raises(RuntimeError, match="inference"):
-        packed_cls_states(model.text_model, ids, mask)
-    mean_pooled = AlignModel(tiny.config.replace(text=dataclasses.replace(tiny.config.text, pooling="mean")))
-    with pytest.raises(ValueError, match="pools text by 'mean'"):
-        encode_text_packed(mean_pooled, ids, mask)
+        model.text_model(ids, mask, packed=True)
 
 
 def test_bf16_autocast_stays_close(tiny):

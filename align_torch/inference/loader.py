@@ -1,0 +1,63 @@
+"""The one loader every command uses: device -> processor -> model (of the user's class) -> fast path.
+
+`load_for_inference("kakaobrain/align-base", model_class="my_pkg.variants:PreLNAlign")` builds the user's
+AlignModel subclass from the checkpoint's config and weights (`Class.from_pretrained`), so every command runs
+the variant a researcher wrote; `fuse_for_inference` then checks that fusing leaves its answers unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from ..model.align import AlignModel
+from ..preprocess.processor import AlignProcessor
+from ..util.device import resolve_device
+from .fast import fuse_for_inference
+
+
+def import_model_class(spec: str) -> type[AlignModel]:
+    """'package.module:ClassName' -> that class, which must be AlignModel or a subclass of it."""
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"--model-class {spec!r}: expected module:Class, e.g. my_variants:PreLNAlign")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--model-class {spec!r}: cannot import {module_name!r} ({err})") from err
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"--model-class {spec!r}: module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, AlignModel)):
+        raise ValueError(f"--model-class {spec!r}: {class_name} is not a subclass of align_torch.AlignModel")
+    return cls
+
+
+def load_model(
+    model: str | os.PathLike,
+    device: str | torch.device = "auto",
+    *,
+    model_class: type[AlignModel] | str | None = None,
+) -> AlignModel:
+    """The checkpoint's weights in `model_class` (default AlignModel; 'module:Class' is imported), eval mode."""
+    cls = import_model_class(model_class) if isinstance(model_class, str) else (model_class or AlignModel)
+    where = device if isinstance(device, torch.device) else resolve_device(device)
+    return cls.from_pretrained(model, device=where)
+
+
+def load_for_inference(
+    model: str | os.PathLike,
+    device: str | torch.device = "auto",
+    *,
+    fuse: bool = True,
+    model_class: type[AlignModel] | str | None = None,
+) -> tuple[AlignModel, AlignProcessor]:
+    """(model, processor) from one folder or Hub repo id: the model in eval mode on `device` ("auto", "cpu",
+    ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False."""
+    if isinstance(model_class, str):
+        model_class = import_model_class(model_class)  # a wrong name fails before anything loads
+    processor = AlignProcessor.from_pretrained(model)
+    loaded = load_model(model, device, model_class=model_class)
+    return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor
