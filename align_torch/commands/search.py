@@ -60,7 +60,7 @@ def _queries(args: argparse.Namespace) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..retrieval.search import Collection
+    from ..retrieval.collection import Collection
 
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")

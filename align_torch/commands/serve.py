@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..retrieval.search import Collection
+    from ..retrieval.collection import Collection
     from ..retrieval.serve import serve
 
     if not 0 <= args.port <= 65535:

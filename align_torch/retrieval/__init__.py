@@ -8,6 +8,7 @@ does not load PyTorch.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["Collection", "EmbeddingFolder", "Hit", "search"]
@@ -15,9 +16,8 @@ __all__ = ["Collection", "EmbeddingFolder", "Hit", "search"]
 
 def __getattr__(name: str) -> Any:
     if name in ("Collection", "Hit", "search"):
-        from . import search as module
-
-        return getattr(module, name)
+        # collection.py holds them; `search` (the function) is no submodule name, so nothing shadows it
+        return getattr(importlib.import_module(f"{__name__}.collection"), name)
     if name == "EmbeddingFolder":
         from .folder import EmbeddingFolder
 

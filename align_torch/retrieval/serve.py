@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .search import TARGETS, Collection
+from .collection import TARGETS, Collection
 
 MAX_K = 1000
 MAX_UPLOAD_BYTES = 20 * 2**20

@@ -186,7 +186,7 @@ def served_folder(model_dir, tmp_path_factory) -> Path:
 
 @contextlib.contextmanager
 def _server(folder: Path, start: bool = True):
-    from align_torch.retrieval.search import Collection
+    from align_torch.retrieval.collection import Collection
     from align_torch.retrieval.serve import serve
 
     server = serve(Collection(folder), "127.0.0.1", 0)
@@ -284,10 +284,10 @@ def _folder(tmp_path: Path, rows: int = 40, dim: int = 8, dtype: str = "float16"
 
 def test_search_k_beyond_the_collection_nan_rows_and_corrupt_index_are_refused_by_name(tmp_path):
     pytest.importorskip("faiss")
+    from align_torch.retrieval.collection import Collection
     from align_torch.retrieval.embeddings_file import EmbeddingIndex, EmbeddingsFileError
     from align_torch.retrieval.folder import EmbeddingFolderError
     from align_torch.retrieval.index import build_index
-    from align_torch.retrieval.search import Collection
 
     folder, vectors = _folder(tmp_path)
     built = build_index(folder, kind="flat")
@@ -401,8 +401,8 @@ def test_image_to_image_cosine_of_a_float16_row_with_itself_does_not_exceed_1(tm
     """Rows stored as float16 are unit vectors rounded (length 1 to ~1e-4): a score is their cosine with the query,
     computed on the row divided by its length (not a dot product that passes 1 for a row longer than 1)."""
     pytest.importorskip("faiss")
+    from align_torch.retrieval.collection import Collection
     from align_torch.retrieval.index import build_index
-    from align_torch.retrieval.search import Collection
 
     rng = np.random.default_rng(0)
     centre = rng.standard_normal(640).astype(np.float32)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from align_torch.retrieval import index as ix
+from align_torch.retrieval.collection import Collection, exact_top_k
 from align_torch.retrieval.folder import EmbeddingFolder
-from align_torch.retrieval.search import Collection, exact_top_k
 from tests.helpers.retrieval_data import clustered, normalise, write_folder
 
 faiss = pytest.importorskip("faiss")

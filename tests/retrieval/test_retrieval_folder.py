@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from align_torch.retrieval.collection import Collection, exact_top_k
 from align_torch.retrieval.folder import EmbeddingFolder, EmbeddingFolderError
-from align_torch.retrieval.search import Collection, exact_top_k
 from tests.helpers.retrieval_data import normalise, write_folder
 
 

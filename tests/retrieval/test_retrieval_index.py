@@ -16,8 +16,8 @@ from tests.helpers.retrieval_data import clustered, normalise, write_folder
 faiss = pytest.importorskip("faiss")
 
 from align_torch.retrieval import index as ix  # noqa: E402
+from align_torch.retrieval.collection import Collection, exact_top_k  # noqa: E402
 from align_torch.retrieval.folder import EmbeddingFolder, EmbeddingFolderError, unit_rows  # noqa: E402
-from align_torch.retrieval.search import Collection, exact_top_k  # noqa: E402
 
 GiB, MiB = 2**30, 2**20
 

@@ -19,7 +19,7 @@ import PIL.Image
 import pytest
 
 from align_torch.cli import main
-from align_torch.retrieval.search import Collection
+from align_torch.retrieval.collection import Collection
 from align_torch.retrieval.serve import serve
 from tests.helpers.retrieval_data import PHOTOS, photo_collection
 
