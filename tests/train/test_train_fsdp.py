@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_train_ddp import _global_batch, _model, _rows
 from torch.nn.parallel import DistributedDataParallel
 
 from align_torch.train.fsdp import average_replicated_grads, full_model_state, local_parameter_count, shard_model
 from align_torch.train.trainer import forward_loss
+from tests.train.test_train_ddp import _global_batch, _model, _rows
 
 
 def _one_step(rank: int, fsdp: bool) -> tuple[float, dict[str, torch.Tensor], tuple[int, int]]:
