@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .inference.embed import embed_images, embed_texts
     from .inference.fast import fuse_for_inference
     from .inspect.heatmap import similarity_heatmap
+    from .inspect.similarity import similarity_map
     from .inspect.summary import summarize
     from .model.align import AlignModel, AlignOutput
     from .model.config import AlignConfig, Stage, TextConfig, VisionConfig, preset
@@ -36,6 +37,7 @@ _EXPORTS = {
     "embed_texts": "inference.embed",
     "similarity_heatmap": "inspect.heatmap",
     "summarize": "inspect.summary",
+    "similarity_map": "inspect.similarity",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -57,6 +59,7 @@ __all__ = [
     "get_tokenizer",
     "preset",
     "similarity_heatmap",
+    "similarity_map",
     "summarize",
 ]
 __version__ = "0.1.0"
