@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .inference.convert import convert
     from .inference.embed import embed_images, embed_texts
     from .inference.fast import fuse_for_inference
+    from .inspect.attributions import TokenAttributions, token_attributions
     from .inspect.heatmap import similarity_heatmap
     from .inspect.similarity import similarity_map
     from .inspect.summary import summarize
@@ -38,6 +39,8 @@ _EXPORTS = {
     "similarity_heatmap": "inspect.heatmap",
     "summarize": "inspect.summary",
     "similarity_map": "inspect.similarity",
+    "token_attributions": "inspect.attributions",
+    "TokenAttributions": "inspect.attributions",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -50,6 +53,7 @@ __all__ = [
     "LoadReport",
     "Stage",
     "TextConfig",
+    "TokenAttributions",
     "VisionConfig",
     "convert",
     "create_model_and_transforms",
@@ -61,6 +65,7 @@ __all__ = [
     "similarity_heatmap",
     "similarity_map",
     "summarize",
+    "token_attributions",
 ]
 __version__ = "0.1.0"
 
