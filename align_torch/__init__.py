@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .inference.fast import fuse_for_inference
     from .inspect.attributions import TokenAttributions, token_attributions
     from .inspect.heatmap import similarity_heatmap
+    from .inspect.hooks import ablate_channels, ablate_heads, capture, patch, patch_from
     from .inspect.similarity import similarity_map
     from .inspect.summary import summarize
     from .model.align import AlignModel, AlignOutput
@@ -41,6 +42,11 @@ _EXPORTS = {
     "similarity_map": "inspect.similarity",
     "token_attributions": "inspect.attributions",
     "TokenAttributions": "inspect.attributions",
+    "capture": "inspect.hooks",
+    "patch": "inspect.hooks",
+    "ablate_heads": "inspect.hooks",
+    "ablate_channels": "inspect.hooks",
+    "patch_from": "inspect.hooks",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -55,12 +61,17 @@ __all__ = [
     "TextConfig",
     "TokenAttributions",
     "VisionConfig",
+    "ablate_channels",
+    "ablate_heads",
+    "capture",
     "convert",
     "create_model_and_transforms",
     "embed_images",
     "embed_texts",
     "fuse_for_inference",
     "get_tokenizer",
+    "patch",
+    "patch_from",
     "preset",
     "similarity_heatmap",
     "similarity_map",

@@ -49,6 +49,10 @@ class Attention(nn.Module):
         self.v = nn.Linear(D, D)
         self.out = nn.Linear(D, D)
         self.dropout = nn.Dropout(cfg.attention_dropout)  # on the attention probabilities
+        # Parameter-free hook sites (align_torch.inspect.hooks): the softmax probabilities (B, H, T, T), eager
+        # path only, and the per-head outputs (B, H, T, hd) before the heads are merged and projected.
+        self.probs_site = nn.Identity()
+        self.heads_site = nn.Identity()
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool = False
@@ -64,11 +68,11 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # (B, H, T, T)
+            probs = self.probs_site(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype))  # (B, H, T, T)
             y = self.dropout(probs) @ v  # (B, H, T, hd)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        y = self.heads_site(y).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.out(y), probs
 
 
