@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .inference.embed import embed_images, embed_texts
     from .inference.fast import fuse_for_inference
     from .inspect.attributions import TokenAttributions, token_attributions
+    from .inspect.cka import cka
     from .inspect.heatmap import similarity_heatmap
     from .inspect.hooks import ablate_channels, ablate_heads, capture, patch, patch_from
     from .inspect.similarity import similarity_map
@@ -47,6 +48,7 @@ _EXPORTS = {
     "ablate_heads": "inspect.hooks",
     "ablate_channels": "inspect.hooks",
     "patch_from": "inspect.hooks",
+    "cka": "inspect.cka",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -64,6 +66,7 @@ __all__ = [
     "ablate_channels",
     "ablate_heads",
     "capture",
+    "cka",
     "convert",
     "create_model_and_transforms",
     "embed_images",
