@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .inference.fast import fuse_for_inference
     from .inspect.attributions import TokenAttributions, token_attributions
     from .inspect.cka import cka
+    from .inspect.faithfulness import deletion_auc, insertion_auc
     from .inspect.heatmap import similarity_heatmap
     from .inspect.hooks import ablate_channels, ablate_heads, capture, patch, patch_from
     from .inspect.similarity import similarity_map
@@ -49,6 +50,8 @@ _EXPORTS = {
     "ablate_channels": "inspect.hooks",
     "patch_from": "inspect.hooks",
     "cka": "inspect.cka",
+    "deletion_auc": "inspect.faithfulness",
+    "insertion_auc": "inspect.faithfulness",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -69,10 +72,12 @@ __all__ = [
     "cka",
     "convert",
     "create_model_and_transforms",
+    "deletion_auc",
     "embed_images",
     "embed_texts",
     "fuse_for_inference",
     "get_tokenizer",
+    "insertion_auc",
     "patch",
     "patch_from",
     "preset",
