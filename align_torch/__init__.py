@@ -11,7 +11,12 @@ if TYPE_CHECKING:
     from .inference.convert import convert
     from .inference.embed import embed_images, embed_texts
     from .inference.fast import fuse_for_inference
+    from .inspect.attributions import TokenAttributions, token_attributions
+    from .inspect.cka import cka
+    from .inspect.faithfulness import deletion_auc, insertion_auc
     from .inspect.heatmap import similarity_heatmap
+    from .inspect.hooks import ablate_channels, ablate_heads, capture, patch, patch_from
+    from .inspect.similarity import similarity_map
     from .inspect.summary import summarize
     from .model.align import AlignModel, AlignOutput
     from .model.config import AlignConfig, Stage, TextConfig, VisionConfig, preset
@@ -39,6 +44,17 @@ _EXPORTS = {
     "embed_texts": "inference.embed",
     "similarity_heatmap": "inspect.heatmap",
     "summarize": "inspect.summary",
+    "similarity_map": "inspect.similarity",
+    "token_attributions": "inspect.attributions",
+    "TokenAttributions": "inspect.attributions",
+    "capture": "inspect.hooks",
+    "patch": "inspect.hooks",
+    "ablate_heads": "inspect.hooks",
+    "ablate_channels": "inspect.hooks",
+    "patch_from": "inspect.hooks",
+    "cka": "inspect.cka",
+    "deletion_auc": "inspect.faithfulness",
+    "insertion_auc": "inspect.faithfulness",
     "create_model_and_transforms": "evaluate.open_clip",
     "get_tokenizer": "evaluate.open_clip",
 }
@@ -51,18 +67,29 @@ __all__ = [
     "LoadReport",
     "Stage",
     "TextConfig",
+    "TokenAttributions",
     "VisionConfig",
+    "ablate_channels",
+    "ablate_heads",
+    "capture",
+    "cka",
     "contrastive_loss",
     "convert",
     "create_model_and_transforms",
+    "deletion_auc",
     "embed_images",
     "embed_texts",
     "fuse_for_inference",
     "get_tokenizer",
+    "insertion_auc",
+    "patch",
+    "patch_from",
     "preset",
     "sigmoid_loss",
     "similarity_heatmap",
+    "similarity_map",
     "summarize",
+    "token_attributions",
 ]
 __version__ = "0.1.0"
 

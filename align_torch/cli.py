@@ -31,6 +31,8 @@ COMMANDS = {
     "finetune": "finetune",
     "eval": "eval",
     "clip-benchmark": "clip_benchmark",
+    "compare": "compare",
+    "probe": "probe",
     "export": "export",
 }
 

@@ -33,6 +33,42 @@ def similarity_heatmap(
     raises the similarity). The model runs in eval mode; its modes and parameters' gradients are left
     as they were.
     """
+    acts, grads = block_gradients(
+        model, pixel_values, input_ids, attention_mask, token_type_ids, block=block, stage=stage
+    )
+    return upsample_map(gradcam(acts, grads), pixel_values.shape[-2:], normalize=True)
+
+
+def gradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) block output and d cos / d output -> the (B, h, w) Grad-CAM map, unscaled."""
+    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    return F.relu((weights * acts).sum(dim=1))  # (B, h, w)
+
+
+def upsample_map(maps: torch.Tensor, size: tuple[int, int] | torch.Size, normalize: bool = False) -> torch.Tensor:
+    """(B, h, w) maps -> (B, H, W) by bilinear upsampling, for display over the input. With `normalize`, each map
+    is divided by its maximum (all zeros when its maximum is not positive), as `similarity_heatmap` shows it."""
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (batch, height, width), got {tuple(maps.shape)}")
+    up = F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    if not normalize:
+        return up  # (B, H, W)
+    peak = up.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    return torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
+
+
+def block_gradients(
+    model: AlignModel,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    *,
+    block: int = -1,
+    stage: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output A (B, C, h, w) of image block `block` (or of the last block of `stage`) and d cos / d A, where
+    cos is each image's cosine with its text (or with the one text). Modes and gradients are left as they were."""
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
     if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
@@ -64,12 +100,7 @@ def similarity_heatmap(
         handle.remove()
         for m, training in modes.items():
             m.train(training)
-    acts = captured[0].detach()  # (B, C, h, w)
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-    cam = F.relu((weights * acts).sum(dim=1, keepdim=True))  # (B, 1, h, w)
-    cam = F.interpolate(cam, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
-    peak = cam.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    return torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+    return captured[0].detach(), grads
 
 
 def _target_block(model: AlignModel, block: int, stage: int | None) -> nn.Module:

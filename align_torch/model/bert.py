@@ -158,8 +158,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(D, D)
         self.out = nn.Linear(D, D)
         self.dropout = nn.Dropout(cfg.attention_dropout)  # on the attention probabilities
-        # Parameter-free points to hook or swap: the softmax probabilities (eager path only) and the per-head
-        # outputs before they are merged and projected.
+        # Parameter-free hook sites (align_torch.inspect.hooks): the softmax probabilities (B, H, Tq, T), eager
+        # path only, and the per-head outputs (B, H, Tq, hd) before the heads are merged and projected.
         self.probs_site = nn.Identity()
         self.heads_site = nn.Identity()
 

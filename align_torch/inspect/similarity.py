@@ -1,0 +1,96 @@
+"""Where in the image an image-text cosine comes from, as (B, h, w) maps at a feature map's resolution.
+
+"exact": ALIGN's image embedding is the spatial mean of the last feature map F (B, C, h, w), then a projection
+that is linear (the identity for ALIGN's own configs). So with g_l = P(F_l) the projected feature at location l
+(P(x) = W x + b: the bias is shared by the h*w locations, so the mean still passes through it),
+
+    cos(img, txt) = mean_l(g_l) . t / |mean_l(g_l)| = sum_l g_l . t / (h w |img|),   t = txt / |txt|,
+
+and the map m_l = g_l . t / (h w |img|) sums to the cosine exactly: no gradient, no approximation.
+"gradcam" (any block or stage, `align_torch.inspect.heatmap`) and "gradient_x_input" (sum over channels of
+A * d cos / d A at any block) are the usual gradient maps, for comparison. Upsampling to the input for display
+is `upsample_map`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..model.align import AlignModel
+from .heatmap import block_gradients, gradcam, upsample_map
+
+METHODS = ("exact", "gradcam", "gradient_x_input")
+
+__all__ = ["METHODS", "similarity_map", "upsample_map"]
+
+
+def similarity_map(
+    model: AlignModel,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    method: str = "exact",
+    *,
+    block: int = -1,
+    stage: int | None = None,
+) -> torch.Tensor:
+    """(B, 3, H, W) images and B texts (or one for all) -> (B, h, w) float32 maps.
+
+    "exact": contributions of each location of the last feature map that sum to the image-text cosine.
+    "gradcam" / "gradient_x_input": at image block `block` (or the last block of `stage`), unscaled.
+    The model's modes and gradients are left as they were.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method != "exact":
+        acts, grads = block_gradients(
+            model, pixel_values, input_ids, attention_mask, token_type_ids, block=block, stage=stage
+        )
+        if method == "gradcam":
+            return gradcam(acts, grads).float()
+        return (acts * grads).sum(dim=1).float()  # (B, h, w)
+    if (block, stage) != (-1, None):
+        raise ValueError("the exact map is defined on the last feature map only: leave block and stage unset")
+    return exact_map(model, pixel_values, input_ids, attention_mask, token_type_ids)
+
+
+def exact_map(
+    model: AlignModel,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The "exact" method of `similarity_map`: (B, h, w) contributions summing to the cosine (float32)."""
+    if model.vision_model.cfg.pooling != "mean":
+        raise ValueError(
+            f"the exact map needs mean pooling (the embedding is then a sum over locations); this model's "
+            f"VisionConfig.pooling is {model.vision_model.cfg.pooling!r}"
+        )
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+    if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
+        raise ValueError(
+            f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
+            f"got {tuple(input_ids.shape)}"
+        )
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # batch statistics would make one location's value depend on the whole batch
+    try:
+        with torch.no_grad():
+            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True).float()  # (1|B, P)
+            fmap = model.vision_model.forward_features(pixel_values).float()  # (B, C, h, w)
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    B, C, h, w = fmap.shape
+    feats = fmap.flatten(2).transpose(1, 2)  # (B, hw, C)
+    proj = model.image_projection
+    if proj is not None:
+        feats = F.linear(feats, proj.weight.float(), None if proj.bias is None else proj.bias.float())  # (B, hw, P)
+    image = feats.mean(dim=1)  # (B, P): the un-normalised image embedding
+    per_location = (feats @ text.unsqueeze(-1).expand(B, -1, 1))[..., 0]  # (B, hw): g_l . t
+    contributions = per_location / (h * w * image.norm(dim=-1, keepdim=True))  # (B, hw)
+    return contributions.view(B, h, w)
