@@ -1,19 +1,14 @@
-"""Which image regions drive an image-text similarity: Grad-CAM on one image block w.r.t. the cosine between
-the image and text embeddings, upsampled to the input size, and a helper that draws it over the image.
-
-Grad-CAM (Selvaraju et al. 2017): weight each channel c of the block's output A by the spatial mean of
-d cos / d A_c, sum over channels and keep the positive part: relu(sum_c mean_hw(d cos / d A_c) * A_c).
-"""
+"""Which image regions drive an image-text similarity, for display: a map of align_torch.inspect.similarity
+upsampled to the input size, and helpers that draw it over the image."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from ..model.align import AlignModel
+from .similarity import similarity_map, upsample_map
 
 
 def similarity_heatmap(
@@ -23,96 +18,25 @@ def similarity_heatmap(
     attention_mask: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
     *,
+    method: str | None = None,
     block: int = -1,
     stage: int | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) images and B texts (or one text for all images) -> (B, H, W) maps in [0, 1].
 
-    The map is Grad-CAM on the output of image block `block` (negatives count from the end), or of the
-    last block of `stage` when given. Each map is scaled so its maximum is 1 (all zeros when no region
-    raises the similarity). The model runs in eval mode; its modes and parameters' gradients are left
+    `method` is one of `similarity_map`'s: by default "exact" (each location's share of the cosine, the most
+    faithful map in the README's deletion/insertion table), or "gradcam" when a `block` or `stage` is asked for
+    (Grad-CAM on the output of image block `block`, negatives counting from the end, or of the last block of
+    `stage`). The positive part of each map is upsampled and scaled so its maximum is 1 (all zeros when no
+    region raises the similarity). The model runs in eval mode; its modes and parameters' gradients are left
     as they were.
     """
-    acts, grads = block_gradients(
-        model, pixel_values, input_ids, attention_mask, token_type_ids, block=block, stage=stage
-    )
-    return upsample_map(gradcam(acts, grads), pixel_values.shape[-2:], normalize=True)
-
-
-def gradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) block output and d cos / d output -> the (B, h, w) Grad-CAM map, unscaled."""
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-    return F.relu((weights * acts).sum(dim=1))  # (B, h, w)
-
-
-def upsample_map(maps: torch.Tensor, size: tuple[int, int] | torch.Size, normalize: bool = False) -> torch.Tensor:
-    """(B, h, w) maps -> (B, H, W) by bilinear upsampling, for display over the input. With `normalize`, each map
-    is divided by its maximum (all zeros when its maximum is not positive), as `similarity_heatmap` shows it."""
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (batch, height, width), got {tuple(maps.shape)}")
-    up = F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    if not normalize:
-        return up  # (B, H, W)
-    peak = up.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    return torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
-
-
-def block_gradients(
-    model: AlignModel,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-    *,
-    block: int = -1,
-    stage: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output A (B, C, h, w) of image block `block` (or of the last block of `stage`) and d cos / d A, where
-    cos is each image's cosine with its text (or with the one text). Modes and gradients are left as they were."""
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-    if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
-        raise ValueError(
-            f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
-            f"got {tuple(input_ids.shape)}"
-        )
-    target = _target_block(model, block, stage)
-    captured: list[torch.Tensor] = []
-
-    def capture(_m: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
-        # A leaf that requires grad: d cos / d A is then defined even for a frozen (or fused) model, and no
-        # gradient flows into the blocks before it.
-        a = out.detach().requires_grad_(True)
-        captured.append(a)
-        return a
-
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    handle = target.register_forward_hook(capture)
-    try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
-        with torch.enable_grad():
-            image = model.encode_image(pixel_values, normalize=True)  # (B, P)
-            cosine = (image * text).sum(dim=-1)  # (B,)
-            (grads,) = torch.autograd.grad(cosine.sum(), captured[0])  # samples are independent in eval mode
-    finally:
-        handle.remove()
-        for m, training in modes.items():
-            m.train(training)
-    return captured[0].detach(), grads
-
-
-def _target_block(model: AlignModel, block: int, stage: int | None) -> nn.Module:
-    blocks = model.vision_model.blocks
-    if stage is not None:
-        ends = model.vision_model.stage_ends
-        if not -len(ends) <= stage < len(ends):
-            raise IndexError(f"stage {stage} out of range for {len(ends)} stages")
-        return blocks[ends[stage]]
-    if not -len(blocks) <= block < len(blocks):
-        raise IndexError(f"block {block} out of range for {len(blocks)} blocks")
-    return blocks[block]
+    if method is None:
+        method = "exact" if (block, stage) == (-1, None) else "gradcam"
+    maps = similarity_map(
+        model, pixel_values, input_ids, attention_mask, token_type_ids, method, block=block, stage=stage
+    )  # (B, h, w)
+    return upsample_map(maps.clamp_min(0), pixel_values.shape[-2:], normalize=True)
 
 
 def to_image(pixel_values: torch.Tensor) -> Image.Image:

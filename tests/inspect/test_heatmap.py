@@ -32,7 +32,7 @@ def test_last_block_equals_the_closed_form(model):
     at every position: (t - cos * e) / |v| / (h w) with v = mean(A), e = v / |v|. Grad-CAM is then
     relu(A . that gradient) up to a positive factor, which the [0, 1] scaling removes."""
     pixels, ids = inputs()
-    heat = similarity_heatmap(model, pixels, ids)
+    heat = similarity_heatmap(model, pixels, ids, method="gradcam")
     with torch.no_grad():
         A = model.vision_model.forward_features(pixels)  # (B, C, h, w)
         t = model.encode_text(ids, normalize=True)  # (B, C)
@@ -44,6 +44,22 @@ def test_last_block_equals_the_closed_form(model):
         ref = cam / cam.amax(dim=(1, 2), keepdim=True)
     assert heat.shape == (2, 64, 64)
     assert torch.allclose(heat, ref, atol=1e-4), (heat - ref).abs().max()
+
+
+def test_default_draws_the_exact_map(model):
+    """With no block or stage the heatmap is the exact map (each location's share of the cosine, computed here
+    from the last feature map), its positive part upsampled and scaled to a maximum of 1."""
+    pixels, ids = inputs(seed=3)
+    heat = similarity_heatmap(model, pixels, ids)
+    with torch.no_grad():
+        A = model.vision_model.forward_features(pixels)  # (B, C, h, w)
+        t = model.encode_text(ids, normalize=True)  # (B, C)
+        v = A.mean(dim=(2, 3))  # (B, C)
+        share = torch.einsum("bc,bchw->bhw", t, A) / v.norm(dim=-1)[:, None, None] / A[0, 0].numel()  # (B, h, w)
+        shown = F.interpolate(F.relu(share)[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+        ref = shown / shown.amax(dim=(1, 2), keepdim=True)
+    assert torch.allclose(heat, ref, atol=1e-4), (heat - ref).abs().max()
+    assert not torch.allclose(heat, similarity_heatmap(model, pixels, ids, method="gradcam"), atol=1e-2)
 
 
 def test_regions_without_activation_get_zero_and_the_layout_is_kept(model):
