@@ -88,9 +88,12 @@ def check_finite(rows: np.ndarray, path: str | os.PathLike, first: int = 0) -> n
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """(n, D) float32 rows divided by their length: a float16 part stores unit rows rounded to float16, whose length
-    is 1 only to about 1e-4, so a dot product with them could pass 1; with this it is the cosine."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1)
+    is 1 only to about 1e-4, so a dot product with them could pass 1; with this it is the cosine. A writable
+    float32 array (every chunk and sample a folder hands out is a fresh one) is divided in place, so an index
+    build holds no second copy of its chunk."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)  # (n, 1)
+    out = rows if rows.dtype == np.float32 and rows.flags.writeable else rows.astype(np.float32)
+    return np.divide(out, np.where(norms > 0, norms, 1), out=out)
 
 
 def _numbered(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
