@@ -5,7 +5,6 @@ embeddings file, broken links are reported as skipped, and the CLI fails on one 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -25,17 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from align_torch.checkpoint.weights import is_checkpoint_dir
-from align_torch.cli import main
 from align_torch.retrieval.embeddings_file import EmbeddingIndex
 from align_torch.util import fileio
 from align_torch.util.fileio import atomic_dir, atomic_file, check_destination, path_to_text, text_to_path
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
+from tests.helpers.cli import run_cli
 
 
 def snapshot(root: Path) -> dict[str, object]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import PIL.Image
@@ -16,18 +14,11 @@ from align_torch.cli import main
 from align_torch.data.images import load_image
 from align_torch.retrieval.embeddings_file import EmbeddingIndex
 from align_torch.util.device import resolve_device
+from tests.helpers.cli import run_cli
 from tests.helpers.job_data import write_collection
 
 TOL = 1e-5
 JOB_COMMANDS = ("zero-shot", "embed", "embed-text", "search")
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    """Run `align-torch ARGV` in this process; (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

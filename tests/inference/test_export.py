@@ -3,8 +3,6 @@ model's encode_image / encode_text compute, for several batch sizes and text len
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -12,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from align_torch import AlignModel, AlignProcessor
-from align_torch.cli import main
 from align_torch.inference.export import export_towers, is_export_dir
+from tests.helpers.cli import run_cli
 from tests.helpers.export_data import captions, photos, spread_text_weights_
 
 ort = pytest.importorskip("onnxruntime")
@@ -21,13 +19,6 @@ ort = pytest.importorskip("onnxruntime")
 TOL = 1e-4  # max abs, fp32
 BATCHES = (1, 3, 17)
 LENGTHS = (1, 7, 64)
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ packed text) and every job (embed, embed-text, zero-shot, eval), in Python and t
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -19,7 +17,6 @@ import pytest
 import torch
 
 import align_torch
-from align_torch.cli import main
 from align_torch.evaluate import zero_shot_accuracy
 from align_torch.evaluate.zero_shot import build_classifier, classify_embeddings
 from align_torch.inference.embed import embed_images, embed_texts
@@ -28,6 +25,7 @@ from align_torch.inference.loader import import_model_class, load_for_inference,
 from align_torch.model.bert import Layer
 from align_torch.model.efficientnet import MBConv
 from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from tests.helpers.cli import run_cli
 from tests.helpers.hf_reference import smooth_images
 from tests.helpers.job_data import photo
 from tests.helpers.train_data import write_shapes_classes
@@ -44,13 +42,6 @@ EDITS = {
     "encode_text override": (None, "tests.helpers.variants:FlippedText"),
     "custom block": (None, "tests.helpers.variants:CustomBlock"),
 }
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from align_torch import AlignModel
-from tests.commands.test_cli_jobs import run_cli
+from tests.helpers.cli import run_cli
 from tests.helpers.job_data import photo
 
 

@@ -9,7 +9,7 @@ import random
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.commands.test_cli_jobs import run_cli
+from tests.helpers.cli import run_cli
 
 
 def shapes(folder, per_class: int, seed: int) -> None:

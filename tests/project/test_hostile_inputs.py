@@ -24,19 +24,12 @@ import PIL.Image
 import pytest
 import torch
 
-from align_torch.cli import main
+from tests.helpers.cli import run_cli
 from tests.helpers.retrieval_data import normalise, photo_collection, write_folder
 from tests.helpers.train_data import CLASSES, shape_image
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 # --- 1. two `embed --out NEW` runs claiming one folder -------------------------------------------------------

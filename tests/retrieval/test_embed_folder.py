@@ -3,7 +3,6 @@ a changed model, torchrun ranks writing what one process writes; on the tiny che
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -19,10 +18,10 @@ import pytest
 import torch
 
 from align_torch import AlignModel, AlignProcessor, preset
-from align_torch.cli import main
 from align_torch.inference.embed import embed_texts
 from align_torch.inference.fast import fuse_for_inference
 from align_torch.retrieval.layout import FolderInfo
+from tests.helpers.cli import run_cli
 from tests.helpers.train_data import CLASSES, shape_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,14 +86,6 @@ def embed(*args, torchrun: int = 0) -> str:
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    """`align-torch ARGV` in this process; (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 def read_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:

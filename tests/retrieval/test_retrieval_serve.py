@@ -3,7 +3,6 @@ HTTP and in headless Chromium."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
@@ -18,9 +17,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from align_torch.cli import main
 from align_torch.retrieval.collection import Collection
 from align_torch.retrieval.serve import serve
+from tests.helpers.cli import run_cli
 from tests.helpers.retrieval_data import PHOTOS, photo_collection
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -62,13 +61,6 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, dict]:
         + f"\r\n--{boundary}--\r\n".encode()
     )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_search_command_on_a_folder_text_image_and_batched_queries(folder, tmp_path):
