@@ -26,7 +26,9 @@ class FolderStatus:
 
     def describe(self, folder: str) -> str:
         info = self.info
-        unit = "shards" if info.partition_unit == "shard" else f"{info.partition_size} images each"
+        unit = {"shard": "shards", "row groups": f"row groups, up to {info.partition_size} rows each"}.get(
+            info.partition_unit, f"{info.partition_size} images each"
+        )
         lines = [
             f"{folder}: {self.finished}/{info.partitions} partitions finished ({unit}), "
             f"{self.rows} rows, {self.skipped} unreadable images skipped",

@@ -26,7 +26,17 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower")
+RESUME_FIXED = (
+    "train",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "loss",
+    "text_tower",
+    "image_column",
+    "caption_column",
+    "train_split",
+)
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -51,9 +61,20 @@ class TrainConfig:
     model: str = opt(
         defaults.MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True
     )
-    train: str = opt(help="manifest (.csv/.tsv/.jsonl/.parquet with image, caption) or .tar shards (file/folder/glob)")
+    train: str = opt(
+        help="manifest (.csv/.tsv/.jsonl with image, caption), Parquet (.parquet file/folder/glob, images inside or "
+        "a path column) or .tar shards (file/folder/glob)"
+    )
     out: str = opt(help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)")
-    val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
+    val: str | None = opt(None, "manifest or Parquet for retrieval recall@1/5/10 after each epoch")
+    image_column: str | None = opt(
+        None, "Parquet column of the images ({bytes, path} struct, bytes or paths; default: found by name)"
+    )
+    caption_column: str | None = opt(
+        None, "Parquet column of the captions (a string or a list: a pair per caption; default: found by name)"
+    )
+    train_split: str | None = opt(None, "only the --train rows whose `split` column equals this (Parquet)")
+    val_split: str | None = opt(None, "only the --val rows whose `split` column equals this (Parquet)")
     zero_shot_dir: str | None = opt(None, "folder with one sub-folder per class, for zero-shot top-1 after each epoch")
     templates: str = opt(
         TEMPLATES,

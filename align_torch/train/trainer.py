@@ -8,7 +8,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint.weights import checkpoint_dir, write_native
+from ..data import PairList, is_parquet
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..model.align import AlignModel
 from ..model.loss import global_contrastive_loss, global_sigmoid_loss
@@ -126,8 +127,10 @@ class Trainer:
         model: AlignModel | None = None,
         processor: AlignProcessor | None = None,
         callbacks: Sequence[Callable[[Trainer, StepRecord], None]] = (),
+        train_data: Sequence[Mapping] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.train_data = train_data  # rows such as a datasets.Dataset, read instead of cfg.train (then a label)
         self.resume = resume
         self.model = model
         self.processor = processor
@@ -149,6 +152,15 @@ class Trainer:
         self.stop.request()
 
     # --- setup ----------------------------------------------------------------------------------------
+    def _read_data(self) -> tuple[PairList, list[Pair]]:
+        """The training pairs (of `train_data` rows when given, else of --train) and the validation pairs."""
+        cfg = self.cfg
+        columns = dict(image_column=cfg.image_column, caption_column=cfg.caption_column)
+        train = read_pairs(
+            self.train_data if self.train_data is not None else cfg.train, split=cfg.train_split, **columns
+        )
+        return train, read_pairs(cfg.val, split=cfg.val_split, **columns).pairs if cfg.val else []
+
     def _setup(self) -> None:
         cfg = self.cfg
         self.dist, self.device = setup_distributed(cfg.device)
@@ -159,8 +171,8 @@ class Trainer:
                 raise FileExistsError(f"{existing} exists: pass --resume to continue that run, or choose another --out")
         # Read (and so check) the checkpoint before the minutes of loading a model.
         checkpoint = load_checkpoint(self.checkpoint_path) if self.resume else None
-        if cfg.val is not None and not cfg.val.endswith(MANIFEST_SUFFIXES):
-            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {cfg.val!r}")
+        if cfg.val is not None and not (cfg.val.endswith(MANIFEST_SUFFIXES) or is_parquet(cfg.val)):
+            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}) or Parquet, got {cfg.val!r}")
         seed = cfg.seed + self.dist.rank
         random.seed(seed)
         np.random.seed(seed)
@@ -187,8 +199,7 @@ class Trainer:
             self.trainable = count_trainable(self.model)
         self.model.to(self.device).train()
 
-        pairs = read_pairs(cfg.train)
-        self.val_pairs: list[Pair] = read_pairs(cfg.val).pairs if cfg.val else []
+        pairs, self.val_pairs = self._read_data()
         image_processor = self.processor.image_processor
         crop = tuple(image_processor.crop_size if image_processor.do_center_crop else image_processor.size)
         transform = (
