@@ -56,21 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json), image-caption manifest, or Parquet "
         "(.parquet, a glob, a folder; images inside or a path column) for recall@1/5/10",
     )
-    p.add_argument(
-        "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
-    )
-    p.add_argument(
-        "--split",
-        help=f"split to evaluate: a Karpathy split ({', '.join(KARPATHY_SPLITS)}; default: test), or the value of a "
-        "Parquet `split` column (default: every row)",
-    )
-    p.add_argument(
-        "--captions-per-image",
-        type=int,
-        default=5,
-        help="first N captions of each Karpathy or Parquet image; 0 keeps all (default: 5, as the published figures)",
-    )
-    add_column_arguments(p)
+    _add_retrieval_arguments(p)
     p.add_argument("--train-dir", "--knn-train", dest="train_dir", metavar="DIR", help="class-per-folder train images")
     p.add_argument("--val-dir", "--knn-val", dest="val_dir", metavar="DIR", help="class-per-folder val images")
     p.add_argument(
@@ -99,6 +85,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_model_arguments(p)
     add_batch_arguments(p, batch_size=32, images=True)
+
+
+def _add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
+    """How --retrieval is read: the Karpathy JSON's images, the split, captions per image, Parquet columns."""
+    p.add_argument(
+        "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
+    )
+    p.add_argument(
+        "--split",
+        help=f"split to evaluate: a Karpathy split ({', '.join(KARPATHY_SPLITS)}; default: test), or the value of a "
+        "Parquet `split` column (default: every row)",
+    )
+    p.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=5,
+        help="first N captions of each Karpathy or Parquet image; 0 keeps all (default: 5, as the published figures)",
+    )
+    add_column_arguments(p)
 
 
 def _load(args: argparse.Namespace):

@@ -16,14 +16,11 @@ from pathlib import Path
 
 import PIL.Image
 
-from .captions import caption_list
+from .columns import CAPTION_COLUMNS, caption_list, pick_column
 from .images import ImageLoadError, decode_image, load_image
-from .samples import Pair, PairList, ParquetImage
+from .samples import ImageRef, Pair, PairList, ParquetImage
 
 PARQUET_SUFFIX = ".parquet"
-# Tried in order when no column is named: datasets' and the Hub's names first, then img2dataset's.
-IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "image_path", "image_file", "filepath")
-CAPTION_COLUMNS = ("caption", "captions", "text", "txt", "sentences", "sentence", "raw", "alt_text")
 
 
 class ParquetError(ValueError):
@@ -44,16 +41,15 @@ def expand_parquet(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     """Parquet files, folders (their *.parquet, searched recursively) and globs -> the files, sorted per spec."""
     if isinstance(specs, (str, os.PathLike)):
         specs = [specs]
-    files: list[Path] = []
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob(f"*{PARQUET_SUFFIX}") if p.is_file()))
-        elif path.is_file():
-            files.append(path)
-        else:
-            files.extend(sorted(Path(p) for p in glob.glob(os.path.expanduser(os.fspath(spec))) if Path(p).is_file()))
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(f for spec in specs for f in _parquet_files(Path(spec).expanduser())))
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob(f"*{PARQUET_SUFFIX}") if p.is_file())
+    if path.is_file():
+        return [path]
+    return sorted(Path(p) for p in glob.glob(os.fspath(path)) if Path(p).is_file())
 
 
 def is_parquet_folder(path: Path) -> bool:
@@ -81,20 +77,6 @@ def _image_kind(shard: Path, name: str, kind) -> str:
     raise ParquetError(f"{shard}: column {name!r} is {kind}, not an image ({{bytes, path}} struct, bytes, or a path)")
 
 
-def _pick(shard: Path, names: list[str], given: str | None, candidates: Sequence[str], what: str) -> str | None:
-    if given is not None:
-        if given not in names:
-            raise ParquetError(f"{shard}: no column {given!r} (columns: {', '.join(names)})")
-        return given
-    found = next((c for c in candidates if c in names), None)
-    if found is None and what == "image":
-        raise ParquetError(
-            f"{shard}: no image column (tried {', '.join(candidates)}; columns: {', '.join(names)}); "
-            "name it with --image-column"
-        )
-    return found
-
-
 def find_columns(
     shard: Path, image_column: str | None = None, caption_column: str | None = None, require_caption: bool = True
 ) -> Columns:
@@ -103,8 +85,8 @@ def find_columns(
 
     schema = _open(shard).schema_arrow
     names = list(schema.names)
-    image = _pick(shard, names, image_column, IMAGE_COLUMNS, "image")
-    caption = _pick(shard, names, caption_column, CAPTION_COLUMNS, "caption")
+    image = pick_column(str(shard), names, image_column, "image", ParquetError)
+    caption = pick_column(str(shard), names, caption_column, "caption", ParquetError)
     if caption is None and require_caption:
         raise ParquetError(
             f"{shard}: no caption column (tried {', '.join(CAPTION_COLUMNS)}; columns: {', '.join(names)}); "
@@ -142,6 +124,12 @@ class Selection:
     def of(cls, require_caption: bool, split: str | None = None, captions_per_image: int | None = None) -> Selection:
         """Fine-tuning (`require_caption`): a pair per caption; embedding: a pair per row, its first caption."""
         return cls(split, "each" if require_caption else "first", captions_per_image, require_caption)
+
+    def pairs(self, image: ImageRef, captions: list[str], extra: dict) -> list[Pair]:
+        """One row's pairs: a pair per caption (up to captions_per_image), or one with the first caption (or none)."""
+        if self.captions == "first" or not captions:
+            return [Pair(image, captions[0] if captions else None, extra=extra)]
+        return [Pair(image, c, extra=extra) for c in captions[: self.captions_per_image]]
 
 
 def read_row_groups(shard: Path, groups: Sequence[int], columns: Columns, select: Selection) -> PairList:
@@ -189,9 +177,7 @@ def _row_pairs(
     else:
         image = ParquetImage(os.fspath(shard), group, r, index, columns.image)
     extra = {name: row[name] for name in columns.extra}
-    if select.captions == "first" or not captions:
-        return [Pair(image, captions[0] if captions else None, extra=extra)]
-    return [Pair(image, c, extra=extra) for c in captions[: select.captions_per_image]]
+    return select.pairs(image, captions, extra)
 
 
 def read_parquet(

@@ -12,10 +12,10 @@ from typing import Any
 import PIL.Image
 import PIL.ImageOps
 
-from .captions import caption_list
+from .columns import CAPTION_COLUMNS, caption_list, pick_column
 from .images import ImageLoadError, decode_image, to_rgb_image
-from .parquet import CAPTION_COLUMNS, IMAGE_COLUMNS, Selection
-from .samples import MemoryImage, Pair, PairList
+from .parquet import Selection
+from .samples import MemoryImage, PairList
 
 _SCALARS = (str, int, float, bool)  # the values carried along as metadata
 
@@ -25,19 +25,6 @@ def is_rows(value: object) -> bool:
     if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, Sequence) or len(value) == 0:
         return False
     return isinstance(value[0], Mapping)
-
-
-def _column(row: Mapping, given: str | None, candidates: Sequence[str], what: str) -> str | None:
-    if given is not None:
-        if given not in row:
-            raise ValueError(f"row 0 has no {what} column {given!r} (columns: {', '.join(map(str, row))})")
-        return given
-    found = next((c for c in candidates if c in row), None)
-    if found is None and what == "image":
-        raise ValueError(
-            f"row 0 has no image column (tried {', '.join(candidates)}; columns: {', '.join(map(str, row))})"
-        )
-    return found
 
 
 def _image(value: Any, index: int, column: str) -> Path | MemoryImage:
@@ -64,8 +51,8 @@ def read_rows(
     if len(rows) == 0:
         raise ValueError("no rows given")
     first = rows[0]
-    image_key = _column(first, image_column, IMAGE_COLUMNS, "image")
-    caption_key = _column(first, caption_column, CAPTION_COLUMNS, "caption")
+    image_key = pick_column("row 0", list(first), image_column, "image")
+    caption_key = pick_column("row 0", list(first), caption_column, "caption")
     if caption_key is None and select.require_caption:
         raise ValueError(f"row 0 has no caption column (tried {', '.join(CAPTION_COLUMNS)})")
     pairs, empty = [], 0
@@ -80,10 +67,7 @@ def read_rows(
             continue
         image = _image(row.get(image_key), i, image_key)
         extra = {k: v for k, v in row.items() if k not in (image_key, caption_key) and isinstance(v, _SCALARS)}
-        if select.captions == "first" or not captions:
-            pairs.append(Pair(image, captions[0] if captions else None, extra=extra))
-        else:
-            pairs.extend(Pair(image, c, extra=extra) for c in captions[: select.captions_per_image])
+        pairs.extend(select.pairs(image, captions, extra))
     if not pairs:
         raise ValueError(f"none of the {len(rows)} rows has an image and a caption")
     return PairList(pairs, empty)
