@@ -21,10 +21,15 @@ _SCALARS = (str, int, float, bool)  # the values carried along as metadata
 
 
 def is_rows(value: object) -> bool:
-    """True for a sequence of mappings (rows), not for a path or a list of paths."""
-    if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, Sequence) or len(value) == 0:
+    """True for a sequence of mappings (rows), not for a path or a list of paths. A `datasets.Dataset` is no
+    registered Sequence: anything with a length and integer indexing counts."""
+    if (
+        isinstance(value, (str, bytes, os.PathLike))
+        or not hasattr(value, "__getitem__")
+        or not hasattr(value, "__len__")
+    ):
         return False
-    return isinstance(value[0], Mapping)
+    return len(value) > 0 and isinstance(value[0], Mapping)
 
 
 def _image(value: Any, index: int, column: str) -> Path | MemoryImage:

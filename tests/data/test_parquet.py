@@ -264,3 +264,23 @@ def test_bad_parquet_input_is_named_by_shard_row_and_column(data, tiny_native_di
     )
     with pytest.raises(Exception, match="could not be read"):
         Trainer(_cfg(tiny_native_dir, str(half), tmp_path / "run", max_unreadable_fraction=0.2)).fit()
+
+
+def test_a_datasets_dataset_trains_and_embeds_as_rows(data, model_dir, tiny_native_dir, tmp_path):
+    """datasets itself (installed under the torch constraint without pulling torch): its Image feature decoded to
+    PIL, and undecoded ({bytes, path}), read as rows."""
+    datasets = pytest.importorskip("datasets")
+    from align_torch.retrieval.embed_folder import embed_collection
+
+    paths = sorted(data["files"].glob("*.jpg"))
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))})
+    ds = datasets.Dataset.from_dict(
+        {"image": [str(p) for p in paths], "caption": [captions_of(i, 2) for i in range(N)]}, features=features
+    )
+    assert len(read_pairs(ds).pairs) == 2 * N
+    result = Trainer(_cfg(tiny_native_dir, "hub-dataset", tmp_path / "run", max_steps=2), train_data=ds).fit()
+    assert len(result.losses) == 2
+    _embed(data["files"], "--out", tmp_path / "files", "--model", model_dir)
+    undecoded = ds.cast_column("image", datasets.Image(decode=False))
+    embed_collection(undecoded, tmp_path / "ds", model=str(model_dir), dtype="float32")
+    np.testing.assert_allclose(_read(tmp_path / "ds")[0], _read(tmp_path / "files")[0], atol=1e-5, rtol=0)
