@@ -13,6 +13,8 @@ from .. import defaults
 from ..util.device import DEVICES
 
 if TYPE_CHECKING:
+    import torch
+
     from ..checkpoint.hub import ModelSource
     from ..inference.embed import ImageEmbeddings
     from ..model.align import AlignModel
@@ -117,7 +119,7 @@ def resolve_model_option(args: argparse.Namespace) -> ModelSource:
 
 
 def load_model_and_processor(
-    model: str | ModelSource, device: str, fuse: bool = True, model_class: str | None = None
+    model: str | ModelSource, device: str | torch.device, fuse: bool = True, model_class: str | None = None
 ) -> tuple[AlignModel, AlignProcessor]:
     """The command's --model, --device, --unfused and --model-class through the one loader
     (inference.loader.load_for_inference)."""

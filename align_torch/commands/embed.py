@@ -115,7 +115,7 @@ def _run_file(args: argparse.Namespace) -> int:
 
 def _run_folder(args: argparse.Namespace) -> int:
     from ..retrieval.embed_folder import embed_collection
-    from ..util.distributed_env import torchrun_env
+    from ..util.distributed import torchrun_env
 
     if args.strict:
         raise ValueError("--strict applies to a .safetensors output; a folder lists unreadable images per partition")

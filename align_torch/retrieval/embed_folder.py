@@ -33,7 +33,7 @@ from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eva
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
-from ..util.distributed_env import torchrun_env
+from ..util.distributed import rank_device, torchrun_env
 from ..util.fileio import path_to_text
 from .layout import DTYPES, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
@@ -374,14 +374,10 @@ def embed_collection(
     partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
     `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
     from ..inference.loader import import_model_class, load_for_inference
-    from ..util.device import resolve_device
     from .partitions import plan_input
 
     env = torchrun_env()
-    where = resolve_device(device)
-    if where.type == "cuda":  # one GPU per process
-        where = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(where)
+    where = rank_device(device, env)
     plan = plan_input(inputs, partition_size, image_column, caption_column)
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before a download

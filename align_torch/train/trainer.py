@@ -28,9 +28,9 @@ from ..inference.loader import import_model_class, load_model
 from ..model.align import AlignModel
 from ..model.loss import global_contrastive_loss, global_sigmoid_loss
 from ..preprocess.processor import AlignProcessor
+from ..util.distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
-from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .fsdp import (
     GatheredModel,
     average_replicated_grads,
