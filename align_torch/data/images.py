@@ -120,6 +120,11 @@ def _list_folder(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def has_images(folder: Path) -> bool:
+    """Whether `folder` holds an image file that list_images would find."""
+    return bool(_list_folder(folder))
+
+
 def list_images(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Expand image files, folders and glob patterns into a list of files, in order, without duplicates.
 

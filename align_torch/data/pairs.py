@@ -10,7 +10,7 @@ from pathlib import Path
 import PIL.Image
 
 from ..util.fileio import path_to_text
-from .images import load_image
+from .images import has_images, load_image
 from .manifest import MANIFEST_SUFFIXES, read_manifest
 from .parquet import PARQUET_SUFFIX, Selection, expand_parquet, is_parquet_folder, load_parquet_image, read_parquet
 from .rows import is_rows, load_memory_image, read_rows
@@ -19,12 +19,13 @@ from .shards import expand_shards, load_tar_image, read_shards
 
 
 def is_parquet(spec: str | os.PathLike | Sequence) -> bool:
-    """A .parquet file or glob, a folder holding .parquet files (and no .tar), or a list of such."""
+    """A .parquet file or glob, a folder holding .parquet files (and no .tar, and no image files: a folder of
+    images with a metadata table beside them is a folder of images), or a list of such."""
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         path = Path(text).expanduser()
         if path.is_dir():
-            return is_parquet_folder(path) and not any(path.glob("*.tar"))
+            return is_parquet_folder(path) and not any(path.glob("*.tar")) and not has_images(path)
         return text.endswith(PARQUET_SUFFIX)
     return bool(spec) and all(isinstance(s, (str, os.PathLike)) and is_parquet(s) for s in spec)
 

@@ -77,7 +77,13 @@ def test_embed_of_both_parquet_layouts_equals_embed_of_the_files(data, model_dir
     assert len(list((tmp_path / "i2d" / "done").glob("*.json"))) == 2
 
 
-def test_parquet_partitions_follow_row_groups_and_ranks_split_them(data):
+def test_parquet_partitions_follow_row_groups_and_ranks_split_them(data, tmp_path):
+    import shutil
+
+    # A folder of images with a table beside them (datasets' imagefolder layout) stays a folder of images.
+    shutil.copy(data["files"] / "000.jpg", tmp_path / "000.jpg")
+    shutil.copy(data["i2d"], tmp_path / "metadata.parquet")
+    assert plan_input([tmp_path]).kind == "images"
     plan = plan_input([data["hub"]], partition_size=8)
     assert plan.row_groups == [[(0, 0), (0, 1)], [(1, 0)]]
     assert [p.image.index for p in plan.partition(1)] == [0, 1, 2, 3]
