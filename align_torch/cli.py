@@ -52,6 +52,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `align-torch`; an unknown option is reported by the subcommand it was given to, with that
+    subcommand's --help (argparse would report it as the top-level command's)."""
     parser = _Parser(prog="align-torch", description="ALIGN image-text models in native PyTorch")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -62,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure"
         )
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def one_line(error: BaseException) -> str:
@@ -86,7 +95,7 @@ def _one_line_warnings(command: str) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint.hub import HubError
 
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     prefix = f"align-torch {args.command}"
     try:
         with _one_line_warnings(args.command):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import defaults
 from ._common import _positive_int
@@ -41,12 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import model_reference
     from ..inference.export import export_towers
-    from ..model.align import AlignModel
+    from ..inference.loader import load_model
     from ..preprocess.processor import AlignProcessor
 
     if args.int8 and args.format != "onnx":
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     processor = AlignProcessor.from_pretrained(args.model)
     ip = processor.image_processor
     sizes = [(n, n) for n in args.image_size] if args.image_size else [ip.crop_size if ip.do_center_crop else ip.size]
-    model = AlignModel.from_pretrained(args.model, device="cpu")
+    model = load_model(args.model, "cpu")
     written = export_towers(
         model,
         processor.tokenizer,
@@ -68,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
         model_id=model_reference(args.model),
         overwrite=args.overwrite,
         opset=args.opset,
+        progress=not args.quiet,
     )
     for meta in written.values():
         check = meta["parity"]
         print(
-            f"{args.out}/{meta['file']}: {meta['tower']} tower, max abs diff to eager {check['max_abs']:.2e}, "
+            f"{Path(args.out) / meta['file']}: {meta['tower']} tower, max abs diff to eager {check['max_abs']:.2e}, "
             f"lowest cosine {check['min_cosine']:.6f}"
         )
     return 0

@@ -44,7 +44,18 @@ def load_model(
     """The checkpoint's weights in `model_class` (default AlignModel; 'module:Class' is imported), eval mode."""
     cls = import_model_class(model_class) if isinstance(model_class, str) else (model_class or AlignModel)
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return cls.from_pretrained(model, device=where)
+    loaded = cls.from_pretrained(model, device=where)
+    check_finite_weights(loaded, model)
+    return loaded
+
+
+def check_finite_weights(model: AlignModel, source: str | os.PathLike) -> None:
+    """Refuse a model whose weights or buffers hold NaN or infinity, naming the first such tensor: every
+    output it wrote (embeddings, scores, an exported graph's parity) would be NaN."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{source}: weight {name} holds {bad} NaN or infinite values of {tensor.numel()}")
 
 
 def load_for_inference(
