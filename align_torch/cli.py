@@ -75,6 +75,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def parse_one(command: str, argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    """The arguments of one subcommand run as a program of its own (`python convert/convert_align_hf.py`):
+    usage and errors name `prog` (default: the script's file name), not `align-torch COMMAND`."""
+    module = importlib.import_module(f"align_torch.commands.{COMMANDS[command]}")
+    parser = _Parser(prog=prog, description=module.HELP)
+    module.add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    parser.set_defaults(_run=module.run, command=command, _prefix=parser.prog)
+    return parser.parse_args(argv)
+
+
 def one_line(error: BaseException) -> str:
     """An exception as one line: its message with line breaks folded, or its type when it has none."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
@@ -92,11 +103,12 @@ def _one_line_warnings(command: str) -> Iterator[None]:
         warnings.formatwarning = previous
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, only: str | None = None) -> int:
+    """`align-torch ARGV`; with `only`, that one subcommand as a program of its own (ARGV are its arguments)."""
     from .checkpoint.hub import HubError
 
-    args = parse(argv)
-    prefix = f"align-torch {args.command}"
+    args = parse(argv) if only is None else parse_one(only, argv)
+    prefix = getattr(args, "_prefix", f"align-torch {args.command}")
     try:
         with _one_line_warnings(args.command):
             status = args._run(args)
