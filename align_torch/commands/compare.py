@@ -36,6 +36,14 @@ def read_texts(path: str) -> list[str]:
     return texts
 
 
+def _refuse_hf_text_tower(name: str, model) -> None:
+    if model.config.text_tower is not None:
+        raise ValueError(
+            f"{name}: its text tower is a transformers encoder ({model.config.text_tower}), whose layers compare "
+            "cannot read; leave out --texts to compare the image towers"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.images import list_images
     from ..inspect.compare import (
@@ -58,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
     features: dict[str, list] = {"image": [], "text": []}
     for name in (args.model_a, args.model_b):
         model, processor = load_model_and_processor(name, args.device, fuse=False)  # hooks need the layer modules
-        if texts is not None and model.config.text_tower is not None:
-            raise ValueError(
-                f"{name}: its text tower is a transformers encoder ({model.config.text_tower}), whose layers compare "
-                "cannot read; leave out --texts to compare the image towers"
-            )
+        if texts is not None:
+            _refuse_hf_text_tower(name, model)
         batches = image_batches(
             paths,
             processor.image_processor.preprocess_one,
