@@ -6,6 +6,8 @@ edited layer, a fused model, a `--model-class` subclass)."""
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +203,19 @@ def test_full_size_flags_match_transformers(hf_full, native_full):
     text["input_ids"] = torch.where(text["attention_mask"].bool(), text["input_ids"], 0)
     assert native_full.temperature.item() != 1.0
     compare_flagged(native_full, hf_full, smooth_images(2, 289, seed=int(torch.randint(9, (1,), generator=g))), text)
+
+
+def test_the_model_page_block_runs_as_written(model_dir, tmp_path, monkeypatch):
+    """docs/model.md's "Code written for transformers' ALIGN" block, on the tiny checkpoint standing where its
+    `starter` folder stands."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "model.md"
+    section = page.read_text(encoding="utf-8").split("## Code written for transformers' ALIGN\n", 1)[1]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    (tmp_path / "starter").symlink_to(model_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, str(page), "exec"), namespace)
+    model = namespace["model"]
+    assert len(namespace["text_states"]) == 1 + model.config.text.num_layers
+    assert len(namespace["image_states"]) == 1 + len(model.vision_model.blocks)
+    assert namespace["tokens"][0] == "[CLS]" and namespace["vision_out"][0].ndim == 4
