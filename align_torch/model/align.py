@@ -200,6 +200,11 @@ class AlignModel(nn.Module):
         if return_loss:
             check_batches(len(input_ids), len(pixel_values))
         flagged = bool(output_hidden_states) or bool(output_attentions) or return_dict is False
+        if flagged and torch.compiler.is_compiling():
+            raise NotImplementedError(
+                "output_hidden_states / output_attentions / return_dict=False run eagerly; compile the towers "
+                "(align_torch.inference.towers) or call forward_intermediates outside torch.compile"
+            )
         request = tower_request(bool(output_hidden_states), bool(output_attentions)) if flagged else None
         with request or contextlib.nullcontext() as asked:
             image_embeds = self.encode_image(pixel_values, normalize=True)
