@@ -128,16 +128,15 @@ class AlignModel(nn.Module):
         check_text(self.config.text, input_ids, attention_mask, token_type_ids)
         if attention_mask is None:
             attention_mask = (input_ids != self.config.text.pad_token_id).long()  # (B, T)
-        request = current_request()  # a flagged forward's: the full-length padded path, and its output kept
         packed = (
-            request is None
-            and self.pack_text
+            self.pack_text
             and self.config.text.pooling == "cls"
             and not self.training
             and not torch.compiler.is_compiling()  # packing depends on the mask's values
             and bool(attention_mask[:, 0].all())  # right-padded texts only
         )
         extra = {"packed": True} if packed else {}  # a swapped-in text tower need not know the argument
+        request = current_request()  # a flagged forward's: the full-length padded path, and its output kept
         if request is not None:
             extra = request.text_kwargs()
         out = self.text_model(input_ids, attention_mask, token_type_ids, **extra)

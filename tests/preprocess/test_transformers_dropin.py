@@ -131,8 +131,10 @@ def test_tokens_and_ids_round_trip(tokenizers):
 
 
 def _unit_float_photo() -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1] with fractional values: an image already scaled, e.g. by ToTensor."""
-    return np.asarray(PHOTO, dtype=np.float32) / 255.0
+    """(H, W, 3) float32 in [0, 1], an image already scaled (by ToTensor, or a model's output), whose values are
+    not multiples of 1/255: resizing has to cut x * 255 to uint8 exactly as transformers does."""
+    jitter = np.random.default_rng(0).uniform(0.0, 0.9, size=(PHOTO.height, PHOTO.width, 3))
+    return ((np.asarray(PHOTO, dtype=np.float64) + jitter) / 256.0).astype(np.float32)
 
 
 IMAGE_CALLS = [
