@@ -75,6 +75,8 @@ def test_embed_of_both_parquet_layouts_equals_embed_of_the_files(data, model_dir
     info = json.loads((tmp_path / "hub" / "embeddings.json").read_text())
     assert (info["input_kind"], info["partitions"], info["partition_unit"]) == ("parquet", 3, "row groups")
     assert len(list((tmp_path / "i2d" / "done").glob("*.json"))) == 2
+    status, out, _ = run_cli("embed", "--status", str(tmp_path / "hub"))
+    assert status == 0 and "3/3 partitions finished (row groups, up to 6 rows each), 12 rows" in out, out
 
 
 def test_parquet_partitions_follow_row_groups_and_ranks_split_them(data, tmp_path):
