@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_file(args: argparse.Namespace) -> int:
     from ..data.images import ImageLoadError, list_images
-    from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..retrieval.embeddings_file import EmbeddingFile
 
     out = output_file(args.out)
     paths = list_images(args.images)
@@ -102,7 +102,7 @@ def _run_file(args: argparse.Namespace) -> int:
         )
         return 1
     # Absolute paths, as the embeddings folder stores them: the file still names its images when read elsewhere.
-    index = EmbeddingIndex(
+    index = EmbeddingFile(
         vectors=result.vectors,
         items=[os.path.abspath(p) for p in result.paths],
         kind="image",

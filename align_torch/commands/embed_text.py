@@ -57,7 +57,7 @@ def read_lines(source: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.embed import embed_texts
-    from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..retrieval.embeddings_file import EmbeddingFile
 
     out = output_file(args.out)
     texts = read_lines(args.textfile)
@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_model_option(args)
     model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=source.reference).save(out)
+    EmbeddingFile(vectors=vectors, items=texts, kind="text", model=source.reference).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

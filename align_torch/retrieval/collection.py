@@ -98,10 +98,10 @@ class Collection:
             self.file = None
             recorded = self.folder.model
         else:
-            from .embeddings_file import EmbeddingIndex
+            from .embeddings_file import EmbeddingFile
 
             self.folder = None
-            self.file = EmbeddingIndex.load(self.path)
+            self.file = EmbeddingFile.load(self.path)
             recorded = self.file.model
         self.model_name = model or recorded
 

@@ -11,7 +11,7 @@ Image paths are stored with `fileio.path_to_text`: a UTF-8 name as it is, any ot
 not UTF-8, or starting with "file:") as "file:" + percent-encoded bytes, so every name the OS gives comes
 back byte for byte (`fileio.text_to_path`).
 
-Read it with `EmbeddingIndex.load(path)`, or with safetensors alone:
+Read it with `EmbeddingFile.load(path)`, or with safetensors alone:
 `safe_open(path, "pt")` -> `.get_tensor("embeddings")`, `json.loads(.metadata()["items"])`.
 """
 
@@ -27,28 +27,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..util.fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
+from .collection import Hit
 
 FORMAT = "align_torch.inference.embed"
 VERSION = "2"  # "1" stored image paths as they are; it never left development, and is refused
 KINDS = ("image", "text")
 
 
-class EmbeddingsFileError(ValueError):
+class EmbeddingFileError(ValueError):
     """A file that is not a readable align_torch embeddings file; names the file and what is wrong."""
 
 
 @dataclass
-class SearchHit:
-    """One search result: the item's row, the item (path or text) and its cosine similarity to the query."""
-
-    rank: int
-    index: int
-    item: str
-    score: float
-
-
-@dataclass
-class EmbeddingIndex:
+class EmbeddingFile:
     """N normalised embeddings and the items they belong to, searchable by cosine similarity."""
 
     vectors: torch.Tensor  # (N, D) float32, L2-normalised
@@ -86,39 +77,39 @@ class EmbeddingIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
-        """Read a file written by `save`; raises EmbeddingsFileError naming what is wrong."""
+    def load(cls, path: str | os.PathLike) -> EmbeddingFile:
+        """Read a file written by `save`; raises EmbeddingFileError naming what is wrong."""
         path = Path(path)
         if not path.is_file():
-            raise EmbeddingsFileError(f"embeddings file {str(path)!r} does not exist")
+            raise EmbeddingFileError(f"embeddings file {str(path)!r} does not exist")
         reason = unreadable_reason(path)
         if reason is not None:
-            raise EmbeddingsFileError(f"cannot read embeddings file {str(path)!r}: {reason}")
+            raise EmbeddingFileError(f"cannot read embeddings file {str(path)!r}: {reason}")
         try:
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
                 if metadata.get("format") != FORMAT:
-                    raise EmbeddingsFileError(
+                    raise EmbeddingFileError(
                         f"{str(path)!r} is a safetensors file but not an align_torch embeddings file "
                         "(write one with `align-torch embed` or `align-torch embed-text`)"
                     )
                 if "embeddings" not in f.keys():
-                    raise EmbeddingsFileError(f"{str(path)!r} has no 'embeddings' tensor")
+                    raise EmbeddingFileError(f"{str(path)!r} has no 'embeddings' tensor")
                 vectors = f.get_tensor("embeddings")
         except (SafetensorError, OSError) as e:
-            raise EmbeddingsFileError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
+            raise EmbeddingFileError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
         if not vectors.is_floating_point() or vectors.ndim != 2:
-            raise EmbeddingsFileError(
+            raise EmbeddingFileError(
                 f"{str(path)!r}: 'embeddings' is {vectors.dtype} of shape {tuple(vectors.shape)}; it must be (N, D) "
                 "floating point"
             )
         finite = torch.isfinite(vectors).all(dim=1)  # (N,)
         if not finite.all():
             row = int((~finite).nonzero()[0, 0])
-            raise EmbeddingsFileError(f"{str(path)!r}: 'embeddings' row {row} holds NaN or infinite values")
+            raise EmbeddingFileError(f"{str(path)!r}: 'embeddings' row {row} holds NaN or infinite values")
         version = metadata.get("version")
         if version != VERSION:
-            raise EmbeddingsFileError(
+            raise EmbeddingFileError(
                 f"{str(path)!r} has embeddings format version {version!r}; this align_torch reads version "
                 f"{VERSION!r} (write the file again with `align-torch embed` or `align-torch embed-text`)"
             )
@@ -134,9 +125,9 @@ class EmbeddingIndex:
                 skipped=[{**s, "item": decode(s["item"])} for s in skipped],
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError, ValueError) as e:
-            raise EmbeddingsFileError(f"{str(path)!r} has broken metadata: {e}") from e
+            raise EmbeddingFileError(f"{str(path)!r} has broken metadata: {e}") from e
 
-    def search(self, query: torch.Tensor, k: int = 10) -> list[SearchHit]:
+    def search(self, query: torch.Tensor, k: int = 10) -> list[Hit]:
         """The k rows most similar to `query` ((D,), normalised here), best first."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -148,7 +139,8 @@ class EmbeddingIndex:
             )
         scores = self.vectors.float() @ torch.nn.functional.normalize(query, dim=0)  # (N,)
         top = torch.topk(scores, min(k, len(scores)))
+        field = "image_path" if self.kind == "image" else "caption"
         return [
-            SearchHit(rank=r + 1, index=int(i), item=self.items[int(i)], score=float(s))
+            Hit(r + 1, int(i), float(s), **{field: self.items[int(i)]}, target=self.kind)
             for r, (s, i) in enumerate(zip(top.values, top.indices, strict=True))
         ]

@@ -30,14 +30,11 @@ from typing import Any
 import numpy as np
 
 from .layout import FORMAT as OURS
+from .layout import EmbeddingFolderError
 
 MODALITIES = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
 METADATA_COLUMNS = ("image_path", "caption", "key", "url")
 DTYPES = (np.dtype("<f2"), np.dtype("<f4"))
-
-
-class EmbeddingFolderError(ValueError):
-    """A folder that is not a readable embeddings folder; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,9 @@ IMG_DIR, TEXT_DIR, META_DIR, DONE_DIR = "img_emb", "text_emb", "metadata", "done
 DTYPES = ("float16", "float32")
 
 
-class EmbeddingsFolderError(ValueError):
-    """A folder that is not (or not compatibly) an align_torch embeddings folder; says what is wrong."""
+class EmbeddingFolderError(ValueError):
+    """A folder that is not (or not compatibly) an align_torch embeddings folder, or an index built from one;
+    the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -91,31 +92,29 @@ class FolderInfo:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> FolderInfo:
-        """Read DIR/embeddings.json; EmbeddingsFolderError when it is missing or not ours."""
+        """Read DIR/embeddings.json; EmbeddingFolderError when it is missing or not ours."""
         path = Path(folder) / INFO_FILE
         if not path.is_file():
-            raise EmbeddingsFolderError(f"{str(folder)!r} is not an align_torch embeddings folder (no {INFO_FILE})")
+            raise EmbeddingFolderError(f"{str(folder)!r} is not an align_torch embeddings folder (no {INFO_FILE})")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
-                raise EmbeddingsFolderError(f"{str(path)!r} is not an align_torch embeddings folder description")
+                raise EmbeddingFolderError(f"{str(path)!r} is not an align_torch embeddings folder description")
             if data.get("version") != VERSION:
-                raise EmbeddingsFolderError(
+                raise EmbeddingFolderError(
                     f"{str(path)!r} has folder format version {data.get('version')!r}; this align_torch reads {VERSION}"
                 )
             info = cls(**data)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as e:
-            raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {e}") from None
+            raise EmbeddingFolderError(f"{str(path)!r} is damaged: {e}") from None
         info.check(path)
         return info
 
     def check(self, path: str | os.PathLike) -> None:
         """Every field is of its kind and in its range (the counts decide which files are read and how many)."""
 
-        def bad(name: str, what: str) -> EmbeddingsFolderError:
-            return EmbeddingsFolderError(
-                f"{str(path)!r} is damaged: {name} must be {what}, got {getattr(self, name)!r}"
-            )
+        def bad(name: str, what: str) -> EmbeddingFolderError:
+            return EmbeddingFolderError(f"{str(path)!r} is damaged: {name} must be {what}, got {getattr(self, name)!r}")
 
         for name in ("model", "model_fingerprint", "compute", "input_kind", "input_fingerprint", "partition_unit"):
             if not isinstance(getattr(self, name), str):

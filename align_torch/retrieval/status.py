@@ -68,14 +68,14 @@ def folder_status(folder: str | os.PathLike) -> FolderStatus:
 
 def _read_marker(path: os.PathLike) -> dict:
     """A completion marker with its counts checked (they are summed into the status)."""
-    from .layout import EmbeddingsFolderError
+    from .layout import EmbeddingFolderError
 
     try:
         done = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise EmbeddingsFolderError(f"{str(path)!r} is not a readable completion marker: {e}") from None
+        raise EmbeddingFolderError(f"{str(path)!r} is not a readable completion marker: {e}") from None
     if not isinstance(done, dict):
-        raise EmbeddingsFolderError(f"{str(path)!r} is not a completion marker (not a JSON object)")
+        raise EmbeddingFolderError(f"{str(path)!r} is not a completion marker (not a JSON object)")
     checks = {
         "rows": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "skipped": lambda v: isinstance(v, list),
@@ -84,5 +84,5 @@ def _read_marker(path: os.PathLike) -> dict:
     }
     for name, ok in checks.items():
         if not ok(done.get(name)):
-            raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {name} is {done.get(name)!r}")
+            raise EmbeddingFolderError(f"{str(path)!r} is damaged: {name} is {done.get(name)!r}")
     return done

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.fileio import atomic_file, create_file
-from .layout import INFO_FILE, EmbeddingsFolderError, FolderInfo, partition_files
+from .layout import INFO_FILE, EmbeddingFolderError, FolderInfo, partition_files
 
 
 def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
@@ -21,13 +21,13 @@ def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
     arguments; a folder that is neither empty nor ours is refused, never written into."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise EmbeddingsFolderError(f"--out {str(folder)!r} exists and is not a folder")
+        raise EmbeddingFolderError(f"--out {str(folder)!r} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / INFO_FILE).is_file():
         # Another rank may be writing embeddings.json right now: its temporary file is not a stranger.
         strangers = [p.name for p in folder.iterdir() if not p.name.startswith(f".{INFO_FILE}.")]
         if strangers and not (folder / INFO_FILE).is_file():
-            raise EmbeddingsFolderError(
+            raise EmbeddingFolderError(
                 f"--out {str(folder)!r} is not empty and is not an embeddings folder (it holds {sorted(strangers)[:3]}); "
                 "give a new or empty folder"
             )
@@ -53,7 +53,7 @@ def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
         by = ""
         if isinstance(holder, dict):
             by = f" by pid {holder.get('pid')} on {holder.get('host')} at {holder.get('at')}"
-        raise EmbeddingsFolderError(
+        raise EmbeddingFolderError(
             f"{str(folder)!r} was claimed{by} for a different model or arguments ({detail}); "
             "rerun with the same ones to finish it, or write to another --out"
         )

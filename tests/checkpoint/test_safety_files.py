@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from align_torch.checkpoint.weights import is_checkpoint_dir
-from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from align_torch.retrieval.embeddings_file import EmbeddingFile
 from align_torch.util import fileio
 from align_torch.util.fileio import atomic_dir, atomic_file, check_destination, path_to_text, text_to_path
 from tests.helpers.cli import run_cli
@@ -256,7 +256,7 @@ def test_outputs_follow_the_umask(tiny_native_dir, tmp_path, mask):
     with umask(mask):
         assert run_cli("convert", tiny_native_dir, tmp_path / "hf", "--to", "hf")[0] == 0
         AlignModel.from_pretrained(tiny_native_dir).save_pretrained(tmp_path / "native")
-        EmbeddingIndex(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(tmp_path / "e.st")
+        EmbeddingFile(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(tmp_path / "e.st")
     for folder in ("hf", "native"):
         assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == dir_mode
         for f in (tmp_path / folder).iterdir():
@@ -281,13 +281,13 @@ def test_an_unreadable_file_says_permission_denied(tmp_path):
     try:
         folder.chmod(0o755)
         path = folder / "e.safetensors"
-        EmbeddingIndex(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(path)
+        EmbeddingFile(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(path)
         path.chmod(0o000)
-        code = f"from align_torch.retrieval.embeddings_file import EmbeddingIndex\nEmbeddingIndex.load({str(path)!r})"
+        code = f"from align_torch.retrieval.embeddings_file import EmbeddingFile\nEmbeddingIndex.load({str(path)!r})"
         proc = run_as_other_user(code)
         assert proc.returncode != 0
         assert "permission denied" in proc.stderr.splitlines()[-1]
-        assert "EmbeddingsFileError" in proc.stderr.splitlines()[-1]
+        assert "EmbeddingFileError" in proc.stderr.splitlines()[-1]
     finally:
         shutil.rmtree(folder)
 
@@ -322,7 +322,7 @@ def test_odd_file_names_round_trip_through_embed_and_search(tiny_native_dir, tmp
     out = tmp_path / "e.safetensors"
     status, _, stderr = run_cli("embed", os.fsdecode(folder), "--out", out, "--model", tiny_native_dir, "--workers", 0)
     assert status == 0, stderr
-    index = EmbeddingIndex.load(out)
+    index = EmbeddingFile.load(out)
     assert {os.fsencode(i) for i in index.items} == expected
     hits = index.search(index.vectors[0], k=len(ODD_NAMES))
     assert {os.fsencode(h.item) for h in hits} == expected
@@ -357,7 +357,7 @@ def test_link_loops_and_dangling_links_are_skipped_and_reported(tiny_native_dir,
     status, _, stderr = run_cli("embed", folder, "--out", out, "--model", tiny_native_dir, "--workers", 0)
     assert status == 0, stderr
     assert "dangling symbolic link" in stderr and stderr.count("symbolic link loop") == 2
-    index = EmbeddingIndex.load(out)
+    index = EmbeddingFile.load(out)
     assert [Path(i).name for i in index.items] == ["good.png"]
     assert sorted(Path(s["item"]).name for s in index.skipped) == sorted(broken)
 
@@ -421,7 +421,7 @@ def test_a_closed_pipe_ends_search_quietly(tiny_native_dir, tmp_path):
     out = tmp_path / "e.safetensors"
     dim = read_config(tiny_native_dir).projection_dim
     items = [f"text {i}" for i in range(50)]
-    EmbeddingIndex(F.normalize(torch.randn(50, dim), dim=-1), items, "text", str(tiny_native_dir)).save(out)
+    EmbeddingFile(F.normalize(torch.randn(50, dim), dim=-1), items, "text", str(tiny_native_dir)).save(out)
     proc = subprocess.Popen(
         [sys.executable, "-m", "align_torch", "search", str(out), "query", "-k", "50"],
         stdout=subprocess.PIPE,

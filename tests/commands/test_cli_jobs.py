@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from align_torch import AlignModel, AlignProcessor
 from align_torch.cli import main
 from align_torch.data.images import load_image
-from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from align_torch.retrieval.embeddings_file import EmbeddingFile
 from align_torch.util.device import resolve_device
 from tests.helpers.cli import run_cli
 from tests.helpers.job_data import write_collection
@@ -64,7 +64,7 @@ def test_embed_folder_skips_bad_files_and_the_output_loads(embedded, collection,
     status, stderr, out = embedded
     _, files = collection
     assert status == 0
-    index = EmbeddingIndex.load(out)
+    index = EmbeddingFile.load(out)
     assert index.kind == "image" and index.model == str(model_dir)
     assert index.items == [str(p) for p in sorted(files["good"])]
     assert sorted(s["item"] for s in index.skipped) == sorted(str(p) for p in files["bad"])
@@ -81,7 +81,7 @@ def test_exif_rotated_jpeg_embeds_like_the_image_rotated_by_hand(embedded, colle
     _, _, out = embedded
     _, files = collection
     exif_jpeg, by_hand = files["rotated"]
-    index = EmbeddingIndex.load(out)
+    index = EmbeddingFile.load(out)
     rows = {item: row for item, row in zip(index.items, index.vectors, strict=True)}
     torch.testing.assert_close(rows[str(exif_jpeg)], rows[str(by_hand)], rtol=0, atol=1e-6)
     with PIL.Image.open(exif_jpeg) as stored:  # the same file without its orientation applied
@@ -99,12 +99,12 @@ def test_embed_strict_stops_at_a_bad_file_and_writes_nothing(collection, model_d
     assert out.read_bytes() == b"an earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos.safetensors"]  # no temporary files left
     status, _, _ = run_cli("embed", *files["good"], "--out", out, "--model", model_dir, "--strict", "--workers", 0)
-    assert status == 0 and len(EmbeddingIndex.load(out).items) == len(files["good"])
+    assert status == 0 and len(EmbeddingFile.load(out).items) == len(files["good"])
 
 
 def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
     out = tmp_path / "e.safetensors"
-    EmbeddingIndex(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(out)
+    EmbeddingFile(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(out)
     before = out.read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -114,7 +114,7 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr("align_torch.retrieval.embeddings_file.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        EmbeddingIndex(torch.zeros(1, 4), ["c"], "text", "m").save(out)
+        EmbeddingFile(torch.zeros(1, 4), ["c"], "text", "m").save(out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
 
 
@@ -170,7 +170,7 @@ def test_embed_text_and_search_find_the_matching_text(tiny, model_dir, tmp_path)
     out = tmp_path / "texts.safetensors"
     status, _, stderr = run_cli("embed-text", tmp_path / "texts.txt", "--out", out, "--model", model_dir)
     assert status == 0 and "embedded 4 texts" in stderr
-    index = EmbeddingIndex.load(out)
+    index = EmbeddingFile.load(out)
     texts = ["a photo of a cat", "une tasse de café", "a red rocket on the launch pad", "a dog"]
     assert index.items == texts and index.kind == "text"
     with torch.no_grad():
@@ -206,7 +206,7 @@ def test_job_commands_fuse_the_model_unless_told_not_to(collection, model_dir, t
         out = tmp_path / f"one{len(extra)}.safetensors"
         status, _, _ = run_cli("embed", photo, "--out", out, "--model", model_dir, *extra)
         assert status == 0
-        rows[bool(extra)] = EmbeddingIndex.load(out).vectors
+        rows[bool(extra)] = EmbeddingFile.load(out).vectors
     assert [is_fused(m) for m in loaded] == [True, False]
     assert not loaded[1].training
     torch.testing.assert_close(rows[True], rows[False], rtol=0, atol=TOL)
@@ -219,7 +219,7 @@ def test_search_images_prints_scores_best_first(embedded, tiny, model_dir):
     assert status == 0
     rows = [line.split(maxsplit=2) for line in stdout.splitlines()]
     assert [int(r[0]) for r in rows] == [1, 2, 3]
-    index = EmbeddingIndex.load(out)
+    index = EmbeddingFile.load(out)
     with torch.no_grad():
         query = F.normalize(model.get_text_features(**processor(text=["a cat"])), dim=-1)[0]
     scores = dict(zip(index.items, (index.vectors @ query).tolist(), strict=True))
@@ -237,7 +237,7 @@ def test_search_errors_name_the_problem(tmp_path, model_dir):
     assert status == 2 and "not an align_torch embeddings file" in stderr
     status, _, stderr = run_cli("search", tmp_path / "absent.safetensors", "q")
     assert status == 2 and "does not exist" in stderr
-    EmbeddingIndex(torch.ones(1, 5) / 5**0.5, ["x"], "image", str(model_dir)).save(tmp_path / "d5.safetensors")
+    EmbeddingFile(torch.ones(1, 5) / 5**0.5, ["x"], "image", str(model_dir)).save(tmp_path / "d5.safetensors")
     status, _, stderr = run_cli("search", tmp_path / "d5.safetensors", "q")
     assert status == 2 and "has 80 dimensions but the file's have 5" in stderr
     # Version "1" (paths stored as they are) existed only before 0.1.0: refused by name, not misread.

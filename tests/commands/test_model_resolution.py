@@ -81,11 +81,11 @@ def test_a_hub_id_is_resolved_once_per_command(command, hub_calls, data, tmp_pat
 
 
 def test_outputs_record_the_hub_id_not_the_cache_folder(hub_calls, data, tmp_path):
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
     from align_torch.retrieval.layout import FolderInfo
 
     commands = _commands(data, tmp_path)
     assert run_cli(*commands["embed-text"])[0] == 0
     assert run_cli(*commands["embed folder"])[0] == 0
-    assert EmbeddingIndex.load(tmp_path / "texts.safetensors").model == REPO
+    assert EmbeddingFile.load(tmp_path / "texts.safetensors").model == REPO
     assert FolderInfo.load(tmp_path / "folder").model == REPO

@@ -105,7 +105,7 @@ def test_export_shows_progress_on_stderr_unless_quiet(model_dir, tmp_path):
 def test_embed_text_refuses_blank_lines(model_dir, tmp_path):
     """Row i is line i: a blank line inside the file is refused by its number, not skipped (which shifted every
     later row); blank lines at the end of the file are ignored."""
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
 
     (tmp_path / "gap.txt").write_text("a cat\n\na dog\n")
     out = tmp_path / "t.safetensors"
@@ -115,7 +115,7 @@ def test_embed_text_refuses_blank_lines(model_dir, tmp_path):
     (tmp_path / "end.txt").write_text("a cat\na dog\n\n  \n")
     status, _, err = run_cli("embed-text", tmp_path / "end.txt", "--out", out, "--model", model_dir, "--quiet")
     assert status == 0, err
-    assert EmbeddingIndex.load(out).items == ["a cat", "a dog"]
+    assert EmbeddingFile.load(out).items == ["a cat", "a dog"]
 
 
 def test_unknown_flag_names_the_subcommand_and_its_help(tmp_path, capsys):

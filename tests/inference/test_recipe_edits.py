@@ -24,7 +24,7 @@ from align_torch.inference.fast import fuse_for_inference, is_fused
 from align_torch.inference.loader import import_model_class, load_for_inference, load_model
 from align_torch.model.bert import Layer
 from align_torch.model.efficientnet import MBConv
-from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from align_torch.retrieval.embeddings_file import EmbeddingFile
 from tests.helpers.cli import run_cli
 from tests.helpers.hf_reference import smooth_images
 from tests.helpers.job_data import photo
@@ -108,15 +108,13 @@ def test_edits_reach_every_command(edit, model_dir, photos, classes, tmp_path):
     status, _, err = run_cli("embed", *photos, "--out", tmp_path / "img.safetensors", *common, *images)
     assert status == 0, err
     torch.testing.assert_close(
-        EmbeddingIndex.load(tmp_path / "img.safetensors").vectors, ref["images"], atol=TOL, rtol=0
+        EmbeddingFile.load(tmp_path / "img.safetensors").vectors, ref["images"], atol=TOL, rtol=0
     )
 
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
     status, _, err = run_cli("embed-text", tmp_path / "texts.txt", "--out", tmp_path / "txt.safetensors", *common)
     assert status == 0, err
-    torch.testing.assert_close(
-        EmbeddingIndex.load(tmp_path / "txt.safetensors").vectors, ref["texts"], atol=TOL, rtol=0
-    )
+    torch.testing.assert_close(EmbeddingFile.load(tmp_path / "txt.safetensors").vectors, ref["texts"], atol=TOL, rtol=0)
 
     status, out, err = run_cli("zero-shot", *photos, "--labels", *LABELS, "--templates", "simple", "--json", *common)
     assert status == 0, err
@@ -144,7 +142,7 @@ def test_model_class_through_a_new_process(model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     model, processor = load_for_inference(model_dir, "cpu", fuse=False, model_class="tests.helpers.variants:PreLN")
     torch.testing.assert_close(
-        EmbeddingIndex.load(out).vectors, embed_texts(model, processor.tokenizer, TEXTS), atol=TOL, rtol=0
+        EmbeddingFile.load(out).vectors, embed_texts(model, processor.tokenizer, TEXTS), atol=TOL, rtol=0
     )
 
 

@@ -57,7 +57,7 @@ def _info(inputs: list[str], fingerprint: str):
 def test_two_embed_runs_claiming_one_new_folder_one_is_refused(tmp_path, monkeypatch):
     """Run A checks the folder (empty), then, before A writes its embeddings.json, run B claims the folder with other
     inputs. Exactly one may own the folder; the other is refused, told the folder and who holds it."""
-    from align_torch.retrieval.layout import EmbeddingsFolderError, FolderInfo
+    from align_torch.retrieval.layout import EmbeddingFolderError, FolderInfo
     from align_torch.retrieval.writer import prepare_folder
 
     out = tmp_path / "emb"
@@ -70,7 +70,7 @@ def test_two_embed_runs_claiming_one_new_folder_one_is_refused(tmp_path, monkeyp
             try:
                 prepare_folder(out, b)
                 outcome["b"] = "ok"
-            except EmbeddingsFolderError as e:
+            except EmbeddingFolderError as e:
                 outcome["b"] = e
         return real_to_json(self)
 
@@ -78,7 +78,7 @@ def test_two_embed_runs_claiming_one_new_folder_one_is_refused(tmp_path, monkeyp
     try:
         prepare_folder(out, a)
         outcome["a"] = "ok"
-    except EmbeddingsFolderError as e:
+    except EmbeddingFolderError as e:
         outcome["a"] = e
     assert sorted(k for k, v in outcome.items() if v == "ok") in (["a"], ["b"]), outcome
     refused = next(v for v in outcome.values() if v != "ok")
@@ -88,18 +88,18 @@ def test_two_embed_runs_claiming_one_new_folder_one_is_refused(tmp_path, monkeyp
 
 
 def test_embeddings_json_and_completion_markers_with_numbers_out_of_range_are_refused_by_file_and_field(tmp_path):
-    from align_torch.retrieval.layout import EmbeddingsFolderError, FolderInfo
+    from align_torch.retrieval.layout import EmbeddingFolderError, FolderInfo
     from align_torch.retrieval.status import folder_status
     from align_torch.retrieval.writer import prepare_folder
 
     out = prepare_folder(tmp_path / "emb", _info(["/photos/a"], "aaa"))
     (out / "done").mkdir()
     (out / "done" / "done_0.json").write_text(json.dumps({"rows": "many", "skipped": [], "seconds": 1, "rank": 0}))
-    with pytest.raises(EmbeddingsFolderError, match=r"done_0\.json.*rows"):
+    with pytest.raises(EmbeddingFolderError, match=r"done_0\.json.*rows"):
         folder_status(out)
     described = json.loads((out / "embeddings.json").read_text())
     (out / "embeddings.json").write_text(json.dumps({**described, "partitions": -3}))
-    with pytest.raises(EmbeddingsFolderError, match=r"embeddings\.json.*partitions"):
+    with pytest.raises(EmbeddingFolderError, match=r"embeddings\.json.*partitions"):
         FolderInfo.load(out)
 
 
@@ -278,7 +278,7 @@ def _folder(tmp_path: Path, rows: int = 40, dim: int = 8, dtype: str = "float16"
 def test_search_k_beyond_the_collection_nan_rows_and_corrupt_index_are_refused_by_name(tmp_path):
     pytest.importorskip("faiss")
     from align_torch.retrieval.collection import Collection
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex, EmbeddingsFileError
+    from align_torch.retrieval.embeddings_file import EmbeddingFile, EmbeddingFileError
     from align_torch.retrieval.folder import EmbeddingFolderError
     from align_torch.retrieval.index import build_index
 
@@ -294,7 +294,7 @@ def test_search_k_beyond_the_collection_nan_rows_and_corrupt_index_are_refused_b
         Collection(folder, use_index=False).search_vectors(vectors[0], k=3)
 
     file = tmp_path / "e.safetensors"
-    EmbeddingIndex(torch.from_numpy(vectors.copy()), [f"{i}.jpg" for i in range(40)], "image", "m").save(file)
+    EmbeddingFile(torch.from_numpy(vectors.copy()), [f"{i}.jpg" for i in range(40)], "image", "m").save(file)
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -305,8 +305,8 @@ def test_search_k_beyond_the_collection_nan_rows_and_corrupt_index_are_refused_b
         (torch.ones(40, 8, dtype=torch.int32), r"torch\.int32 of shape \(40, 8\); it must be \(N, D\) floating"),
     ):
         save_file({"embeddings": broken}, file, metadata=metadata)
-        with pytest.raises(EmbeddingsFileError, match=r"e\.safetensors.*" + why):
-            EmbeddingIndex.load(file)
+        with pytest.raises(EmbeddingFileError, match=r"e\.safetensors.*" + why):
+            EmbeddingFile.load(file)
 
     np.save(folder / "img_emb" / "img_emb_1.npy", vectors[20:].astype(np.float16))
     built.path.write_bytes(b"\0" * built.path.stat().st_size)  # same size as described, garbage inside
@@ -411,9 +411,9 @@ def test_image_to_image_cosine_of_a_float16_row_with_itself_does_not_exceed_1(tm
         assert hits[0].id == row and hits[0].score <= 1.0
         assert max(abs(h.score - cosines[h.id]) for h in hits) < 1e-6, use_index
     # float32 rows (an embeddings file): a row's dot product with itself passes 1 by float32 rounding for some rows
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
 
-    file = EmbeddingIndex(torch.from_numpy(vectors), [f"{i}.jpg" for i in range(400)], "image", "m")
+    file = EmbeddingFile(torch.from_numpy(vectors), [f"{i}.jpg" for i in range(400)], "image", "m")
     file.save(tmp_path / "e.safetensors")
     best = [h[0] for h in Collection(tmp_path / "e.safetensors").search_vectors(vectors, k=1)]
     assert [h.id for h in best] == list(range(400)) and max(h.score for h in best) <= 1.0

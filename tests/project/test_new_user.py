@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from align_torch import AlignModel, AlignProcessor
-from align_torch.retrieval.embeddings_file import EmbeddingIndex
+from align_torch.retrieval.embeddings_file import EmbeddingFile
 
 SCRIPT = Path(sys.executable).with_name("align-torch")
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def test_init_then_zero_shot_embed_and_search_offline(tmp_path: Path):
     hits = json.loads(done.stdout)["results"]
 
     # The same search in this process, unfused: the CLI found the two nearest photos with their scores.
-    index = EmbeddingIndex.load(work / "photos.safetensors")
+    index = EmbeddingFile.load(work / "photos.safetensors")
     model, processor = AlignModel.from_pretrained(work / "model"), AlignProcessor.from_pretrained(work / "model")
     with torch.no_grad():
         query = F.normalize(model.get_text_features(**processor(text=["a red square"])), dim=-1)[0]  # (P,)

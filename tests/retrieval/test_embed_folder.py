@@ -237,7 +237,7 @@ def test_status_reports_progress(one_process):
 
 
 def test_single_files_record_a_relative_model_folder_as_an_absolute_path(images, model_dir, tmp_path, monkeypatch):
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
 
     monkeypatch.chdir(model_dir.parent)
     photo = next(images.rglob("*.png"))
@@ -245,13 +245,13 @@ def test_single_files_record_a_relative_model_folder_as_an_absolute_path(images,
         "embed", photo, "--out", tmp_path / "e.safetensors", "--model", model_dir.name, "--quiet"
     )
     assert status == 0, stderr
-    assert EmbeddingIndex.load(tmp_path / "e.safetensors").model == str(model_dir.resolve())
+    assert EmbeddingFile.load(tmp_path / "e.safetensors").model == str(model_dir.resolve())
     (tmp_path / "t.txt").write_text("a red circle\n")
     status, _, stderr = run_cli(
         "embed-text", tmp_path / "t.txt", "--out", tmp_path / "t.safetensors", "--model", model_dir.name
     )
     assert status == 0, stderr
-    assert EmbeddingIndex.load(tmp_path / "t.safetensors").model == str(model_dir.resolve())
+    assert EmbeddingFile.load(tmp_path / "t.safetensors").model == str(model_dir.resolve())
 
 
 def test_image_batches_are_pinned_by_the_dataloader(monkeypatch):
@@ -340,7 +340,7 @@ def test_the_file_and_the_folder_writer_give_the_same_vectors(model_dir, tmp_pat
     policy, so the two writers store bit-equal rows for the same images: in float32 on the CPU, and under the
     bf16 autocast a GPU gets (forced here on the CPU, whose autocast runs the same way)."""
     from align_torch.inference import embed as mapper
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
 
     monkeypatch.setattr(mapper, "compute_mode", lambda model: compute)
 
@@ -354,7 +354,7 @@ def test_the_file_and_the_folder_writer_give_the_same_vectors(model_dir, tmp_pat
     assert status == 0, stderr
     status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "emb", "--dtype", "float32", *common)
     assert status == 0, stderr
-    from_file = EmbeddingIndex.load(tmp_path / "e.safetensors")
+    from_file = EmbeddingFile.load(tmp_path / "e.safetensors")
     img, _, meta = read_folder(tmp_path / "emb")
     assert from_file.items == meta["image_path"].tolist() and len(img) == 6
     assert img.dtype == np.float32
@@ -363,7 +363,7 @@ def test_the_file_and_the_folder_writer_give_the_same_vectors(model_dir, tmp_pat
         monkeypatch.undo()
         status, _, stderr = run_cli("embed", folder, "--out", tmp_path / "f32.safetensors", *common)
         assert status == 0, stderr
-        f32 = EmbeddingIndex.load(tmp_path / "f32.safetensors").vectors
+        f32 = EmbeddingFile.load(tmp_path / "f32.safetensors").vectors
         assert not torch.equal(f32, from_file.vectors)
         assert (f32 * from_file.vectors).sum(dim=1).min() > 0.99  # the same directions (measured: 0.998)
 

@@ -57,10 +57,10 @@ def test_search_refuses_efsearch_10_to_the_12_in_image_index_json(tmp_path, mode
 
 
 def test_search_refuses_an_embeddings_file_of_0_rows(tmp_path, model_dir):
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
 
     empty = tmp_path / "empty.safetensors"
-    EmbeddingIndex(vectors=torch.zeros(0, 80), items=[], kind="image", model=str(model_dir)).save(empty)
+    EmbeddingFile(vectors=torch.zeros(0, 80), items=[], kind="image", model=str(model_dir)).save(empty)
     status, stdout, err = run_cli("search", empty, "a cat")
     usage_error(status, err, "empty.safetensors", "holds 0 image embeddings")
     assert stdout == ""
@@ -83,7 +83,7 @@ def test_index_says_an_int8_and_an_ivf_pq(tmp_path):
 
 
 def test_embeddings_file_stores_absolute_paths_as_the_folder_does(tmp_path, model_dir, monkeypatch):
-    from align_torch.retrieval.embeddings_file import EmbeddingIndex
+    from align_torch.retrieval.embeddings_file import EmbeddingFile
 
     (tmp_path / "photos").mkdir()
     for name, colour in (("red.png", (220, 30, 30)), ("blue.png", (20, 40, 230))):
@@ -92,7 +92,7 @@ def test_embeddings_file_stores_absolute_paths_as_the_folder_does(tmp_path, mode
     monkeypatch.chdir(tmp_path)
     status, _, err = run_cli("embed", "photos", "--out", "e.safetensors", "--model", model_dir, "--workers", "0")
     assert status == 0, err
-    stored = EmbeddingIndex.load(tmp_path / "e.safetensors")
+    stored = EmbeddingFile.load(tmp_path / "e.safetensors")
     assert stored.items == [str(tmp_path / "photos" / n) for n in ("blue.png", "red.png")]
     assert [s["item"] for s in stored.skipped] == [str(tmp_path / "photos" / "broken.png")]
 
