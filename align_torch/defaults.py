@@ -26,3 +26,9 @@ def image_workers() -> int:
     """Image-loading DataLoader processes of the commands that read many images (embed, eval, zero-shot):
     up to 4, fewer on a machine with fewer cores."""
     return min(4, os.cpu_count() or 1)
+
+
+def backend() -> str:
+    """--backend of the commands that only infer (inference.backend): "auto", unless the environment variable
+    ALIGN_TORCH_BACKEND names another ("torch" keeps every tower in PyTorch without saying so each time)."""
+    return os.environ.get("ALIGN_TORCH_BACKEND") or "auto"

@@ -3,6 +3,7 @@ costs seconds, running it costs more, so every parity test shares them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,21 @@ from tests.helpers.checkpoints import tiny_hf_checkpoint, write_hf_checkpoint  #
 from tests.helpers.hf_reference import hf_align_model  # noqa: E402
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _backend_environment(tmp_path_factory):
+    """The commands' default backend is "auto" (ONNX Runtime for the image tower on the CPU): the suite runs
+    PyTorch unless a test names a backend, and exported graphs go to a cache folder of the session's own."""
+    saved = {k: os.environ.get(k) for k in ("ALIGN_TORCH_BACKEND", "ALIGN_TORCH_CACHE")}
+    os.environ["ALIGN_TORCH_BACKEND"] = "torch"
+    os.environ["ALIGN_TORCH_CACHE"] = str(tmp_path_factory.mktemp("align_torch_cache"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

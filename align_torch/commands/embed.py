@@ -79,11 +79,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_file(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import model_reference
     from ..data.images import ImageLoadError, list_images
+    from ..inference.backend import backend_of
     from ..retrieval.embeddings_file import EmbeddingIndex
 
     out = output_file(args.out)
     paths = list_images(args.images)
-    model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
+    model, processor = load_model_and_processor(
+        args.model, args.device, not args.unfused, args.model_class, args.backend
+    )
     try:
         result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
     except ImageLoadError as e:
@@ -100,6 +103,7 @@ def _run_file(args: argparse.Namespace) -> int:
         kind="image",
         model=model_reference(args.model),
         skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
+        backend=backend_of(model),
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
@@ -122,6 +126,7 @@ def _run_folder(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         fused=not args.unfused,
         model_class=args.model_class,
+        backend=args.backend,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet,

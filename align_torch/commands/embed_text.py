@@ -35,6 +35,7 @@ def read_lines(source: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import model_reference
+    from ..inference.backend import backend_of
     from ..inference.embed import embed_texts
     from ..retrieval.embeddings_file import EmbeddingIndex
 
@@ -42,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
     texts = read_lines(args.textfile)
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
-    model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
+    model, processor = load_model_and_processor(
+        args.model, args.device, not args.unfused, args.model_class, args.backend
+    )
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=model_reference(args.model)).save(out)
+    backend = backend_of(model)
+    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=model_reference(args.model), backend=backend).save(
+        out
+    )
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

@@ -94,12 +94,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     """Model, processor and whether this run spans several torchrun ranks."""
     if not torchrun_env().distributed:
-        return (*load_model_and_processor(args.model, args.device, not args.unfused, args.model_class), False)
+        return (
+            *load_model_and_processor(args.model, args.device, not args.unfused, args.model_class, args.backend),
+            False,
+        )
     from ..inference.loader import load_for_inference
     from ..train.distributed import setup_distributed
 
     _, device = setup_distributed(args.device)
-    return (*load_for_inference(args.model, device, fuse=not args.unfused, model_class=args.model_class), True)
+    return (
+        *load_for_inference(
+            args.model, device, fuse=not args.unfused, model_class=args.model_class, backend=args.backend
+        ),
+        True,
+    )
 
 
 def _read_class_names(path: str) -> list[str]:

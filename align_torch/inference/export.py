@@ -226,18 +226,33 @@ def _require_onnx() -> None:
 
 
 def _export_onnx(module: torch.nn.Module, example: tuple, path: Path, which: str, opset: int | None) -> int:
-    """Trace `module` with torch.export and write it as ONNX (weights inside the file); returns the opset."""
+    """Trace a tower module with torch.export and write it as ONNX (weights inside the file); returns the opset."""
+    model = module.model
+    names, dims = _input_names(model, which), _dynamic_shapes(model, which)
+    return export_onnx(module, example, path, names, _output_name(which), dims, opset)
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple,
+    path: str | os.PathLike,
+    input_names: list[str],
+    output_name: str,
+    dynamic_shapes: dict[str, dict[int, Any]],
+    opset: int | None = None,
+) -> int:
+    """Trace `module` on `example` with torch's dynamo exporter and write one ONNX file (weights inside);
+    returns the opset. The inference backend (backend.py) exports its towers through this too."""
     import onnx
 
-    model = module.model
     with _quiet():
         program = torch.onnx.export(
             module,
             example,
             dynamo=True,
-            input_names=_input_names(model, which),
-            output_names=[_output_name(which)],
-            dynamic_shapes=_dynamic_shapes(model, which),
+            input_names=input_names,
+            output_names=[output_name],
+            dynamic_shapes=dynamic_shapes,
             opset_version=opset,
             verbose=False,
         )

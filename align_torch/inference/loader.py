@@ -15,6 +15,7 @@ import torch
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
 from ..util.device import resolve_device
+from .backend import BACKENDS, use_backend
 from .fast import fuse_for_inference
 
 
@@ -53,11 +54,16 @@ def load_for_inference(
     *,
     fuse: bool = True,
     model_class: type[AlignModel] | str | None = None,
+    backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
     """(model, processor) from one folder or Hub repo id: the model in eval mode on `device` ("auto", "cpu",
-    ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False."""
+    ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False, its towers
+    on `backend` ("torch", "onnxruntime" or "auto": inference.backend.use_backend)."""
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before anything loads
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     processor = AlignProcessor.from_pretrained(model)
     loaded = load_model(model, device, model_class=model_class)
-    return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor
+    loaded = fuse_for_inference(loaded) if fuse else loaded.eval()
+    return use_backend(loaded, backend), processor

@@ -27,6 +27,7 @@ from .. import defaults
 from ..checkpoint.hub import model_reference, resolve_model_dir
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
+from ..inference.backend import backend_of
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -80,7 +81,12 @@ def folder_info(
         partition_unit="shard" if plan.kind == "shards" else "images",
         partition_size=plan.partition_size,
         partitions=plan.partitions,
-        created_with={"package": _package, "version": version, "torch": torch.__version__},
+        created_with={
+            "package": _package,
+            "version": version,
+            "torch": torch.__version__,
+            "backend": backend_of(model),
+        },
     )
 
 
@@ -356,13 +362,14 @@ def embed_collection(
     dtype: str = "float16",
     fused: bool = True,
     model_class: type[AlignModel] | str | None = None,
+    backend: str = "torch",
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model` (as
-    `model_class`, an AlignModel subclass or 'module:Class', if given), and embed this process's unfinished
+    `model_class`, an AlignModel subclass or 'module:Class', if given; its towers on `backend`), and embed this process's unfinished
     partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
     `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
     from ..inference.loader import load_for_inference
@@ -375,7 +382,7 @@ def embed_collection(
         where = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(where)
     plan = plan_input(inputs, partition_size)
-    loaded, processor = load_for_inference(model, where, fuse=fused, model_class=model_class)
+    loaded, processor = load_for_inference(model, where, fuse=fused, model_class=model_class, backend=backend)
     return embed_to_folder(
         loaded,
         processor.image_processor,
