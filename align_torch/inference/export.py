@@ -5,7 +5,8 @@
     image.onnx  image.json      pixel_values (batch, 3, H, W) -> image_embeds (batch, P); H, W fixed
     image_224.onnx  ...         one more graph per extra image size asked for
     text.onnx   text.json       input_ids, attention_mask[, token_type_ids] (batch, tokens) -> text_embeds
-    text.int8.onnx ...          with int8=True: ONNX Runtime's dynamic int8 quantization of each graph
+    image.int8.onnx ...         with int8=True: static int8 calibrated on real images (quantize.py), written
+    text.int8.onnx ...          only when its mean cosine to the fp32 graph is at least 0.99 (text: dynamic)
 
 Batch is dynamic in every graph and the token count in the text graph (1 to max_position_embeddings). Each
 JSON names the model, tower, inputs and outputs with their shapes, the opset, and the parity measured at export:
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from ..model.align import AlignModel
 from ..preprocess.tokenizer import AlignTokenizer
 from ..util.fileio import atomic_dir, check_destination
+from .quantize import batches, calibration_at, mean_cosine, quantize_image_static, require_quality
 from .towers import TOWERS, tower, uses_token_types
 
 FORMATS = ("onnx", "pt2")
@@ -56,6 +58,8 @@ def export_towers(
     image_sizes: Sequence[tuple[int, int]] = (),
     normalize: bool = False,
     int8: bool = False,
+    calibration: torch.Tensor | None = None,
+    calibration_names: Sequence[str] = (),
     model_id: str = "",
     overwrite: bool = False,
     opset: int | None = None,
@@ -64,18 +68,13 @@ def export_towers(
 
     `image_sizes`: the (height, width) of each image graph, the first one named `image`, the others
     `image_{H}` (or `image_{H}x{W}`); empty: the model config's image size. `tokenizer` makes the held-out
-    captions of the text parity check (required for the text tower). `int8` (ONNX only) adds a dynamically
-    quantized copy of each graph. `overwrite` replaces an earlier export folder, nothing else.
+    captions of the text parity check (required for the text tower). `int8` (ONNX only) adds an int8 copy of
+    each graph (quantize.py), measured against fp32 and refused (Int8Refused, nothing written) below a mean
+    cosine of 0.99: the image graphs calibrated and measured on `calibration`, (N, 3, H, W) preprocessed real
+    images (`calibration_names` records which). `overwrite` replaces an earlier export folder, nothing else.
     """
     towers = _check_towers(towers)
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if int8 and fmt != "onnx":
-        raise ValueError("int8 needs format 'onnx' (ONNX Runtime's dynamic quantization)")
-    if "text" in towers and tokenizer is None:
-        raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
-    if fmt == "onnx" or int8:
-        _require_onnx()
+    _check_options(towers, fmt, int8, tokenizer, calibration)
     check_destination(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT)  # before any work
     size = model.config.vision.image_size
     sizes = [_check_size(s) for s in image_sizes] or [(size, size)]
@@ -95,31 +94,77 @@ def export_towers(
                 module = tower(model, which, normalize)
                 example, check = _inputs(model, which, hw, tokenizer)
                 path = tmp / f"{name}.{fmt}"
-                if fmt == "onnx":
-                    opset_used = _export_onnx(module, example, path, which, opset)
-                    run = _onnx_runner(path)
-                else:
-                    opset_used = None
-                    _export_pt2(module, example, path, which)
-                    run = _pt2_runner(path)
+                opset_used, run = _write_graph(module, example, path, which, fmt, opset)
                 meta = _metadata(model, which, name, fmt, hw, normalize, model_id, opset_used)
                 meta["parity"] = parity(module, run, check)
                 _write_json(tmp / f"{name}.json", meta)
                 written[name] = meta
                 if int8:
-                    q_path = tmp / f"{name}.int8.onnx"
-                    quantize_int8(path, q_path)
-                    q_meta = {
-                        **meta,
-                        "file": q_path.name,
-                        "int8": True,
-                        "parity": parity(module, _onnx_runner(q_path), check),
-                    }
-                    _write_json(tmp / f"{name}.int8.json", q_meta)
+                    calib = None if calibration is None or hw is None else calibration_at(calibration, hw)
+                    q_meta = _write_int8(module, path, run, meta, check, calib, list(calibration_names))
                     written[f"{name}.int8"] = q_meta
     finally:
         model.train(was_training)
     return written
+
+
+def _check_options(
+    towers: list[str], fmt: str, int8: bool, tokenizer: AlignTokenizer | None, calibration: torch.Tensor | None
+) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if int8 and fmt != "onnx":
+        raise ValueError("int8 needs format 'onnx' (ONNX Runtime's quantization)")
+    if int8 and "image" in towers and (calibration is None or len(calibration) == 0):
+        raise ValueError("int8 of the image tower needs calibration images (real photos: --calibration-images)")
+    if "text" in towers and tokenizer is None:
+        raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
+    if fmt == "onnx" or int8:
+        _require_onnx()
+
+
+def _write_graph(
+    module: torch.nn.Module, example: tuple, path: Path, which: str, fmt: str, opset: int | None
+) -> tuple[int | None, Callable[..., torch.Tensor]]:
+    """Write one graph; (its opset, a function that runs it)."""
+    if fmt == "onnx":
+        return _export_onnx(module, example, path, which, opset), _onnx_runner(path)
+    _export_pt2(module, example, path, which)
+    return None, _pt2_runner(path)
+
+
+def _write_int8(
+    module: torch.nn.Module,
+    path: Path,
+    run: Callable[..., torch.Tensor],
+    meta: dict[str, Any],
+    check: list[tuple],
+    calibration: torch.Tensor | None,
+    calibration_names: list[str],
+) -> dict[str, Any]:
+    """NAME.int8.onnx beside the fp32 graph at `path`, measured against it (Int8Refused below 0.99 mean cosine);
+    returns its metadata. Images: static QDQ calibrated on `calibration`; text: dynamic, on the check captions."""
+    q_path = path.with_name(f"{path.stem}.int8.onnx")
+    if meta["tower"] == "image":
+        quantize_image_static(path, q_path, calibration)
+        measured_on: list[tuple] = list(batches(calibration))
+        what = {"calibration_images": calibration_names or len(calibration), "quantization": "static QDQ"}
+    else:
+        quantize_int8(path, q_path)
+        measured_on = check
+        what = {"measured_on": "held-out captions", "quantization": "dynamic"}
+    quality = mean_cosine(run, _onnx_runner(q_path), measured_on)
+    require_quality(quality, f"{meta['tower']} graph {q_path.name}")
+    q_meta = {
+        **meta,
+        "file": q_path.name,
+        "int8": True,
+        **what,
+        "quality": {"reference": "the fp32 graph", **quality},
+        "parity": parity(module, _onnx_runner(q_path), check),
+    }
+    _write_json(path.with_name(f"{path.stem}.int8.json"), q_meta)
+    return q_meta
 
 
 def is_export_dir(path: Path) -> bool:
