@@ -262,4 +262,7 @@ def _dynamic_dims(which: str, names: list[str], max_tokens: int) -> dict[str, di
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # As many threads as PyTorch's own (torch.set_num_threads, OMP_NUM_THREADS): one setting governs both backends.
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
