@@ -14,6 +14,9 @@ from ..inference.backend import BACKENDS
 from ..util.device import DEVICES
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..checkpoint.hub import ModelSource
     from ..inference.embed import ImageEmbeddings
     from ..model.align import AlignModel
     from ..preprocess.processor import AlignProcessor
@@ -99,8 +102,22 @@ def output_file(path: str) -> Path:
     return out
 
 
+def resolve_model_option(args: argparse.Namespace) -> ModelSource:
+    """--model resolved once for the whole command (a wrong --model-class is refused first, before a download)."""
+    from ..checkpoint.hub import resolve_model
+    from ..inference.loader import import_model_class
+
+    if args.model_class:
+        import_model_class(args.model_class)
+    return resolve_model(args.model)
+
+
 def load_model_and_processor(
-    model: str, device: str, fuse: bool = True, model_class: str | None = None, backend: str = "torch"
+    model: str | ModelSource,
+    device: str | torch.device,
+    fuse: bool = True,
+    model_class: str | None = None,
+    backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
     """The command's --model, --device, --unfused, --model-class and --backend through the one loader
     (inference.loader.load_for_inference)."""

@@ -53,9 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint.hub import model_reference
+    from ..checkpoint.hub import resolve_model
     from ..inference.export import export_towers
-    from ..model.align import AlignModel
+    from ..inference.loader import load_model
     from ..preprocess.processor import AlignProcessor
 
     if args.int8 and args.format != "onnx":
@@ -63,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     towers = ("image", "text") if args.tower == "both" else (args.tower,)
     if args.int8 and "image" in towers and not args.calibration_images:
         raise ValueError("--int8 of the image tower needs --calibration-images (real photos like those you embed)")
-    processor = AlignProcessor.from_pretrained(args.model)
+    source = resolve_model(args.model)
+    processor = AlignProcessor.from_pretrained(source.folder)
     calibration, names = _calibration(args.calibration_images, processor) if args.int8 else (None, [])
     ip = processor.image_processor
     sizes = [(n, n) for n in args.image_size] if args.image_size else [ip.crop_size if ip.do_center_crop else ip.size]
-    model = AlignModel.from_pretrained(args.model, device="cpu")
+    model = load_model(source, "cpu")
     written = export_towers(
         model,
         processor.tokenizer,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         int8=args.int8,
         calibration=calibration,
         calibration_names=names,
-        model_id=model_reference(args.model),
+        model_id=source.reference,
         overwrite=args.overwrite,
         opset=args.opset,
     )
