@@ -16,12 +16,9 @@ few inputs. The traced towers are inference/towers.py's: the plain padded text p
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,7 @@ import torch.nn.functional as F
 from ..model.align import AlignModel
 from ..preprocess.tokenizer import AlignTokenizer
 from ..util.fileio import atomic_dir, check_destination
-from .quantize import batches, calibration_at, mean_cosine, quantize_image_static, require_quality
+from .quantize import batches, calibration_at, mean_cosine, quantize_image_static, quiet, require_quality
 from .towers import TOWERS, tower, uses_token_types
 
 FORMATS = ("onnx", "pt2")
@@ -290,7 +287,7 @@ def export_onnx(
     returns the opset. The inference backend (backend.py) exports its towers through this too."""
     import onnx
 
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(
             module,
             example,
@@ -322,25 +319,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and the quantizer's notes (torchvision ops absent, axis renames, "consider
-    pre-processing"): the parity check is what tells whether a graph is right."""
-    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            for lg in loggers:
-                lg.setLevel(logging.ERROR)
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
 
 
 # --- torch.export ---------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@ measured figure, when its embeddings' mean cosine to fp32 is below `MIN_MEAN_COS
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,6 @@ def quantize_image_static(src: str | os.PathLike, dst: str | os.PathLike, pixels
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from .export import _quiet
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(pixels.split(CALIBRATION_BATCH))
@@ -48,7 +49,7 @@ def quantize_image_static(src: str | os.PathLike, dst: str | os.PathLike, pixels
             return None if batch is None else {"pixel_values": batch.float().contiguous().numpy()}
 
     graph = onnx.load(str(src))
-    with _quiet():
+    with quiet():
         quantize_static(
             str(src),
             str(dst),
@@ -110,3 +111,20 @@ def calibration_at(pixels: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 def describe(paths: Sequence[str | os.PathLike]) -> list[str]:
     """The calibration images as recorded in the graph's JSON: their file names."""
     return [Path(p).name for p in paths]
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporter's and the quantizer's notes (torchvision ops absent, axis renames, "consider
+    pre-processing"): the parity check is what tells whether a graph is right."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
