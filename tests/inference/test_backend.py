@@ -88,13 +88,18 @@ def test_text_tower_in_onnxruntime_matches_torch(model_dir, tmp_path):
     assert float((rows["onnxruntime"].vectors - rows["torch"].vectors).abs().max()) <= 1e-4
 
 
+def _close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Pooled features (not unit rows): within 1e-4 of their largest value, as the backend's own check."""
+    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
 def test_graph_is_cached_by_fingerprint_and_a_wrong_one_is_exported_again(model_dir, tmp_path):
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
     model, _ = load_for_inference(model_dir, "cpu", backend="onnxruntime")
     model.vision_model.cache_dir = tmp_path  # tower by tower: this test's own cache
     expected = model.vision_model.eager(pixels)
     assert isinstance(model.vision_model, OnnxTower) and backend_of(model) == "onnxruntime"
-    torch.testing.assert_close(model.vision_model(pixels), expected, atol=1e-4, rtol=1e-5)
+    _close(model.vision_model(pixels), expected)
     (graph,) = model.vision_model.graphs.values()
     assert graph.parent.parent == tmp_path and graph.parent.name == model.vision_model.fingerprint()
 
@@ -108,7 +113,7 @@ def test_graph_is_cached_by_fingerprint_and_a_wrong_one_is_exported_again(model_
     stale = tmp_path / other.vision_model.fingerprint() / graph.name
     stale.parent.mkdir()
     stale.write_bytes(graph.read_bytes())
-    torch.testing.assert_close(other.vision_model(pixels), other.vision_model.eager(pixels), atol=1e-4, rtol=1e-5)
+    _close(other.vision_model(pixels), other.vision_model.eager(pixels))
     assert stale.read_bytes() != graph.read_bytes()
 
 
