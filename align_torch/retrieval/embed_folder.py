@@ -27,7 +27,6 @@ from .. import defaults
 from ..checkpoint.hub import ModelSource, resolve_model
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
-from ..inference.backend import backend_of
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -82,12 +81,7 @@ def folder_info(
         partition_unit="shard" if plan.kind == "shards" else "images",
         partition_size=plan.partition_size,
         partitions=plan.partitions,
-        created_with={
-            "package": _package,
-            "version": version,
-            "torch": torch.__version__,
-            "backend": backend_of(model),
-        },
+        created_with={"package": _package, "version": version, "torch": torch.__version__},
     )
 
 
