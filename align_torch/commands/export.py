@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import resolve_model
+    from ..data.transforms import crop_size
     from ..inference.export import export_towers
     from ..inference.loader import load_model
     from ..preprocess.processor import AlignProcessor
@@ -66,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_model(args.model)
     processor = AlignProcessor.from_pretrained(source.folder)
     calibration, names = _calibration(args.calibration_images, processor) if args.int8 else (None, [])
-    ip = processor.image_processor
-    sizes = [(n, n) for n in args.image_size] if args.image_size else [ip.crop_size if ip.do_center_crop else ip.size]
+    sizes = [(n, n) for n in args.image_size] if args.image_size else [crop_size(processor.image_processor)]
     model = load_model(source, "cpu")
     written = export_towers(
         model,
