@@ -13,9 +13,8 @@ from tests.helpers.checkpoints import tiny_hf_checkpoint, write_hf_checkpoint  #
 from tests.helpers.hf_reference import hf_align_model  # noqa: E402
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
-# The commands' default backend is "auto" (ONNX Runtime for the image tower on the CPU): the suite runs PyTorch
-# unless a test names a backend, set here at import so that environments copied by test modules for their
-# subprocesses carry it too.
+# The suite runs PyTorch unless a test names a backend, whatever the environment that runs it says; set here at
+# import so that environments copied by test modules for their subprocesses carry it too.
 os.environ["ALIGN_TORCH_BACKEND"] = "torch"
 
 
