@@ -122,10 +122,8 @@ def int8_quality(processor: AlignProcessor, exported: Path) -> dict[str, float]:
         return F.normalize(torch.from_numpy(ort_session(exported / name).run(None, feeds)[0]), dim=-1)
 
     pixels = {"pixel_values": processor(images=photos(17))["pixel_values"].numpy()}
-    corpus = {k: v.numpy() for k, v in processor.tokenizer(captions(300, seed=11), padding=True).items()}
-    prompts = {
-        k: v.numpy() for k, v in processor.tokenizer([f"a photo of a {x}." for x in LABELS], padding=True).items()
-    }
+    corpus = dict(processor.tokenizer(captions(300, seed=11), padding=True, truncation=True, return_tensors="np"))
+    prompts = dict(processor.tokenizer([f"a photo of a {x}." for x in LABELS], padding=True, return_tensors="np"))
     img32 = run("image.onnx", pixels)  # (17, P)
     img8 = run("image.int8.onnx", pixels) if (exported / "image.int8.onnx").exists() else img32
     txt32, txt8 = run("text.onnx", dict(corpus)), run("text.int8.onnx", dict(corpus))  # (300, P)
