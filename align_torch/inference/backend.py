@@ -28,6 +28,7 @@ from torch import nn
 
 from ..model.align import AlignModel
 from ..model.bert import TextOutput, trim_padding
+from ..model.efficientnet import VisionOutput
 from ..util.fileio import atomic_file
 
 BACKENDS = ("torch", "onnxruntime", "auto")
@@ -111,7 +112,7 @@ class _Pooled(nn.Module):
         self.vision = vision
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision(pixel_values)  # (B, C)
+        return self.vision(pixel_values).pooler_output  # (B, C)
 
 
 class _States(nn.Module):
@@ -148,9 +149,13 @@ class OnnxTower(nn.Module):
             return self._run_image(*args, **kwargs)
         return self._run_text(*args, **kwargs)
 
-    def _run_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _run_image(self, pixel_values: torch.Tensor, **kwargs: Any) -> VisionOutput:
+        if kwargs:  # hidden states: PyTorch's own path
+            return self.eager(pixel_values, **kwargs)
         name = f"image_{pixel_values.shape[-2]}x{pixel_values.shape[-1]}"  # the graph's H, W are fixed
-        return self._run(name, (pixel_values.float().contiguous(),))  # (B, C)
+        pooled = self._run(name, (pixel_values.float().contiguous(),))  # (B, C)
+        # The graph returns the pooled embedding only, all that encode_image reads; the final map stays in PyTorch.
+        return VisionOutput(last_hidden_state=None, pooler_output=pooled)
 
     def _run_text(
         self,
