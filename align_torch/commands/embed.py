@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE
 from ._common import (
     add_batch_arguments,
     add_model_arguments,
@@ -45,15 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partition-size",
         type=_positive_int,
-        default=10_000,
-        help="images per partition for folder output; WebDataset input has one partition per shard (default: 10000)",
+        default=PARTITION_SIZE,
+        help=f"images per partition for folder output; WebDataset input has one partition per shard (default: {PARTITION_SIZE})",
     )
     p.add_argument(
         "--dtype", choices=("float16", "float32"), default="float16", help="stored vectors (default: float16)"
     )
     p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def _positive_int(text: str) -> int:

@@ -27,6 +27,7 @@ from .. import defaults
 from ..checkpoint.hub import ModelSource, resolve_model
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE, TEXT_BATCH
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -154,8 +155,8 @@ def embed_to_folder(
     model_name: str | ModelSource,
     dtype: str = "float16",
     fused: bool = True,
-    batch_size: int = 32,
-    text_batch_size: int = 256,
+    batch_size: int = IMAGE_BATCH,
+    text_batch_size: int = TEXT_BATCH,
     workers: int = 0,
     rank: int = 0,
     world: int = 1,
@@ -353,11 +354,11 @@ def embed_collection(
     *,
     model: str = defaults.MODEL,
     device: str = "auto",
-    partition_size: int = 10_000,
+    partition_size: int = PARTITION_SIZE,
     dtype: str = "float16",
     fused: bool = True,
     model_class: type[AlignModel] | str | None = None,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,

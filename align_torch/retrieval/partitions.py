@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data import MANIFEST_SUFFIXES, Pair, expand_shards, list_images, read_manifest
 from ..data.samples import PairList
 from ..data.shards import ShardError, read_shard
+from ..defaults import PARTITION_SIZE
 
 KINDS = ("images", "manifest", "shards")
 
@@ -87,7 +88,7 @@ def _folder_images(folder: Path) -> list[Path]:
         return []
 
 
-def plan_input(specs: Sequence[str | os.PathLike], partition_size: int = 10_000) -> InputPlan:
+def plan_input(specs: Sequence[str | os.PathLike], partition_size: int = PARTITION_SIZE) -> InputPlan:
     """INPUT arguments -> an InputPlan. One kind per run: a manifest (.csv/.tsv/.jsonl/.parquet), WebDataset
     shards (.tar files, brace ranges such as `shards/{00000..00999}.tar`, or a folder of .tar), or image
     files, folders and globs."""
