@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE
 from ._common import (
     add_batch_arguments,
     add_column_arguments,
@@ -49,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partition-size",
         type=_positive_int,
-        default=10_000,
+        default=PARTITION_SIZE,
         help="images per partition for folder output; WebDataset input has one partition per shard, Parquet input "
-        "is cut at row-group boundaries (default: 10000)",
+        f"is cut at row-group boundaries (default: {PARTITION_SIZE})",
     )
     add_column_arguments(p)
     p.add_argument(
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def _positive_int(text: str) -> int:

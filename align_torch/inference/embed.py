@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..data.images import ImageFileDataset, ImageLoadError, collate_images
 from ..data.pairs import image_name, load_pair_image
 from ..data.samples import ImageRef
+from ..defaults import IMAGE_BATCH, TEXT_BATCH
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
@@ -98,7 +99,7 @@ def embed_texts(
     tokenizer: AlignTokenizer,
     texts: Sequence[str],
     *,
-    batch_size: int = 256,
+    batch_size: int = TEXT_BATCH,
     progress: bool = False,
 ) -> torch.Tensor:
     """Texts -> (N, projection_dim) float32 L2-normalised embeddings on the CPU.
@@ -138,7 +139,7 @@ def embed_images(
     image_processor: AlignImageProcessor,
     paths: Sequence[str | os.PathLike | ImageRef],
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     strict: bool = False,
     on_failure: Callable[[Path, str], None] | None = None,

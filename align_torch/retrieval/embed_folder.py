@@ -29,6 +29,7 @@ from ..data import ImageLoadError, ImageRef, Pair, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
 from ..data.pairs import image_name
 from ..data.parquet import row_group_sizes
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE, TEXT_BATCH
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -150,8 +151,8 @@ def embed_to_folder(
     model_name: str | ModelSource,
     dtype: str = "float16",
     fused: bool = True,
-    batch_size: int = 32,
-    text_batch_size: int = 256,
+    batch_size: int = IMAGE_BATCH,
+    text_batch_size: int = TEXT_BATCH,
     workers: int = 0,
     rank: int = 0,
     world: int = 1,
@@ -359,11 +360,11 @@ def embed_collection(
     image_column: str | None = None,
     caption_column: str | None = None,
     device: str = "auto",
-    partition_size: int = 10_000,
+    partition_size: int = PARTITION_SIZE,
     dtype: str = "float16",
     fused: bool = True,
     model_class: type[AlignModel] | str | None = None,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
