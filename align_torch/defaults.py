@@ -21,8 +21,19 @@ TEXT_LENGTH = 64
 # model gets the same score from each: "imagenet", the 80 prompts behind the published zero-shot figures.
 TEMPLATES = "imagenet"
 
+IMAGE_BATCH = 32  # images per forward pass of the commands and the embedding functions
+TEXT_BATCH = 256  # texts per forward pass (texts are cheap beside images)
+PARTITION_SIZE = 10_000  # images per partition of an embeddings folder (clip-retrieval's order of size)
+
 
 def image_workers() -> int:
     """Image-loading DataLoader processes of the commands that read many images (embed, eval, zero-shot):
     up to 4, fewer on a machine with fewer cores."""
     return min(4, os.cpu_count() or 1)
+
+
+def backend() -> str:
+    """--backend of the commands that only infer (inference.backend): "torch", unless the environment variable
+    ALIGN_TORCH_BACKEND names another. Not yet "auto": at align-base size the graph of the fused image tower has
+    not been shown to pass its first-batch check on real photos (random weights there are too unstable to tell)."""
+    return os.environ.get("ALIGN_TORCH_BACKEND") or "torch"

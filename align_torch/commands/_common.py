@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from .. import defaults
+from ..inference.backend import BACKENDS
 from ..util.device import DEVICES
 
 if TYPE_CHECKING:
@@ -46,6 +47,15 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         metavar="MODULE:CLASS",
         help="build the model as this AlignModel subclass from your code (importable, e.g. my_variants:PreLNAlign) "
         "with the checkpoint's config and weights (default: align_torch.AlignModel)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend(),
+        help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
+        "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
+        "ONNX Runtime for images and torch for text when the export extra is installed (default: "
+        "$ALIGN_TORCH_BACKEND, else torch)",
     )
 
 
@@ -119,13 +129,17 @@ def resolve_model_option(args: argparse.Namespace) -> ModelSource:
 
 
 def load_model_and_processor(
-    model: str | ModelSource, device: str | torch.device, fuse: bool = True, model_class: str | None = None
+    model: str | ModelSource,
+    device: str | torch.device,
+    fuse: bool = True,
+    model_class: str | None = None,
+    backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
-    """The command's --model, --device, --unfused and --model-class through the one loader
+    """The command's --model, --device, --unfused, --model-class and --backend through the one loader
     (inference.loader.load_for_inference)."""
     from ..inference.loader import load_for_inference
 
-    return load_for_inference(model, device, fuse=fuse, model_class=model_class)
+    return load_for_inference(model, device, fuse=fuse, model_class=model_class, backend=backend)
 
 
 def report_skipped(command: str, path: Path | str, reason: str) -> None:

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE
 from ._common import (
     add_batch_arguments,
     add_column_arguments,
@@ -49,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partition-size",
         type=_positive_int,
-        default=10_000,
+        default=PARTITION_SIZE,
         help="images per partition for folder output; WebDataset input has one partition per shard, Parquet input "
-        "is cut at row-group boundaries (default: 10000)",
+        f"is cut at row-group boundaries (default: {PARTITION_SIZE})",
     )
     add_column_arguments(p)
     p.add_argument(
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def _positive_int(text: str) -> int:
@@ -85,12 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_file(args: argparse.Namespace) -> int:
     from ..data.images import ImageLoadError, list_images
+    from ..inference.backend import backend_of
     from ..retrieval.embeddings_file import EmbeddingFile
 
     out = output_file(args.out)
     paths = list_images(args.images)
     source = resolve_model_option(args)
-    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
+    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
     try:
         result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
     except ImageLoadError as e:
@@ -108,6 +110,7 @@ def _run_file(args: argparse.Namespace) -> int:
         kind="image",
         model=source.reference,
         skipped=[{"item": os.path.abspath(p), "error": reason} for p, reason in result.failures],
+        backend=backend_of(model),
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
@@ -132,6 +135,7 @@ def _run_folder(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         fused=not args.unfused,
         model_class=args.model_class,
+        backend=args.backend,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet,

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..defaults import TEXT_BATCH
 from ._common import (
     add_batch_arguments,
     add_model_arguments,
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="output embeddings file (.safetensors; replaced if it exists)")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=256, images=False)
+    add_batch_arguments(p, batch_size=TEXT_BATCH, images=False)
 
 
 def read_lines(source: str) -> list[str]:
@@ -56,6 +57,7 @@ def read_lines(source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.backend import backend_of
     from ..inference.embed import embed_texts
     from ..retrieval.embeddings_file import EmbeddingFile
 
@@ -64,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
     source = resolve_model_option(args)
-    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
+    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingFile(vectors=vectors, items=texts, kind="text", model=source.reference).save(out)
+    backend = backend_of(model)
+    EmbeddingFile(vectors=vectors, items=texts, kind="text", model=source.reference, backend=backend).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..defaults import TEMPLATES
+from ..defaults import IMAGE_BATCH, TEMPLATES
 from ..evaluate.knn import KNN_KS, KNN_TEMPERATURE
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-solver", choices=("auto", "sklearn", "torch"), default="auto", help="(default: auto)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def _add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,7 +110,8 @@ def _load(args: argparse.Namespace):
     from ..util.distributed import setup_distributed
 
     env, device = setup_distributed(args.device)  # under torchrun: joins the group, one GPU per rank
-    return (*load_model_and_processor(args.model, device, not args.unfused, args.model_class), env.distributed)
+    loaded = load_model_and_processor(args.model, device, not args.unfused, args.model_class, args.backend)
+    return (*loaded, env.distributed)
 
 
 def _read_class_names(path: str) -> list[str]:

@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     model_name = collection.require_model_name()
-    collection.use_model(*load_model_and_processor(model_name, args.device, not args.unfused, args.model_class))
+    collection.use_model(
+        *load_model_and_processor(model_name, args.device, not args.unfused, args.model_class, args.backend)
+    )
     if texts is None:
         labels, results = [args.image], collection.search(image=args.image, k=args.k, target=args.target)
     else:

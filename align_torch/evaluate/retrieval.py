@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..data.samples import ImageRef
+from ..defaults import IMAGE_BATCH
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
 from .ranks import embed_images_sharded, embed_texts_sharded, percent
@@ -63,7 +64,7 @@ def retrieval_recall(
     pairs: Sequence[tuple[str | os.PathLike | ImageRef, str]],
     ks: Sequence[int] = (1, 5, 10),
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,

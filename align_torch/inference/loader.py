@@ -21,6 +21,7 @@ from ..model.align import AlignModel
 from ..model.config import AlignConfig
 from ..preprocess.processor import AlignProcessor
 from ..util.device import resolve_device
+from .backend import BACKENDS, use_backend
 from .fast import fuse_for_inference
 
 
@@ -80,12 +81,17 @@ def load_for_inference(
     *,
     fuse: bool = True,
     model_class: type[AlignModel] | str | None = None,
+    backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
     """(model, processor) from one folder or Hub repo id: the model in eval mode on `device` ("auto", "cpu",
-    ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False."""
+    ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False, its towers
+    on `backend` ("torch", "onnxruntime" or "auto": inference.backend.use_backend)."""
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before anything loads
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     source = resolve_model(model)
     processor = AlignProcessor.from_pretrained(source.folder)
     loaded = load_model(source, device, model_class=model_class)
-    return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor
+    loaded = fuse_for_inference(loaded) if fuse else loaded.eval()
+    return use_backend(loaded, backend), processor

@@ -29,6 +29,7 @@ from ..data import ImageLoadError, ImageRef, Pair, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
 from ..data.pairs import image_name
 from ..data.parquet import row_group_sizes
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE, TEXT_BATCH
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -150,8 +151,8 @@ def embed_to_folder(
     model_name: str | ModelSource,
     dtype: str = "float16",
     fused: bool = True,
-    batch_size: int = 32,
-    text_batch_size: int = 256,
+    batch_size: int = IMAGE_BATCH,
+    text_batch_size: int = TEXT_BATCH,
     workers: int = 0,
     rank: int = 0,
     world: int = 1,
@@ -359,20 +360,21 @@ def embed_collection(
     image_column: str | None = None,
     caption_column: str | None = None,
     device: str = "auto",
-    partition_size: int = 10_000,
+    partition_size: int = PARTITION_SIZE,
     dtype: str = "float16",
     fused: bool = True,
     model_class: type[AlignModel] | str | None = None,
-    batch_size: int = 32,
+    backend: str = "torch",
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs` (paths, or a sequence of
     mappings such as a `datasets.Dataset`; Parquet and rows columns found by name or named), load `model` (as
-    `model_class`, an AlignModel subclass or 'module:Class', if given), and embed this process's unfinished
-    partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
-    `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
+    `model_class`, an AlignModel subclass or 'module:Class', if given; its towers on `backend`), and embed this
+    process's unfinished partitions into the folder `out`. Under torchrun each process takes its rank's partitions
+    and the GPU `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
     from ..inference.loader import import_model_class, load_for_inference
     from .partitions import plan_input
 
@@ -382,7 +384,7 @@ def embed_collection(
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before a download
     source = resolve_model(model)
-    loaded, processor = load_for_inference(source, where, fuse=fused, model_class=model_class)
+    loaded, processor = load_for_inference(source, where, fuse=fused, model_class=model_class, backend=backend)
     return embed_to_folder(
         loaded,
         processor.image_processor,

@@ -5,7 +5,8 @@ Format: one safetensors file (readable without align_torch) holding
 - string metadata: "format" = "align_torch.inference.embed", "version" = "2", "kind" = "image" or "text",
   "model" = the model name or folder that produced them, "items" = a JSON list of the N items in row
   order (image file paths as listed on the command line, or the texts), "skipped" = a JSON list of
-  {"item", "error"} for inputs that could not be embedded.
+  {"item", "error"} for inputs that could not be embedded, "backend" = what ran the towers (inference.backend:
+  "torch", "onnxruntime" or "image onnxruntime, text torch"; absent in older files: torch).
 
 Image paths are stored with `fileio.path_to_text`: a UTF-8 name as it is, any other name (bytes that are
 not UTF-8, or starting with "file:") as "file:" + percent-encoded bytes, so every name the OS gives comes
@@ -47,6 +48,7 @@ class EmbeddingFile:
     kind: str  # "image" or "text"
     model: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"item", "error"}
+    backend: str = "torch"  # inference.backend.backend_of: what ran the towers
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,6 +72,7 @@ class EmbeddingFile:
             "model": self.model,
             "items": json.dumps([encode(i) for i in self.items], ensure_ascii=False),
             "skipped": json.dumps([{**s, "item": encode(s["item"])} for s in self.skipped], ensure_ascii=False),
+            "backend": self.backend,
         }
         path = Path(path)
         with atomic_file(path) as tmp:
@@ -123,6 +126,7 @@ class EmbeddingFile:
                 kind=kind,
                 model=metadata["model"],
                 skipped=[{**s, "item": decode(s["item"])} for s in skipped],
+                backend=metadata.get("backend", "torch"),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError, ValueError) as e:
             raise EmbeddingFileError(f"{str(path)!r} has broken metadata: {e}") from e

@@ -62,7 +62,7 @@ class FolderInfo:
     model: str  # resolved model folder (absolute) or Hugging Face Hub repo id
     model_fingerprint: str  # "sha256:" + hash of the names, sizes and bytes of the model's weights and config
     fused: bool  # fuse_for_inference (equal to about 1e-5, not bit-equal)
-    compute: str  # inference.embed.compute_mode: "bf16-autocast" (a float32 model on CUDA), else the weights dtype
+    compute: str  # inference.embed.compute_mode: "bf16-autocast" (float32 on CUDA) or the dtype; then any ONNX backend
     dim: int
     dtype: str  # "float16" or "float32"
     captions: bool  # text_emb/ is written

@@ -21,6 +21,7 @@ from ..data.parquet import ParquetError, expand_parquet, find_columns, read_row_
 from ..data.rows import read_rows
 from ..data.samples import MemoryImage, PairList
 from ..data.shards import ShardError, read_shard
+from ..defaults import PARTITION_SIZE
 
 KINDS = ("images", "manifest", "shards", "parquet", "rows")
 
@@ -122,7 +123,7 @@ def _folder_images(folder: Path) -> list[Path]:
 
 def plan_input(
     specs: Sequence[str | os.PathLike] | Sequence[Mapping],
-    partition_size: int = 10_000,
+    partition_size: int = PARTITION_SIZE,
     image_column: str | None = None,
     caption_column: str | None = None,
 ) -> InputPlan:

@@ -15,7 +15,7 @@ from typing import Any
 from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
-from ..model.config import LOSSES
+from ..model.config import KNOB_RANGES, LOSSES, check_knob
 from ..model.loss import EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
@@ -212,12 +212,9 @@ class TrainConfig:
                 raise ValueError(
                     f"{name} must satisfy 0 < min <= max{' <= 1' * (name == 'crop_scale')}, got {(lo, hi)}"
                 )
-        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.bn_momentum is not None and not 0 <= self.bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in KNOB_RANGES:  # the model config's own ranges, checked before any model loads
+            if getattr(self, name) is not None:
+                check_knob("TrainConfig", name, getattr(self, name))
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
