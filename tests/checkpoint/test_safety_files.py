@@ -283,7 +283,7 @@ def test_an_unreadable_file_says_permission_denied(tmp_path):
         path = folder / "e.safetensors"
         EmbeddingFile(F.normalize(torch.randn(2, 4), dim=-1), ["a", "b"], "text", "m").save(path)
         path.chmod(0o000)
-        code = f"from align_torch.retrieval.embeddings_file import EmbeddingFile\nEmbeddingIndex.load({str(path)!r})"
+        code = f"from align_torch.retrieval.embeddings_file import EmbeddingFile\nEmbeddingFile.load({str(path)!r})"
         proc = run_as_other_user(code)
         assert proc.returncode != 0
         assert "permission denied" in proc.stderr.splitlines()[-1]
