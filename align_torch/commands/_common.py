@@ -42,7 +42,8 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         "--model-class",
         metavar="MODULE:CLASS",
         help="build the model as this AlignModel subclass from your code (importable, e.g. my_variants:PreLNAlign) "
-        "with the checkpoint's config and weights (default: align_torch.AlignModel)",
+        "with the checkpoint's config and weights (default: the class the model folder or the embeddings record, "
+        "else align_torch.AlignModel; another one than recorded is refused)",
     )
 
 
@@ -90,7 +91,7 @@ def output_file(path: str) -> Path:
 
 
 def load_model_and_processor(
-    model: str, device: str, fuse: bool = True, model_class: str | None = None
+    model: str, device: str, fuse: bool = True, model_class: str | type[AlignModel] | None = None
 ) -> tuple[AlignModel, AlignProcessor]:
     """The command's --model, --device, --unfused and --model-class through the one loader
     (inference.loader.load_for_inference)."""

@@ -80,6 +80,7 @@ def _run_file(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import model_reference
     from ..data.images import ImageLoadError, list_images
     from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..util.class_record import class_record
 
     out = output_file(args.out)
     paths = list_images(args.images)
@@ -100,6 +101,7 @@ def _run_file(args: argparse.Namespace) -> int:
         kind="image",
         model=model_reference(args.model),
         skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
+        model_class=class_record(type(model)),
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import model_reference
     from ..inference.embed import embed_texts
     from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..util.class_record import class_record
 
     out = output_file(args.out)
     texts = read_lines(args.textfile)
@@ -44,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
     model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=model_reference(args.model)).save(out)
+    EmbeddingIndex(
+        vectors=vectors,
+        items=texts,
+        kind="text",
+        model=model_reference(args.model),
+        model_class=class_record(type(model)),
+    ).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

@@ -41,10 +41,17 @@ def load_model(
     *,
     model_class: type[AlignModel] | str | None = None,
 ) -> AlignModel:
-    """The checkpoint's weights in `model_class` (default AlignModel; 'module:Class' is imported), eval mode."""
-    cls = import_model_class(model_class) if isinstance(model_class, str) else (model_class or AlignModel)
+    """The checkpoint's weights in `model_class` (default: the class the model folder records, else AlignModel;
+    'module:Class' is imported), eval mode. A class other than the recorded one is refused, naming both."""
+    from ..checkpoint.hub import resolve_model_dir
+    from ..checkpoint.weights import recorded_model_class
+    from .model_class import follow_model_class, print_note
+
+    folder = resolve_model_dir(model)
+    where_made = f"model {str(model)!r}"
+    cls = follow_model_class(model_class, recorded_model_class(folder), where_made, print_note) or AlignModel
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return cls.from_pretrained(model, device=where)
+    return cls.from_pretrained(folder, device=where)
 
 
 def load_for_inference(

@@ -31,9 +31,10 @@ from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eva
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
+from ..util.class_record import class_record
 from ..util.distributed_env import torchrun_env
 from ..util.fileio import path_to_text
-from .layout import DTYPES, FolderInfo, finished_partitions
+from .layout import DTYPES, INFO_FILE, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
 from .writer import PartitionResult, prepare_folder, write_partition
 
@@ -80,6 +81,7 @@ def folder_info(
         partition_unit="shard" if plan.kind == "shards" else "images",
         partition_size=plan.partition_size,
         partitions=plan.partitions,
+        model_class=class_record(type(model)),
         created_with={"package": _package, "version": version, "torch": torch.__version__},
     )
 
@@ -362,10 +364,12 @@ def embed_collection(
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model` (as
-    `model_class`, an AlignModel subclass or 'module:Class', if given), and embed this process's unfinished
+    `model_class`, an AlignModel subclass or 'module:Class', if given, else the class the folder `out` records),
+    and embed this process's unfinished
     partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
     `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
     from ..inference.loader import load_for_inference
+    from ..inference.model_class import follow_model_class
     from ..util.device import resolve_device
     from .partitions import plan_input
 
@@ -375,6 +379,9 @@ def embed_collection(
         where = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(where)
     plan = plan_input(inputs, partition_size)
+    # A rerun finishing a folder embeds with the class that began it, and refuses another before loading anything.
+    recorded = FolderInfo.load(out).model_class if (Path(out) / INFO_FILE).is_file() else None
+    model_class = follow_model_class(model_class, recorded, f"embeddings folder {str(out)!r}")
     loaded, processor = load_for_inference(model, where, fuse=fused, model_class=model_class)
     return embed_to_folder(
         loaded,
