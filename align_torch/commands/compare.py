@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..util.device import DEVICES
-from ._common import _positive_int, report_skipped
+from ._common import _positive_int, add_model_class_argument, report_skipped
 
 HELP = "CKA between every site of two models (image tower on --images, text tower on --texts): JSON and PNG"
 MARKER = "cka.json"  # an --out folder holding it is one of ours, and may be replaced with --overwrite
@@ -23,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--biased", action="store_true", help="biased HSIC instead of the debiased estimator")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per batch (default: 16)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the models (default: auto)")
+    add_model_class_argument(p, "--model-class-a", " MODEL_A")
+    add_model_class_argument(p, "--model-class-b", " MODEL_B")
 
 
 def read_texts(path: str) -> list[str]:
@@ -53,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(args.texts) if args.texts else None
     results = {}
     features: dict[str, list] = {"image": [], "text": []}
-    for name in (args.model_a, args.model_b):
-        model, processor = load_model_and_processor(name, args.device, fuse=False)  # hooks need the layer modules
+    for name, model_class in ((args.model_a, args.model_class_a), (args.model_b, args.model_class_b)):
+        # hooks need the layer modules: unfused
+        model, processor = load_model_and_processor(name, args.device, fuse=False, model_class=model_class)
         batches = image_batches(
             paths,
             processor.image_processor.preprocess_one,
@@ -84,7 +88,14 @@ def run(args: argparse.Namespace) -> int:
             title = f"{tower} tower CKA ({m.num_inputs} inputs): rows {args.model_a}, columns {args.model_b}"
             draw_matrix(m, title).save(tmp / f"{tower}_cka.png")
     for tower, m in results.items():
-        diagonal = [m.values[i][i] for i in range(min(len(m.sites_a), len(m.sites_b)))]
-        print(f"{tower}: {m.num_inputs} inputs, diagonal CKA " + " ".join(f"{v:.3f}" for v in diagonal))
+        for which, model, sites in (("A", args.model_a, m.constant_a), ("B", args.model_b, m.constant_b)):
+            for site in sites:
+                print(
+                    f"align-torch compare: note: {tower} site {site} of model {which} ({model}) is left out: its "
+                    "features do not vary over the inputs, so it has no CKA",
+                    file=sys.stderr,
+                )
+        diagonal = m.diagonal()
+        print(f"{tower}: {m.num_inputs} inputs, diagonal CKA " + " ".join(f"{v:.3f}" for v in diagonal.values()))
     print(f"wrote {args.out}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import defaults
-from ._common import _positive_int
+from ._common import _positive_int, add_model_class_argument
 
 HELP = "export the image and/or text tower as ONNX or torch.export graphs, checked against the eager model"
 
@@ -41,12 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export folder")
+    add_model_class_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import model_reference
     from ..inference.export import export_towers
-    from ..model.align import AlignModel
+    from ..inference.loader import load_model
     from ..preprocess.processor import AlignProcessor
 
     if args.int8 and args.format != "onnx":
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     processor = AlignProcessor.from_pretrained(args.model)
     ip = processor.image_processor
     sizes = [(n, n) for n in args.image_size] if args.image_size else [ip.crop_size if ip.do_center_crop else ip.size]
-    model = AlignModel.from_pretrained(args.model, device="cpu")
+    model = load_model(args.model, "cpu", model_class=args.model_class)
     written = export_towers(
         model,
         processor.tokenizer,
