@@ -7,7 +7,6 @@ the variant a researcher wrote; `fuse_for_inference` then checks that fusing lea
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
@@ -16,23 +15,7 @@ from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
 from ..util.device import resolve_device
 from .fast import fuse_for_inference
-
-
-def import_model_class(spec: str) -> type[AlignModel]:
-    """'package.module:ClassName' -> that class, which must be AlignModel or a subclass of it."""
-    module_name, sep, class_name = spec.partition(":")
-    if not sep or not module_name or not class_name:
-        raise ValueError(f"--model-class {spec!r}: expected module:Class, e.g. my_variants:PreLNAlign")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"--model-class {spec!r}: cannot import {module_name!r} ({err})") from err
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ValueError(f"--model-class {spec!r}: module {module_name!r} has no {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, AlignModel)):
-        raise ValueError(f"--model-class {spec!r}: {class_name} is not a subclass of align_torch.AlignModel")
-    return cls
+from .model_class import follow_model_class, import_model_class, print_note
 
 
 def load_model(
@@ -45,7 +28,6 @@ def load_model(
     'module:Class' is imported), eval mode. A class other than the recorded one is refused, naming both."""
     from ..checkpoint.hub import resolve_model_dir
     from ..checkpoint.weights import recorded_model_class
-    from .model_class import follow_model_class, print_note
 
     folder = resolve_model_dir(model)
     where_made = f"model {str(model)!r}"

@@ -6,13 +6,30 @@ path, as `--model-class` imports it: never code from the output itself.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..model.align import AlignModel
 from ..util.class_record import class_record, is_stock
-from .loader import import_model_class
+
+
+def import_model_class(spec: str) -> type[AlignModel]:
+    """'package.module:ClassName' -> that class, which must be AlignModel or a subclass of it."""
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"--model-class {spec!r}: expected module:Class, e.g. my_variants:PreLNAlign")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--model-class {spec!r}: cannot import {module_name!r} ({err})") from err
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"--model-class {spec!r}: module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, AlignModel)):
+        raise ValueError(f"--model-class {spec!r}: {class_name} is not a subclass of align_torch.AlignModel")
+    return cls
 
 
 def print_note(message: str) -> None:

@@ -38,6 +38,7 @@ FLAGS = {
             "workers seed"
         ).split()
     },
+    "model_class": "--model-class",
     "zero_shot_dir": "--zero-shot-dir",
     "max_steps": "--max-steps",
     "batch_size": "--batch-size",
