@@ -57,7 +57,9 @@ def _resumed_config(args: argparse.Namespace):
     path = Path(args.out) / CHECKPOINT_FILE
     recorded, model_class = read_run_record(path)
     cfg, notes = resumed_config(args, recorded, str(path))
-    follow_model_class(cfg.model_class, model_class, f"the run in {args.out!r}")
+    built = follow_model_class(cfg.model_class, model_class, f"the run in {args.out!r}")
+    if cfg.model_class is None and built is not None:  # the class came from the model folder's record
+        cfg = cfg.replace(model_class=model_class["class"])
     for note in notes:
         print(f"align-torch finetune: resuming with {note}", file=sys.stderr)
     return cfg

@@ -3,6 +3,9 @@
 `load_for_inference("kakaobrain/align-base", model_class="my_pkg.variants:PreLNAlign")` builds the user's
 AlignModel subclass from the checkpoint's config and weights (`Class.from_pretrained`), so every command runs
 the variant a researcher wrote; `fuse_for_inference` then checks that fusing leaves its answers unchanged.
+
+A model reference is resolved once (`resolve_model`: a folder as is, a Hub id downloaded with its weights in
+one snapshot call) and that folder is handed to the processor, the model and whatever records the model.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import os
 
 import torch
 
+from ..checkpoint.hub import ModelSource, resolve_model
+from ..checkpoint.weights import read_config, recorded_model_class
 from ..model.align import AlignModel
+from ..model.config import AlignConfig
 from ..preprocess.processor import AlignProcessor
 from ..util.device import resolve_device
 from .fast import fuse_for_inference
@@ -19,25 +25,27 @@ from .model_class import follow_model_class, import_model_class, print_note
 
 
 def load_model(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelSource,
     device: str | torch.device = "auto",
     *,
     model_class: type[AlignModel] | str | None = None,
 ) -> AlignModel:
     """The checkpoint's weights in `model_class` (default: the class the model folder records, else AlignModel;
     'module:Class' is imported), eval mode. A class other than the recorded one is refused, naming both."""
-    from ..checkpoint.hub import resolve_model_dir
-    from ..checkpoint.weights import recorded_model_class
-
-    folder = resolve_model_dir(model)
-    where_made = f"model {str(model)!r}"
-    cls = follow_model_class(model_class, recorded_model_class(folder), where_made, print_note) or AlignModel
+    source = resolve_model(model)
+    where_made = f"model {source.reference!r}"
+    cls = follow_model_class(model_class, recorded_model_class(source.folder), where_made, print_note) or AlignModel
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return cls.from_pretrained(folder, device=where)
+    return cls.from_pretrained(source.folder, device=where)
+
+
+def load_config(model: str | os.PathLike | ModelSource) -> AlignConfig:
+    """The model's config alone: a Hub id fetches configs and vocab, never weights."""
+    return read_config(resolve_model(model, weights=False).folder)
 
 
 def load_for_inference(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelSource,
     device: str | torch.device = "auto",
     *,
     fuse: bool = True,
@@ -47,6 +55,7 @@ def load_for_inference(
     ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False."""
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before anything loads
-    processor = AlignProcessor.from_pretrained(model)
-    loaded = load_model(model, device, model_class=model_class)
+    source = resolve_model(model)
+    processor = AlignProcessor.from_pretrained(source.folder)
+    loaded = load_model(source, device, model_class=model_class)
     return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor

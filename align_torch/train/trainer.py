@@ -20,17 +20,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..checkpoint.hub import resolve_model
 from ..checkpoint.weights import checkpoint_dir, write_native
 from ..evaluate import retrieval_recall, zero_shot_accuracy
-from ..inference.loader import load_model
+from ..inference.loader import import_model_class, load_model
 from ..inference.model_class import follow_model_class
 from ..model.align import AlignModel
 from ..model.loss import global_contrastive_loss, global_sigmoid_loss
 from ..preprocess.processor import AlignProcessor
 from ..util.class_record import class_record
+from ..util.distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
-from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .fsdp import (
     GatheredModel,
     average_replicated_grads,
@@ -115,7 +116,8 @@ def forward_loss(
 
 
 class Trainer:
-    """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model`.
+    """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model` (the model
+    as `model_class`, an AlignModel subclass or 'module:Class', when given, else `cfg.model_class`), resolved once.
 
     `callbacks` are called as `callback(trainer, record)` after every optimiser step. With `resume=True` the
     run continues from `cfg.out/checkpoint.safetensors` exactly where it stopped (same batches, RNG, schedule).
@@ -128,12 +130,16 @@ class Trainer:
         resume: bool = False,
         model: AlignModel | None = None,
         processor: AlignProcessor | None = None,
+        model_class: type[AlignModel] | str | None = None,
         callbacks: Sequence[Callable[[Trainer, StepRecord], None]] = (),
     ) -> None:
         self.cfg = cfg
         self.resume = resume
         self.model = model
         self.processor = processor
+        # A wrong class name is refused here, before the run folder is locked or anything loads.
+        model_class = model_class if model_class is not None else cfg.model_class
+        self.model_class = import_model_class(model_class) if isinstance(model_class, str) else model_class
         self.callbacks = list(callbacks)
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / CHECKPOINT_FILE
@@ -169,9 +175,11 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-        self.model = self.model or load_model(cfg.model, "cpu", model_class=cfg.model_class)
-        self.model_class = type(self.model)  # before FSDP wraps it: what checkpoints and final/ record
-        self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
+        if self.model is None or self.processor is None:
+            source = resolve_model(cfg.model)
+            self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
+            self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
+        self.model_class = type(self.model)  # the class built, before FSDP wraps it: what checkpoints record
         if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
             self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
         self._hooks = prepare_model(
