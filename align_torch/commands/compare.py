@@ -88,14 +88,19 @@ def run(args: argparse.Namespace) -> int:
             title = f"{tower} tower CKA ({m.num_inputs} inputs): rows {args.model_a}, columns {args.model_b}"
             draw_matrix(m, title).save(tmp / f"{tower}_cka.png")
     for tower, m in results.items():
-        for which, model, sites in (("A", args.model_a, m.constant_a), ("B", args.model_b, m.constant_b)):
-            for site in sites:
-                print(
-                    f"align-torch compare: note: {tower} site {site} of model {which} ({model}) is left out: its "
-                    "features do not vary over the inputs, so it has no CKA",
-                    file=sys.stderr,
-                )
+        _say_constant_sites(tower, m, args)
         diagonal = m.diagonal()
         print(f"{tower}: {m.num_inputs} inputs, diagonal CKA " + " ".join(f"{v:.3f}" for v in diagonal.values()))
     print(f"wrote {args.out}")
     return 0
+
+
+def _say_constant_sites(tower: str, m, args: argparse.Namespace) -> None:
+    """One note per site left out of the matrix, naming it and its model."""
+    for which, model, sites in (("A", args.model_a, m.constant_a), ("B", args.model_b, m.constant_b)):
+        for site in sites:
+            print(
+                f"align-torch compare: note: {tower} site {site} of model {which} ({model}) is left out: its "
+                "features do not vary over the inputs, so it has no CKA",
+                file=sys.stderr,
+            )
