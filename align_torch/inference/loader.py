@@ -11,6 +11,7 @@ one snapshot call) and that folder is handed to the processor, the model and wha
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -33,8 +34,13 @@ def load_model(
     """The checkpoint's weights in `model_class` (default: the class the model folder records, else AlignModel;
     'module:Class' is imported), eval mode. A class other than the recorded one is refused, naming both."""
     source = resolve_model(model)
-    where_made = f"model {source.reference!r}"
-    cls = follow_model_class(model_class, recorded_model_class(source.folder), where_made, print_note) or AlignModel
+    recorded = recorded_model_class(source.folder)
+    if recorded is not None and model_class is None and not Path(source.reference).is_dir():
+        raise ValueError(
+            f"model {source.reference!r} records the model class {recorded['class']}; a class named by a downloaded "
+            f"file is not imported on its own: give --model-class {recorded['class']} to build it"
+        )
+    cls = follow_model_class(model_class, recorded, f"model {source.reference!r}", print_note) or AlignModel
     where = device if isinstance(device, torch.device) else resolve_device(device)
     return cls.from_pretrained(source.folder, device=where)
 
