@@ -80,6 +80,21 @@ def forward_intermediates(
     """
     if pixel_values is None and input_ids is None:
         raise ValueError("forward_intermediates needs pixel_values, input_ids or both")
+    image = _image_intermediates(model, pixel_values, image_indices, image_stages, stop_early)
+    text = _text_intermediates(
+        model, input_ids, attention_mask, token_type_ids, text_indices, output_attentions, stop_early
+    )
+    return AlignIntermediates(**image, **text)
+
+
+def _image_intermediates(
+    model: nn.Module,
+    pixel_values: torch.Tensor | None,
+    image_indices: Sequence[int] | None,
+    image_stages: Sequence[int] | None,
+    stop_early: bool,
+) -> dict[str, object]:
+    """The image tower's fields of AlignIntermediates (all None without pixel_values)."""
     image_hidden = image_stages_out = image_embeds = image_positions = chosen_stages = None
     if pixel_values is not None:
         if pixel_values.ndim != 4:
@@ -91,7 +106,25 @@ def forward_intermediates(
         image_stages_out = [out.hidden_states[stage_pos[s]] for s in chosen_stages]
         if out.last_hidden_state is not None:
             image_embeds = model.project_image(model.vision_model.pool(out.last_hidden_state), normalize=True)
+    return dict(
+        image_hidden_states=image_hidden,
+        image_stage_outputs=image_stages_out,
+        image_embeds=image_embeds,
+        image_positions=image_positions,
+        image_stages=chosen_stages,
+    )
 
+
+def _text_intermediates(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    text_indices: Sequence[int] | None,
+    output_attentions: bool,
+    stop_early: bool,
+) -> dict[str, object]:
+    """The text tower's fields of AlignIntermediates (all None without input_ids)."""
     text_hidden = text_attn = text_embeds = text_positions = None
     if input_ids is not None:
         if model.config.text_tower is not None:
@@ -115,15 +148,9 @@ def forward_intermediates(
             text_attn = [out.attentions[p - 1] for p in text_positions if p > 0]
         if last == n - 1:
             text_embeds = model.project_text(model.pool_text(out.last_hidden_state, attention_mask), normalize=True)
-
-    return AlignIntermediates(
-        image_hidden_states=image_hidden,
-        image_stage_outputs=image_stages_out,
+    return dict(
         text_hidden_states=text_hidden,
         text_attentions=text_attn,
-        image_embeds=image_embeds,
         text_embeds=text_embeds,
-        image_positions=image_positions,
-        image_stages=chosen_stages,
         text_positions=text_positions,
     )

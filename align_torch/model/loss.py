@@ -198,7 +198,7 @@ def global_loss(
     image_embeds: torch.Tensor,
     temperature: torch.Tensor,
     logit_bias: torch.Tensor | None = None,
-    label_smoothing: float = 0.1,
+    label_smoothing: float = LABEL_SMOOTHING,
     exchange: str = "gather",
 ) -> torch.Tensor:
     """The training loss over every rank's batch: ALIGN's softmax contrastive loss, or SigLIP's sigmoid loss
