@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ..util.device import DEVICES
 from ._common import _positive_int, add_model_class_argument, report_skipped
 
@@ -26,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the models (default: auto)")
     add_model_class_argument(p, "--model-class-a", " MODEL_A")
     add_model_class_argument(p, "--model-class-b", " MODEL_B")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def read_texts(path: str) -> list[str]:
@@ -34,6 +37,14 @@ def read_texts(path: str) -> list[str]:
     if len(texts) < 4:
         raise ValueError(f"--texts {path}: CKA needs at least 4 non-empty lines, found {len(texts)}")
     return texts
+
+
+def _refuse_hf_text_tower(name: str, model) -> None:
+    if model.config.text_tower is not None:
+        raise ValueError(
+            f"{name}: its text tower is a transformers encoder ({model.config.text_tower}), whose layers compare "
+            "cannot read; leave out --texts to compare the image towers"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,19 +70,23 @@ def run(args: argparse.Namespace) -> int:
     for name, model_class in ((args.model_a, args.model_class_a), (args.model_b, args.model_class_b)):
         # hooks need the layer modules: unfused
         model, processor = load_model_and_processor(name, args.device, fuse=False, model_class=model_class)
+        if texts is not None:
+            _refuse_hf_text_tower(name, model)
         batches = image_batches(
             paths,
             processor.image_processor.preprocess_one,
             args.batch_size,
             lambda p, r: report_skipped("compare", p, r),
         )
-        features["image"].append(image_site_features(model, batches))
+        bar = {"disable": args.quiet, "unit": "batch"}
+        total = -(-len(paths) // args.batch_size)
+        features["image"].append(image_site_features(model, tqdm(batches, f"compare {name}: images", total, **bar)))
         if texts is not None:
             tokens = [
                 dict(processor(text=texts[i : i + args.batch_size], padding=True))
                 for i in range(0, len(texts), args.batch_size)
             ]
-            features["text"].append(text_site_features(model, tokens))
+            features["text"].append(text_site_features(model, tqdm(tokens, f"compare {name}: texts", **bar)))
         del model
     for tower, (a, b) in ((t, f) for t, f in features.items() if f):
         results[tower] = cka_matrix(a, b, debiased=not args.biased)

@@ -14,6 +14,7 @@ with exit status 1 and nothing is written. Otherwise an unreadable image is repo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._common import (
@@ -96,12 +97,13 @@ def _run_file(args: argparse.Namespace) -> int:
             f"align-torch embed: error: none of the {len(paths)} images could be read; nothing written", file=sys.stderr
         )
         return 1
+    # Absolute paths, as the embeddings folder stores them: the file still names its images when read elsewhere.
     index = EmbeddingIndex(
         vectors=result.vectors,
-        items=[str(p) for p in result.paths],
+        items=[os.path.abspath(p) for p in result.paths],
         kind="image",
         model=source.reference,
-        skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
+        skipped=[{"item": os.path.abspath(p), "error": reason} for p, reason in result.failures],
         model_class=class_record(type(model)),
     )
     index.save(out)
@@ -132,6 +134,13 @@ def _run_folder(args: argparse.Namespace) -> int:
     )
     env = torchrun_env()
     who = f"rank {env.rank}/{env.world}: " if env.distributed else ""
+    if summary.skipped and not summary.rows and not summary.already_done and not env.distributed:
+        print(
+            f"align-torch embed: error: none of the {summary.skipped} images could be read "
+            f"({args.out} holds no embeddings)",
+            file=sys.stderr,
+        )
+        return 1
     rate = f", {(summary.rows + summary.skipped) / summary.seconds:.1f} images/s" if summary.seconds else ""
     print(
         f"{who}{len(summary.mine)} of {summary.partitions} partitions: {len(summary.already_done)} already finished, "

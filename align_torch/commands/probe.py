@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split for the L2 sweep (default: 0)")
     add_model_class_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             f"align-torch probe: note: site {site} is left out: its features do not vary over the images",
             file=sys.stderr,
         ),
+        progress=not args.quiet,
     )
     with atomic_dir(args.out, overwrite=args.overwrite, replaceable=ours, what="probe output folder") as tmp:
         report = {"model": args.model, "train_dir": args.train_dir, "val_dir": args.val_dir}

@@ -113,7 +113,9 @@ def embed_texts(
     chunks = []
     with eval_mode(model), tqdm(total=len(texts), unit="text", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
+            batch = tokenizer(
+                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            )
             chunks.append(encode_text_batch(model, batch))  # (b, P)
             bar.update(len(batch["input_ids"]))
     return torch.cat(chunks)

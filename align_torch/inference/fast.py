@@ -341,6 +341,8 @@ def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     """Forward pre-hook on the text tower: trim its inputs in eager mode, step aside under torch.compile."""
     if torch.compiler.is_compiling():
         return None
+    if "output_hidden_states" in kwargs or "output_attentions" in kwargs:
+        return None  # AlignModel.forward's flags: transformers' outputs are full length, padding included
     names = ("input_ids", "attention_mask", "token_type_ids")
     given = dict(zip(names, args, strict=False))
     if any(k in kwargs for k in given):
@@ -355,6 +357,23 @@ def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 def is_fused(model: nn.Module) -> bool:
     """True if `model` (or the tower passed) has been through `fuse_for_inference`."""
     return any(isinstance(m, FusedConv2d) for m in model.modules())
+
+
+def _fold_vision(vision: nn.Module, chunk_bytes: int | None) -> tuple[list[Swap], list[list[Swap]]]:
+    """BatchNorm and SiLU folded into the stem's and every block's convs, squeeze-excite gated in place, each
+    block run on slices of the batch; the swaps (stem, per block), so the check can undo what differs."""
+    stem_undo: list[Swap] = []
+    _fold_pairs(vision.stem, _STEM_PAIRS, stem_undo)
+    block_undo: list[list[Swap]] = []
+    for i, block in enumerate(vision.blocks):
+        undo: list[Swap] = []
+        _fold_pairs(block, _BLOCK_PAIRS, undo)
+        se = getattr(block, "se", None)
+        if isinstance(se, SqueezeExcite) and type(se).forward is _PLAIN_SE_FORWARD:
+            _swap(block, "se", InPlaceGate(se), undo)
+        _swap(vision.blocks, str(i), SlicedBatch(block, chunk_bytes), undo)
+        block_undo.append(undo)
+    return stem_undo, block_undo
 
 
 def fuse_for_inference(
@@ -386,18 +405,7 @@ def fuse_for_inference(
         with _user_hooks_off(model):
             probe = _Probe(model)
 
-    stem_undo: list[Swap] = []
-    _fold_pairs(vision.stem, _STEM_PAIRS, stem_undo)
-    block_undo: list[list[Swap]] = []
-    chunk_bytes = None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20)
-    for i, block in enumerate(vision.blocks):
-        undo: list[Swap] = []
-        _fold_pairs(block, _BLOCK_PAIRS, undo)
-        se = getattr(block, "se", None)
-        if isinstance(se, SqueezeExcite) and type(se).forward is _PLAIN_SE_FORWARD:
-            _swap(block, "se", InPlaceGate(se), undo)
-        _swap(vision.blocks, str(i), SlicedBatch(block, chunk_bytes), undo)
-        block_undo.append(undo)
+    stem_undo, block_undo = _fold_vision(vision, None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20))
     convs = [m for m in vision.modules() if isinstance(m, FusedConv2d)]
     if not onednn or (convs and convs[0].weight.device.type == "cpu" and not onednn_agrees()):
         for conv in convs:

@@ -42,7 +42,19 @@ def load_model(
         )
     cls = follow_model_class(model_class, recorded, f"model {source.reference!r}", print_note) or AlignModel
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return cls.from_pretrained(source.folder, device=where)
+    loaded = cls.from_pretrained(source.folder, device=where)
+    check_finite_weights(loaded, model)
+    return loaded
+
+
+def check_finite_weights(model: AlignModel, source: str | os.PathLike | ModelSource) -> None:
+    """Refuse a model whose weights or buffers hold NaN or infinity, naming the first such tensor: every
+    output it wrote (embeddings, scores, an exported graph's parity) would be NaN."""
+    where = source.reference if isinstance(source, ModelSource) else source
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{where}: weight {name} holds {bad} NaN or infinite values of {tensor.numel()}")
 
 
 def load_config(model: str | os.PathLike | ModelSource) -> AlignConfig:

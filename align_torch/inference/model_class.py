@@ -20,6 +20,10 @@ def import_model_class(spec: str) -> type[AlignModel]:
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
         raise ValueError(f"--model-class {spec!r}: expected module:Class, e.g. my_variants:PreLNAlign")
+    if module_name.startswith("."):  # relative to what? A command has no package to resolve it against
+        raise ValueError(
+            f"--model-class {spec!r}: give the module's full name (importable from PYTHONPATH), not a relative one"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -97,9 +97,12 @@ class HFTextTower(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> Any:
         extra = {"token_type_ids": token_type_ids} if self._takes_token_types else {}
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra, **flags)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.

@@ -224,6 +224,14 @@ class TrainConfig:
             raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
         if self.clip_grad is not None and self.clip_grad < 0:
             raise ValueError(f"clip_grad must be > 0 (or 0 for no clipping), got {self.clip_grad}")
+        self._check_fsdp()
+
+    def _check_fsdp(self) -> None:
+        """What --fsdp does not combine with yet, refused with the run's options, not only under torchrun."""
+        given = [flag for flag, value in (("--lora-rank", self.lora_rank), ("--val", self.val)) if value is not None]
+        given += ["--zero-shot-dir"] if self.zero_shot_dir is not None else []
+        if self.fsdp and given:
+            raise ValueError(f"--fsdp does not yet combine with {' or '.join(given)}")
 
     @classmethod
     def from_recipe(cls, recipe: str, **fields: Any) -> TrainConfig:

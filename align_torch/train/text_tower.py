@@ -8,6 +8,8 @@ otherwise the starting model's is kept, if its ids fit the tower's vocabulary.
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 from ..model.align import AlignModel
@@ -22,7 +24,7 @@ def swap_text_tower(model: AlignModel, spec: str, processor: AlignProcessor) -> 
     """A new AlignModel with `model`'s image side and the encoder `spec` ("hf:PATH_OR_ID") as its text tower,
     and the processor that tokenizes for it."""
     source = tower_source(spec)
-    encoder = transformers_module().AutoModel.from_pretrained(source)
+    encoder = _load_encoder(spec, source)
     hf_config = encoder.config.to_dict()
     text = text_config_from_hf(hf_config, pooling=model.config.text.pooling)
     config = model.config.replace(text=text, text_tower=spec, hf_text_config=hf_config)
@@ -34,6 +36,23 @@ def swap_text_tower(model: AlignModel, spec: str, processor: AlignProcessor) -> 
     if stray or unexpected:
         raise ValueError(f"the image side did not carry over to the new text tower: {sorted(stray + unexpected)}")
     return swapped.train(model.training), AlignProcessor(processor.image_processor, _tokenizer(source, processor, text))
+
+
+def _load_encoder(spec: str, source: str):
+    """transformers' AutoModel of `source`, its failures as one line naming the tower: a `.bin` that is not
+    plain tensors (torch's weights-only unpickler refuses it, unrun), a missing or broken file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says it all
+        try:
+            return transformers_module().AutoModel.from_pretrained(source)
+        except pickle.UnpicklingError:
+            raise ValueError(
+                f"--text-tower {spec}: its weights file holds more than tensors (a pickle that would run code); "
+                "refused unrun. Give the tower in safetensors"
+            ) from None
+        except (OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--text-tower {spec}: transformers could not load it ({first})") from None
 
 
 def _tokenizer(source: str, processor: AlignProcessor, text) -> AlignTokenizer:

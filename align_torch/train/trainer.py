@@ -69,7 +69,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
-from .state_checks import check_optimizer, check_run_position, check_scheduler
+from .state_checks import check_model_tensors, check_optimizer, check_run_position, check_scheduler
 from .text_tower import swap_text_tower
 
 FINAL_DIR = "final"
@@ -266,9 +266,8 @@ class Trainer:
         self._last_eval_step = None if last_eval < 0 else last_eval
 
     def _shard(self) -> None:
-        """FSDP2 in place of DDP; every rank prints how much of the model it holds."""
-        if self.cfg.lora_rank is not None or self.val_pairs or self.cfg.zero_shot_dir:
-            raise ValueError("--fsdp does not yet combine with --lora-rank, --val or --zero-shot-dir")
+        """FSDP2 in place of DDP (TrainConfig refuses what it does not combine with yet); every rank prints how
+        much of the model it holds."""
         self.replicated = shard_model(self.model, self.device, self.cfg.precision)
         local, total = local_parameter_count(self.model)
         print(f"fsdp: rank {self.dist.rank} holds {local:,} of {total:,} parameters", file=sys.stderr, flush=True)
@@ -295,6 +294,7 @@ class Trainer:
         check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
         check_optimizer(path, checkpoint.optimizer, self.optimizer)
         check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
+        check_model_tensors(path, checkpoint.model, self.model)
         if self.replicated is not None:
             load_full_state(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
         else:
