@@ -1,8 +1,10 @@
 """align-torch embed INPUT... --out DIR|FILE.safetensors: embed a collection of images for search.
 
 INPUT is image files, folders (searched recursively for image suffixes) and glob patterns; or one manifest
-(.csv/.tsv/.jsonl/.parquet with `image` and optional `caption`); or WebDataset shards (.tar files, a brace
-range such as `shards/{00000..00999}.tar`, or a folder of .tar).
+(.csv/.tsv/.jsonl with `image` and optional `caption`); or Parquet (.parquet files, globs, folders of them) with
+the images inside (datasets' {bytes, path} struct, img2dataset's jpg/png/webp bytes) or a path column, whose
+other columns are carried into the metadata; or WebDataset shards (.tar files, a brace range such as
+`shards/{00000..00999}.tar`, or a folder of .tar).
 
 --out DIR writes the embeddings folder (align_torch.retrieval.layout: clip-retrieval's img_emb/text_emb/
 metadata layout) partition by partition; a rerun finishes what is missing; under torchrun each rank takes
@@ -17,8 +19,10 @@ import argparse
 import os
 import sys
 
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE
 from ._common import (
     add_batch_arguments,
+    add_column_arguments,
     add_model_arguments,
     embed_image_files,
     load_model_and_processor,
@@ -27,7 +31,7 @@ from ._common import (
     resolve_model_option,
 )
 
-HELP = "embed images (files, folders, globs, a manifest, WebDataset shards) into an embeddings folder or file"
+HELP = "embed images (files, folders, globs, a manifest, Parquet, WebDataset shards) into an embeddings folder or file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "images",
         nargs="*",
         metavar="INPUT",
-        help="image files, folders (recursive), glob patterns; or one manifest (.csv/.tsv/.jsonl/.parquet); "
-        "or WebDataset shards (.tar, shards/{00000..00999}.tar, a folder of .tar)",
+        help="image files, folders (recursive), glob patterns; or one manifest (.csv/.tsv/.jsonl); or Parquet "
+        "(.parquet, a glob, a folder of them); or WebDataset shards (.tar, shards/{00000..00999}.tar, a folder of .tar)",
     )
     p.add_argument(
         "--out",
@@ -46,15 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partition-size",
         type=_positive_int,
-        default=10_000,
-        help="images per partition for folder output; WebDataset input has one partition per shard (default: 10000)",
+        default=PARTITION_SIZE,
+        help="images per partition for folder output; WebDataset input has one partition per shard, Parquet input "
+        f"is cut at row-group boundaries (default: {PARTITION_SIZE})",
     )
+    add_column_arguments(p)
     p.add_argument(
         "--dtype", choices=("float16", "float32"), default="float16", help="stored vectors (default: float16)"
     )
     p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def _positive_int(text: str) -> int:
@@ -122,6 +128,8 @@ def _run_folder(args: argparse.Namespace) -> int:
         args.images,
         args.out,
         model=args.model,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
         device=args.device,
         partition_size=args.partition_size,
         dtype=args.dtype,

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..defaults import TEXT_BATCH
 from ._common import (
     add_batch_arguments,
     add_model_arguments,
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="output embeddings file (.safetensors; replaced if it exists)")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=256, images=False)
+    add_batch_arguments(p, batch_size=TEXT_BATCH, images=False)
 
 
 def read_lines(source: str) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..defaults import IMAGE_BATCH
 from ..inspect.cka import varies
 from ..inspect.compare import image_batches, image_site_features
 from .classification import read_class_folder
@@ -33,7 +34,7 @@ def probe_sites(
     train_root: str | os.PathLike,
     val_root: str | os.PathLike,
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     solver: str = "auto",
     seed: int = 0,
     on_failure: Callable[[Path, str], None] | None = None,

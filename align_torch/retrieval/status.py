@@ -26,7 +26,10 @@ class FolderStatus:
 
     def describe(self, folder: str) -> str:
         info = self.info
-        unit = "shards" if info.partition_unit == "shard" else _sizes(info.input_items, info.partition_size or 1)
+        if info.partition_unit == "row groups":  # Parquet: cut at row groups, so sizes vary
+            unit = f"row groups, up to {info.partition_size} rows each"
+        else:
+            unit = "shards" if info.partition_unit == "shard" else _sizes(info.input_items, info.partition_size or 1)
         lines = [
             f"{folder}: {self.finished}/{info.partitions} partitions finished ({unit}), "
             f"{self.rows} rows, {self.skipped} unreadable images skipped",

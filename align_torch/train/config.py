@@ -15,7 +15,7 @@ from typing import Any
 from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
-from ..model.config import LOSSES
+from ..model.config import KNOB_RANGES, LOSSES, check_knob
 from ..model.loss import EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
@@ -26,7 +26,18 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower", "model_class")
+RESUME_FIXED = (
+    "train",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "loss",
+    "text_tower",
+    "image_column",
+    "caption_column",
+    "train_split",
+    "model_class",
+)
 # Fields `align-torch finetune --resume` may change: the run's length and how it is watched, not what it computes.
 RESUME_CHANGEABLE = ("epochs", "max_steps", "workers", "device", "log_every", "save_every", "progress")
 
@@ -60,9 +71,20 @@ class TrainConfig:
         metavar="MODULE:CLASS",
         default_text="the class the --model folder records, else align_torch.AlignModel",
     )
-    train: str = opt(help="manifest (.csv/.tsv/.jsonl/.parquet with image, caption) or .tar shards (file/folder/glob)")
+    train: str = opt(
+        help="manifest (.csv/.tsv/.jsonl with image, caption), Parquet (.parquet file/folder/glob, images inside or "
+        "a path column) or .tar shards (file/folder/glob)"
+    )
     out: str = opt(help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)")
-    val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
+    val: str | None = opt(None, "manifest or Parquet for retrieval recall@1/5/10 after each epoch")
+    image_column: str | None = opt(
+        None, "Parquet column of the images ({bytes, path} struct, bytes or paths; default: found by name)"
+    )
+    caption_column: str | None = opt(
+        None, "Parquet column of the captions (a string or a list: a pair per caption; default: found by name)"
+    )
+    train_split: str | None = opt(None, "only the --train rows whose `split` column equals this (Parquet)")
+    val_split: str | None = opt(None, "only the --val rows whose `split` column equals this (Parquet)")
     zero_shot_dir: str | None = opt(None, "folder with one sub-folder per class, for zero-shot top-1 after each epoch")
     templates: str = opt(
         TEMPLATES,
@@ -206,12 +228,9 @@ class TrainConfig:
                 raise ValueError(
                     f"{name} must satisfy 0 < min <= max{' <= 1' * (name == 'crop_scale')}, got {(lo, hi)}"
                 )
-        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.bn_momentum is not None and not 0 <= self.bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in KNOB_RANGES:  # the model config's own ranges, checked before any model loads
+            if getattr(self, name) is not None:
+                check_knob("TrainConfig", name, getattr(self, name))
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:

@@ -307,8 +307,9 @@ def test_manifests_csv_jsonl_parquet_with_optional_captions_and_input_kinds(tmp_
     plan = plan_input([tmp_path / "bare.csv"], partition_size=2)
     assert (plan.kind, plan.partitions, plan.captions) == ("manifest", 3, False)
     assert [p.image for p in plan.partition(2)] == [tmp_path / "img/4.png"]
-    plan = plan_input([str(tmp_path / "m.parquet")], partition_size=4)
-    assert (plan.kind, plan.partitions, plan.captions) == ("manifest", 2, True)
+    plan = plan_input([str(tmp_path / "m.parquet")], partition_size=4)  # Parquet: cut at row groups (one here)
+    assert (plan.kind, plan.partitions, plan.captions) == ("parquet", 1, True)
+    assert [p.image for p in plan.partition(0)] == [tmp_path / f"img/{i}.png" for i in range(5)]
     plan = plan_input([shards])  # a folder of .tar
     assert (plan.kind, plan.partitions, plan.captions) == ("shards", 3, True)
     assert plan.partition(1)[0].url == "https://example.com/000010000"
