@@ -49,12 +49,7 @@ def _refuse_hf_text_tower(name: str, model) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.images import list_images
-    from ..inspect.compare import (
-        cka_matrix,
-        image_batches,
-        image_site_features,
-        text_site_features,
-    )
+    from ..inspect.compare import cka_matrix, image_batches, image_site_features, text_site_features
     from ..inspect.plots import draw_matrix
     from ..util.fileio import atomic_dir, atomic_file, check_destination
     from ._common import load_model_and_processor
@@ -68,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     features: dict[str, list] = {"image": [], "text": []}
     for name, model_class in ((args.model_a, args.model_class_a), (args.model_b, args.model_class_b)):
-        # hooks need the layer modules: unfused
-        model, processor = load_model_and_processor(name, args.device, fuse=False, model_class=model_class)
+        model, processor = load_model_and_processor(name, args.device, fuse=False, model_class=model_class)  # unfused: hooks
         if texts is not None:
             _refuse_hf_text_tower(name, model)
         batches = image_batches(
