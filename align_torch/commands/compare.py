@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     features: dict[str, list] = {"image": [], "text": []}
     for name, model_class in ((args.model_a, args.model_class_a), (args.model_b, args.model_class_b)):
-        model, processor = load_model_and_processor(name, args.device, fuse=False, model_class=model_class)  # unfused: hooks
+        model, processor = load_model_and_processor(
+            name, args.device, fuse=False, model_class=model_class
+        )  # unfused: hooks
         if texts is not None:
             _refuse_hf_text_tower(name, model)
         batches = image_batches(
