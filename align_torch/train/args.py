@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any
 
-from .config import RECIPES, RESUME_CHANGEABLE, TrainConfig
+from .config import RECIPES, RESUME_CHANGEABLE, TrainConfig, renamed_fields
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -85,7 +85,7 @@ def resumed_config(args: argparse.Namespace, recorded: dict[str, Any], where: st
     given --recipe's) checked against it. A difference in what the run computes is refused, naming each option;
     one of RESUME_CHANGEABLE (the run's length, how it is watched) is taken, and described in the notes."""
     names = [f.name for f in dataclasses.fields(TrainConfig)]
-    base = {k: v for k, v in recorded.items() if k in names}
+    base = {k: v for k, v in renamed_fields(recorded).items() if k in names}
     try:
         old = TrainConfig(**{**base, "out": args.out})
     except (TypeError, ValueError) as e:

@@ -51,6 +51,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def renamed_fields(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded train config under today's field names, so that run folders written before a rename resume."""
+    out = dict(recorded)
+    if "lora_head" in out and "lora_freeze_head" not in out:  # "lora_head": True meant the head trains
+        out["lora_freeze_head"] = not out.pop("lora_head")
+    return out
+
+
 def opt(default: Any = dataclasses.MISSING, help: str = "", kw_only: bool = False, **cli: Any) -> Any:
     """A TrainConfig field: its default, its help text and options for its command-line flag. `kw_only` lets a
     field with a default come before fields without one."""
@@ -173,7 +181,7 @@ class TrainConfig:
         None, "LoRA scale numerator: adapters are scaled by alpha / rank", default_text="rank"
     )
     lora_targets: tuple[str, ...] = opt(DEFAULT_TARGETS, "LoRA: names of the nn.Linear / 1x1 nn.Conv2d layers adapted")
-    lora_head: bool = opt(True, "LoRA: keep the projections and temperature frozen too", flag="--lora-freeze-head")
+    lora_freeze_head: bool = opt(False, "LoRA: keep the projections and temperature frozen too")
 
     fsdp: bool = opt(
         False,

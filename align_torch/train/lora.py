@@ -52,10 +52,10 @@ def add_lora(
     rank: int,
     alpha: float | None = None,
     targets: tuple[str, ...] = DEFAULT_TARGETS,
-    train_head: bool = True,
+    freeze_head: bool = False,
 ) -> TrainableCount:
     """Inject rank-`rank` adapters (scale alpha / rank; alpha defaults to rank) into every layer named in
-    `targets`, in place; freeze everything else except, with `train_head`, the text/image projections and
+    `targets`, in place; freeze everything else except, unless `freeze_head`, the text/image projections and
     the temperature (and a sigmoid-loss model's logit bias)."""
     if rank < 1:
         raise ValueError(f"lora rank must be at least 1, got {rank}")
@@ -68,7 +68,7 @@ def add_lora(
     peft.inject_adapter_in_model(config, model)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
-    if train_head:
+    if not freeze_head:
         model.temperature.requires_grad_(True)
         if getattr(model, "logit_bias", None) is not None:  # the sigmoid loss's bias belongs to the head
             model.logit_bias.requires_grad_(True)

@@ -225,7 +225,7 @@ class Trainer:
             loss=cfg.loss,
         )
         if cfg.lora_rank is not None:
-            self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
+            self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_freeze_head)
         else:
             self.trainable = count_trainable(self.model)
         self.model.to(self.device).train()

@@ -69,7 +69,7 @@ FLAGS = {
     "fsdp": "--fsdp",
     "lora_alpha": "--lora-alpha",
     "lora_targets": "--lora-targets",
-    "lora_head": "--lora-freeze-head",
+    "lora_freeze_head": "--lora-freeze-head",
     "grad_checkpointing": "--grad-checkpointing",
     "log_every": "--log-every",
     "save_every": "--save-every",
@@ -183,3 +183,15 @@ def test_recipe_scratch_crops_half_the_area_up():
     assert config_from_args(_parser().parse_args(REQUIRED)).crop_scale == (0.9, 1.0)
     given = ["--recipe", "scratch", "--crop-scale", "0.8", "1"]
     assert config_from_args(_parser().parse_args(REQUIRED + given)).crop_scale == (0.8, 1.0)
+
+
+@pytest.mark.parametrize("old, frozen", [(True, False), (False, True)])
+def test_a_run_recorded_under_the_old_lora_head_key_resumes_with_its_head_setting(old, frozen):
+    # Runs written before the rename stored "lora_head" (True: the head trains); resuming one must keep that.
+    from align_torch.train.args import resumed_config
+
+    recorded = {**TrainConfig(train="t.csv", out="run").to_dict(), "lora_head": old}
+    del recorded["lora_freeze_head"]
+    args = _parser().parse_args(["--train", "t.csv", "--out", "run"])
+    config, notes = resumed_config(args, recorded, "run")
+    assert config.lora_freeze_head is frozen and notes == []
