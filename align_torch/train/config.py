@@ -9,6 +9,7 @@ trainer writes the override into the model's config, which `final/config.json` r
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
 from ..model.config import LOSSES
-from ..model.loss import EXCHANGES
+from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
@@ -99,9 +100,24 @@ class TrainConfig:
     loss: str | None = opt(
         None,
         "training loss: softmax (ALIGN's contrastive cross-entropy) or sigmoid (SigLIP: each pair a binary "
-        "decision; adds a learnable logit bias starting at -10, the temperature continues from the model)",
+        "decision; a model without a logit bias gets one starting at log(1/(N-1)) for the global batch N, the "
+        "temperature continues from the model)",
         choices=LOSSES,
         default_text="the model config's (align-base: softmax)",
+    )
+    logit_bias_init: float | None = opt(
+        None,
+        "start the sigmoid loss's logit bias here (SigLIP: -10)",
+        default_text="the model's bias, or log(1/(N-1)) for the global batch N when it has none",
+    )
+    temperature_init: float | None = opt(
+        None, "start the learned temperature here (SigLIP: 0.1)", default_text="the model's"
+    )
+    duplicate_captions: str = opt(
+        "positive",
+        "pairs of a global batch whose captions tokenise identically: positive (each other's matches, for both "
+        "losses) or negative (only a pair's own image and caption match, as ALIGN and SigLIP)",
+        choices=DUPLICATE_CAPTIONS,
     )
     sigmoid_exchange: str = opt(
         "gather",
@@ -164,6 +180,7 @@ class TrainConfig:
             "precision": PRECISIONS,
             "device": DEVICES,
             "sigmoid_exchange": EXCHANGES,
+            "duplicate_captions": DUPLICATE_CAPTIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -195,6 +212,7 @@ class TrainConfig:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.bn_momentum is not None and not 0 <= self.bn_momentum <= 1:
             raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        self._check_logit_start()
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lora_rank is not None and self.lora_rank < 1:
@@ -209,6 +227,12 @@ class TrainConfig:
             raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
         if self.clip_grad is not None and self.clip_grad < 0:
             raise ValueError(f"clip_grad must be > 0 (or 0 for no clipping), got {self.clip_grad}")
+
+    def _check_logit_start(self) -> None:
+        if self.temperature_init is not None and not 0 < self.temperature_init < math.inf:
+            raise ValueError(f"temperature_init must be a finite number > 0, got {self.temperature_init}")
+        if self.logit_bias_init is not None and not math.isfinite(self.logit_bias_init):
+            raise ValueError(f"logit_bias_init must be a finite number, got {self.logit_bias_init}")
 
     @classmethod
     def from_recipe(cls, recipe: str, **fields: Any) -> TrainConfig:

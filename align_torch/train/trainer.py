@@ -38,7 +38,7 @@ from .fsdp import (
     local_parameter_count,
     shard_model,
 )
-from .gradcache import embed_pairs, gradcache_backward
+from .gradcache import caption_groups, embed_pairs, gradcache_backward
 from .guards import (
     EXAMPLES_SHOWN,
     Interrupted,
@@ -51,7 +51,7 @@ from .guards import (
 from .lock import RunLockedError, acquire_run_lock, release_run_lock
 from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
-from .modes import prepare_model
+from .modes import batch_prior_bias, prepare_model
 from .optim import build_optimizer, build_scheduler, resume_schedule
 from .skipped import SkippedLog, skipped_record
 from .state import (
@@ -101,14 +101,16 @@ def forward_loss(
     *,
     logit_bias: torch.Tensor | None = None,
     exchange: str = "gather",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's share of the loss over the global batch (see global_loss: ALIGN's, or SigLIP's with a
-    `logit_bias`). `model` may be DDP-wrapped; the loss itself is computed in float32 (or float64) outside
-    autocast."""
+    `logit_bias`; `groups`: the global batch's caption groups, see caption_groups). `model` may be DDP-wrapped;
+    the loss itself is computed in float32 (or float64) outside autocast."""
     text, image = embed_pairs(model, batch, precision)
+    temperature = temperature.to(text.dtype)
     if logit_bias is None:
-        return global_contrastive_loss(text, image, temperature.to(text.dtype), label_smoothing)
-    return global_sigmoid_loss(text, image, temperature.to(text.dtype), logit_bias.to(text.dtype), exchange)
+        return global_contrastive_loss(text, image, temperature, label_smoothing, groups)
+    return global_sigmoid_loss(text, image, temperature, logit_bias.to(text.dtype), exchange, groups)
 
 
 class Trainer:
@@ -170,6 +172,8 @@ class Trainer:
         self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
         if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
             self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
+        bias_start = self._logit_bias_start()
+        from_prior = cfg.logit_bias_init is None and cfg.loss == "sigmoid" and self.model.logit_bias is None
         self._hooks = prepare_model(
             self.model,
             bn_momentum=cfg.bn_momentum,
@@ -180,7 +184,12 @@ class Trainer:
             lock_text=cfg.lock_text,
             grad_checkpointing=cfg.grad_checkpointing,
             loss=cfg.loss,
+            logit_bias_init=bias_start,
+            # The start is recorded in the model config (final/config.json) even where it is the model's own.
+            temperature_init=cfg.temperature_init or float(self.model.temperature.detach()),
         )
+        if checkpoint is None and self.dist.is_main:
+            print(self._logit_start_line(from_prior), file=sys.stderr, flush=True)
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
         else:
@@ -233,6 +242,23 @@ class Trainer:
             all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
         )
         self._last_eval_step = None if last_eval < 0 else last_eval
+
+    def _logit_bias_start(self) -> float | None:
+        """--logit-bias-init, else for a model that gets its sigmoid bias now the batch prior log(1/(N-1)) of
+        the global contrastive batch N (SigLIP's -10 suits only N of ~22,000), else None: the model's own."""
+        cfg, bias = self.cfg, self.model.logit_bias
+        if cfg.logit_bias_init is not None or (bias is None and cfg.loss != "sigmoid"):
+            return cfg.logit_bias_init
+        return float(bias.detach()) if bias is not None else batch_prior_bias(cfg.batch_size * self.dist.world)
+
+    def _logit_start_line(self, prior: bool) -> str:
+        """Where the logits start, for the log (the model config, saved with every checkpoint, records it)."""
+        line = f"logits start at temperature {float(self.model.temperature.detach()):.4g}"
+        if self.model.logit_bias is not None:
+            line += f", logit bias {float(self.model.logit_bias.detach()):.4g}"
+            if prior:
+                line += f" (log 1/(N-1), global batch N = {self.cfg.batch_size * self.dist.world})"
+        return line + f"; duplicate captions: {self.cfg.duplicate_captions}"
 
     def _shard(self) -> None:
         """FSDP2 in place of DDP; every rank prints how much of the model it holds."""
@@ -468,6 +494,7 @@ class Trainer:
                 p.skipped_batches += 1
                 continue
             batch = batch.to(self.device)
+            groups = caption_groups(batch, cfg.duplicate_captions)
             last = micro == cfg.grad_accum - 1
             if cfg.micro_batch_size is not None:
                 loss = gradcache_backward(
@@ -482,6 +509,7 @@ class Trainer:
                     check_loss=self._check_finite,
                     logit_bias=self.model.logit_bias,
                     exchange=cfg.sigmoid_exchange,
+                    groups=groups,
                 )
             else:
                 with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
@@ -493,6 +521,7 @@ class Trainer:
                         cfg.precision,
                         logit_bias=self.model.logit_bias,
                         exchange=cfg.sigmoid_exchange,
+                        groups=groups,
                     )
                     self._check_finite(loss)
                     (loss / cfg.grad_accum).backward()
