@@ -207,6 +207,12 @@ class AlignConfig:
     # tower's sizes for the input checks and the pooling.
     text_tower: str | None = None
     hf_text_config: dict[str, Any] | None = field(default=None, hash=False)
+    # The same for the image tower (`--image-tower hf:PATH_OR_ID`), pooled by `image_pooling` ("pooler": the
+    # tower's own pooler_output; "mean": over its last hidden state) and always projected by `image_projection`.
+    # `vision` then mirrors the tower's input size and channels.
+    image_tower: str | None = None
+    hf_image_config: dict[str, Any] | None = field(default=None, hash=False)
+    image_pooling: str = "pooler"
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -218,12 +224,15 @@ class AlignConfig:
         _check_float("AlignConfig", "label_smoothing", self.label_smoothing, 0.0, 1.0, False, True)
         _check_str("AlignConfig", "loss", self.loss, LOSSES)
         _check_float("AlignConfig", "logit_bias_init", self.logit_bias_init, -_INF, _INF, True, True)
-        if (self.text_tower is None) != (self.hf_text_config is None):
-            raise ValueError("AlignConfig.text_tower and AlignConfig.hf_text_config are given together or not at all")
-        if self.hf_text_config is not None and not (
-            isinstance(self.hf_text_config, dict) and isinstance(self.hf_text_config.get("model_type"), str)
-        ):
-            raise ValueError("AlignConfig.hf_text_config must be a transformers config object with a model_type")
+        _check_str("AlignConfig", "image_pooling", self.image_pooling, ("pooler", "mean"))
+        for side in ("text", "image"):
+            tower, hf_config = getattr(self, f"{side}_tower"), getattr(self, f"hf_{side}_config")
+            if (tower is None) != (hf_config is None):
+                raise ValueError(f"AlignConfig.{side}_tower and AlignConfig.hf_{side}_config are given together or not")
+            if hf_config is not None and not (
+                isinstance(hf_config, dict) and isinstance(hf_config.get("model_type"), str)
+            ):
+                raise ValueError(f"AlignConfig.hf_{side}_config must be a transformers config object with a model_type")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -17,6 +17,7 @@ from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
 from ..model.config import LOSSES
+from ..model.hf_image import IMAGE_POOLINGS
 from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
@@ -27,7 +28,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower")
+RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower", "image_tower")
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -142,6 +143,18 @@ class TrainConfig:
         "a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
         metavar="hf:PATH_OR_ID",
     )
+    image_tower: str | None = opt(
+        None,
+        "hf:PATH_OR_ID: a transformers vision encoder (ConvNeXt, ViT, Dinov2...) as the image tower, a new image "
+        "projection; its folder's preprocessor_config.json if it has one; needs transformers (align-torch[hf-towers])",
+        metavar="hf:PATH_OR_ID",
+    )
+    image_pooling: str | None = opt(
+        None,
+        "how --image-tower pools: pooler (its own pooler_output) or mean (over its last hidden state)",
+        choices=IMAGE_POOLINGS,
+        default_text="pooler where the tower has one, else mean",
+    )
     lock_image: bool = opt(False, "LiT: freeze the image tower")
     lock_text: bool = opt(False, "freeze the text tower and projection")
 
@@ -219,8 +232,10 @@ class TrainConfig:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        if self.text_tower is not None and not self.text_tower.startswith("hf:"):
-            raise ValueError(f"text_tower must be hf:PATH_OR_ID (a transformers encoder), got {self.text_tower!r}")
+        for side in ("text", "image"):
+            tower = getattr(self, f"{side}_tower")
+            if tower is not None and not tower.startswith("hf:"):
+                raise ValueError(f"{side}_tower must be hf:PATH_OR_ID (a transformers model), got {tower!r}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:

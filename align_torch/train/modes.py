@@ -138,6 +138,9 @@ def prepare_model(
     # ALIGN embeds text from the [CLS] state, never the BERT pooler: a parameter without a gradient would
     # stall DDP, so the pooler is frozen (it is still saved, so checkpoints round-trip).
     model.text_model.pooler.requires_grad_(False)
+    image_pooler = getattr(getattr(model.vision_model, "encoder", None), "pooler", None)
+    if model.config.image_tower is not None and model.config.image_pooling == "mean" and image_pooler is not None:
+        image_pooler.requires_grad_(False)  # a transformers image tower pooled by the mean never runs its pooler
     handles = freeze_batchnorm(model) if freeze_bn else []
     if lock_image:
         handles.append(lock_tower(model.vision_model))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.align import AlignModel
+from ..model.config import AlignConfig
 from ..model.hf_text import text_config_from_hf, tower_source, transformers_module
 from ..preprocess.processor import AlignProcessor
 from ..preprocess.tokenizer import AlignTokenizer
@@ -22,18 +23,34 @@ def swap_text_tower(model: AlignModel, spec: str, processor: AlignProcessor) -> 
     """A new AlignModel with `model`'s image side and the encoder `spec` ("hf:PATH_OR_ID") as its text tower,
     and the processor that tokenizes for it."""
     source = tower_source(spec)
-    encoder = transformers_module().AutoModel.from_pretrained(source)
+    encoder = load_tower(source, "text")
     hf_config = encoder.config.to_dict()
     text = text_config_from_hf(hf_config, pooling=model.config.text.pooling)
     config = model.config.replace(text=text, text_tower=spec, hf_text_config=hf_config)
-    swapped = AlignModel(config).to(dtype=model.temperature.dtype, device=model.temperature.device)
+    swapped = rebuild_around(model, config, ("text_model.", "text_projection."))
     swapped.text_model.encoder.load_state_dict(encoder.state_dict())
-    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_model.", "text_projection."))}
+    return swapped, AlignProcessor(processor.image_processor, _tokenizer(source, processor, text))
+
+
+def load_tower(source: str, side: str):
+    """The pretrained transformers encoder at `source` (a folder or Hub id), never with remote code: a folder
+    whose config asks for code of its own is refused by transformers, and nothing of it runs."""
+    try:
+        return transformers_module().AutoModel.from_pretrained(source, trust_remote_code=False)
+    except ValueError as e:
+        raise ValueError(f"cannot load the {side} tower {source} without running its own code: {e}") from None
+
+
+def rebuild_around(model: AlignModel, config: AlignConfig, replaced: tuple[str, ...]) -> AlignModel:
+    """A new AlignModel of `config` (same dtype, device and mode as `model`) holding `model`'s weights except
+    those under the `replaced` prefixes (the swapped tower and its projection, left to the caller)."""
+    swapped = AlignModel(config).to(dtype=model.temperature.dtype, device=model.temperature.device)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(replaced)}
     missing, unexpected = swapped.load_state_dict(kept, strict=False)
-    stray = [k for k in missing if not k.startswith(("text_model.", "text_projection."))]
+    stray = [k for k in missing if not k.startswith(replaced)]
     if stray or unexpected:
-        raise ValueError(f"the image side did not carry over to the new text tower: {sorted(stray + unexpected)}")
-    return swapped.train(model.training), AlignProcessor(processor.image_processor, _tokenizer(source, processor, text))
+        raise ValueError(f"the other tower did not carry over to the new one: {sorted(stray + unexpected)}")
+    return swapped.train(model.training)
 
 
 def _tokenizer(source: str, processor: AlignProcessor, text) -> AlignTokenizer:

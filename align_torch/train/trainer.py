@@ -48,6 +48,7 @@ from .guards import (
     check_unreadable,
     ignore_sigint,
 )
+from .image_tower import swap_image_tower
 from .lock import RunLockedError, acquire_run_lock, release_run_lock
 from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
@@ -172,6 +173,10 @@ class Trainer:
         self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
         if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
             self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
+        if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:
+            self.model, self.processor = swap_image_tower(
+                self.model, cfg.image_tower, self.processor, cfg.image_pooling
+            )
         bias_start = self._logit_bias_start()
         from_prior = cfg.logit_bias_init is None and cfg.loss == "sigmoid" and self.model.logit_bias is None
         self._hooks = prepare_model(
