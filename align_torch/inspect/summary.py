@@ -211,7 +211,7 @@ def _measure(
             pixels = torch.zeros(1, model.config.vision.in_chans, image_size, image_size, device="meta")
             model.project_image(vision(pixels))
             ids = torch.zeros(1, text_tokens, dtype=torch.long, device="meta")
-            hidden = text(ids, torch.ones_like(ids)).last_hidden_state
+            hidden = text(ids).last_hidden_state  # no mask: a transformers mask check reads values
             model.text_projection(model.pool_text(hidden))
     finally:
         for h in handles:

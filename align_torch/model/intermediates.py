@@ -112,6 +112,8 @@ def _text_side(model, input_ids, attention_mask, token_type_ids, indices, output
     )
     positions = sorted(wanted)
     attentions = getattr(out, "attentions", None) if output_attentions else None
+    if not attentions or any(a is None for a in attentions):  # an attention kernel that keeps no probabilities
+        attentions = None
     embeds = None
     if last == n - 1:
         embeds = model.project_text(model.pool_text(out.last_hidden_state, attention_mask), normalize=True)
