@@ -86,7 +86,8 @@ class HFImageTower(nn.Module):
         """The tower's own transformers initialisation."""
         self.encoder.init_weights()
 
-    def _pool(self, out: Any) -> torch.Tensor:
+    def pool_output(self, out: Any) -> torch.Tensor:
+        """The transformers output -> (B, C) features, by the tower's pooling."""
         if self.pooling == "pooler":
             pooled = getattr(out, "pooler_output", None)
             if pooled is None:
@@ -96,13 +97,13 @@ class HFImageTower(nn.Module):
         return hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)  # (B, C, h, w) or (B, T, C)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._pool(self.encoder(pixel_values=pixel_values))  # (B, C)
+        return self.pool_output(self.encoder(pixel_values=pixel_values))  # (B, C)
 
     def intermediates(self, pixel_values: torch.Tensor, indices: list[int] | None = None) -> HFImageIntermediates:
         """Hidden states at `indices` (positions, as `num_positions`; None: all) and the pooled features."""
         out = self.encoder(pixel_values=pixel_values, output_hidden_states=True)
         wanted = sorted(take_indices(indices, len(out.hidden_states), "image hidden-state"))
-        return HFImageIntermediates([out.hidden_states[p] for p in wanted], self._pool(out))
+        return HFImageIntermediates([out.hidden_states[p] for p in wanted], self.pool_output(out))
 
 
 def num_features(config: Any) -> int:

@@ -5,6 +5,7 @@ the CLI (zero-shot, embed, embed-text, eval, summary), and per-layer intermediat
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from align_torch import AlignModel, AlignProcessor
+from align_torch.inspect.similarity import similarity_map
 from align_torch.train import TrainConfig, Trainer
 from align_torch.train.guards import Interrupted
 from align_torch.train.starter import starter_vocab
@@ -109,6 +111,12 @@ def _check_intermediates(model: AlignModel, processor: AlignProcessor, classes: 
     assert len(out.text_hidden_states) == 3  # embeddings + 2 layers, native or transformers
     assert torch.allclose(out.image_embeds, embeds.image_embeds, atol=1e-5)
     assert torch.allclose(out.text_embeds, embeds.text_embeds, atol=1e-5)
+    # The exact map's assumption (ALIGN's mean-pooled map) fails here: Grad-CAM on the last hidden state, said so.
+    with pytest.warns(UserWarning, match="Grad-CAM on its last hidden state"):
+        maps = similarity_map(model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
+    last = out.image_hidden_states[-1]
+    side = last.shape[-1] if last.ndim == 4 else int((last.shape[1] - 1) ** 0.5)  # ViT: the class token left out
+    assert maps.shape == (1, side, side) and bool((maps >= 0).all())
 
 
 def _check_commands(final_dir: Path, tmp_path: Path) -> None:
@@ -121,8 +129,10 @@ def _check_commands(final_dir: Path, tmp_path: Path) -> None:
         ["embed-text", tmp_path / "texts.txt", "--out", tmp_path / "texts.safetensors", "--quiet"],
         ["eval", "--zero-shot-dir", tmp_path / "classes", "--workers", "0", "--quiet", "--json"],
     ]
+    if importlib.util.find_spec("onnx") is not None:  # exported, and checked against eager by the command
+        commands.append(["export", "--tower", "image", "--format", "onnx", "--out", tmp_path / "onnx"])
     for argv in commands:
-        status, stdout, stderr = run_cli(*argv, *common)
+        status, stdout, stderr = run_cli(*argv, *common[:2] if argv[0] == "export" else common)
         assert status == 0, (argv[0], stderr)
     assert load_file(tmp_path / "images.safetensors")["embeddings"].shape == (8, 80)
     status, stdout, stderr = run_cli("summary", "--model", final_dir, "--json")
