@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
@@ -65,13 +66,37 @@ def resolve_model_dir(
     name = str(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"model folder {name!r} does not exist")
-    folder = _download(name, METADATA_PATTERNS, revision, cache_dir)
     if not weights:
-        return folder
+        return _download(name, METADATA_PATTERNS, revision, cache_dir)
+    # Metadata and safetensors in one call; a second only for a repo that ships `.bin` weights alone.
     folder = _download(name, METADATA_PATTERNS + SAFETENSORS_PATTERNS, revision, cache_dir)
     if not any(folder.glob("*.safetensors")):
         folder = _download(name, METADATA_PATTERNS + BIN_PATTERNS, revision, cache_dir)
     return folder
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model reference resolved once per command: the local folder every reader is handed, and what
+    outputs record as the model (see model_reference)."""
+
+    folder: Path
+    reference: str
+
+
+def resolve_model(
+    model: str | os.PathLike | ModelSource,
+    *,
+    weights: bool = True,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> ModelSource:
+    """`model` (a folder, a Hub repo id, or an already resolved ModelSource, returned as is) -> ModelSource.
+    With `weights=False` only configs and vocab are fetched."""
+    if isinstance(model, ModelSource):
+        return model
+    folder = resolve_model_dir(model, weights=weights, revision=revision, cache_dir=cache_dir)
+    return ModelSource(folder=folder, reference=model_reference(model))
 
 
 def model_reference(name_or_path: str | os.PathLike) -> str:

@@ -13,6 +13,9 @@ from .. import defaults
 from ..util.device import DEVICES
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..checkpoint.hub import ModelSource
     from ..inference.embed import ImageEmbeddings
     from ..model.align import AlignModel
     from ..preprocess.processor import AlignProcessor
@@ -89,8 +92,18 @@ def output_file(path: str) -> Path:
     return out
 
 
+def resolve_model_option(args: argparse.Namespace) -> ModelSource:
+    """--model resolved once for the whole command (a wrong --model-class is refused first, before a download)."""
+    from ..checkpoint.hub import resolve_model
+    from ..inference.loader import import_model_class
+
+    if args.model_class:
+        import_model_class(args.model_class)
+    return resolve_model(args.model)
+
+
 def load_model_and_processor(
-    model: str, device: str, fuse: bool = True, model_class: str | None = None
+    model: str | ModelSource, device: str | torch.device, fuse: bool = True, model_class: str | None = None
 ) -> tuple[AlignModel, AlignProcessor]:
     """The command's --model, --device, --unfused and --model-class through the one loader
     (inference.loader.load_for_inference)."""

@@ -23,6 +23,7 @@ from ._common import (
     load_model_and_processor,
     output_file,
     report_skipped,
+    resolve_model_option,
 )
 
 HELP = "embed images (files, folders, globs, a manifest, WebDataset shards) into an embeddings folder or file"
@@ -77,13 +78,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_file(args: argparse.Namespace) -> int:
-    from ..checkpoint.hub import model_reference
     from ..data.images import ImageLoadError, list_images
     from ..retrieval.embeddings_file import EmbeddingIndex
 
     out = output_file(args.out)
     paths = list_images(args.images)
-    model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
+    source = resolve_model_option(args)
+    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
     try:
         result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
     except ImageLoadError as e:
@@ -98,7 +99,7 @@ def _run_file(args: argparse.Namespace) -> int:
         vectors=result.vectors,
         items=[str(p) for p in result.paths],
         kind="image",
-        model=model_reference(args.model),
+        model=source.reference,
         skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
     )
     index.save(out)
@@ -109,7 +110,7 @@ def _run_file(args: argparse.Namespace) -> int:
 
 def _run_folder(args: argparse.Namespace) -> int:
     from ..retrieval.embed_folder import embed_collection
-    from ..util.distributed_env import torchrun_env
+    from ..util.distributed import torchrun_env
 
     if args.strict:
         raise ValueError("--strict applies to a .safetensors output; a folder lists unreadable images per partition")

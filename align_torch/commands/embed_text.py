@@ -10,7 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, output_file
+from ._common import (
+    add_batch_arguments,
+    add_model_arguments,
+    load_model_and_processor,
+    output_file,
+    resolve_model_option,
+)
 
 HELP = "embed the lines of a text file into an embeddings file for `align-torch search`"
 
@@ -34,7 +40,6 @@ def read_lines(source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint.hub import model_reference
     from ..inference.embed import embed_texts
     from ..retrieval.embeddings_file import EmbeddingIndex
 
@@ -42,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     texts = read_lines(args.textfile)
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
-    model, processor = load_model_and_processor(args.model, args.device, not args.unfused, args.model_class)
+    source = resolve_model_option(args)
+    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=model_reference(args.model)).save(out)
+    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=source.reference).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

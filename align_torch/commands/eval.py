@@ -20,7 +20,6 @@ from ..evaluate.knn import KNN_KS, KNN_TEMPERATURE
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..preprocess.templates import TEMPLATE_SETS
-from ..util.distributed_env import torchrun_env
 from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
 
 if TYPE_CHECKING:
@@ -93,13 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """Model, processor and whether this run spans several torchrun ranks."""
-    if not torchrun_env().distributed:
-        return (*load_model_and_processor(args.model, args.device, not args.unfused, args.model_class), False)
-    from ..inference.loader import load_for_inference
-    from ..train.distributed import setup_distributed
+    from ..util.distributed import setup_distributed
 
-    _, device = setup_distributed(args.device)
-    return (*load_for_inference(args.model, device, fuse=not args.unfused, model_class=args.model_class), True)
+    env, device = setup_distributed(args.device)  # under torchrun: joins the group, one GPU per rank
+    return (*load_model_and_processor(args.model, device, not args.unfused, args.model_class), env.distributed)
 
 
 def _read_class_names(path: str) -> list[str]:
@@ -129,7 +125,7 @@ def _retrieval_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, str]], 
 
 def run(args: argparse.Namespace) -> int:
     """Check the options, load the model, run each protocol asked for, and print the figures on rank 0."""
-    from ..evaluate.shards import rank_and_world
+    from ..util.distributed import rank_and_world
 
     _check_options(args)
     pairs, retrieval_info = _retrieval_pairs(args) if args.retrieval else (None, {})

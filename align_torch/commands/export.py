@@ -44,18 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint.hub import model_reference
+    from ..checkpoint.hub import resolve_model
     from ..inference.export import export_towers
-    from ..model.align import AlignModel
+    from ..inference.loader import load_model
     from ..preprocess.processor import AlignProcessor
 
     if args.int8 and args.format != "onnx":
         raise ValueError("--int8 needs --format onnx (ONNX Runtime's dynamic quantization)")
     towers = ("image", "text") if args.tower == "both" else (args.tower,)
-    processor = AlignProcessor.from_pretrained(args.model)
+    source = resolve_model(args.model)
+    processor = AlignProcessor.from_pretrained(source.folder)
     ip = processor.image_processor
     sizes = [(n, n) for n in args.image_size] if args.image_size else [ip.crop_size if ip.do_center_crop else ip.size]
-    model = AlignModel.from_pretrained(args.model, device="cpu")
+    model = load_model(source, "cpu")
     written = export_towers(
         model,
         processor.tokenizer,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         image_sizes=sizes,
         normalize=args.normalize,
         int8=args.int8,
-        model_id=model_reference(args.model),
+        model_id=source.reference,
         overwrite=args.overwrite,
         opset=args.opset,
     )

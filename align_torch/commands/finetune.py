@@ -26,12 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.loader import import_model_class
     from ..train import NonFiniteLossError, Trainer
 
     cfg = config_from_args(args)
-    model = import_model_class(args.model_class).from_pretrained(cfg.model) if args.model_class else None
-    trainer = Trainer(cfg, resume=args.resume, model=model)
+    trainer = Trainer(cfg, resume=args.resume, model_class=args.model_class)
     try:
         result = trainer.fit()
     except NonFiniteLossError as e:

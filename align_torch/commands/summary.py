@@ -26,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint.hub import resolve_model_dir
-    from ..checkpoint.weights import read_config
+    from ..inference.loader import load_config
     from ..inspect.summary import summarize
     from ..model.config import PRESETS, PUBLISHED_SIZES, preset
 
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         # Neither a preset nor a folder, and not shaped like a Hub id (owner/name): most likely a typo.
         raise ValueError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a model folder")
     else:
-        config = read_config(resolve_model_dir(args.model, weights=False))
+        config = load_config(args.model)
     summary = summarize(config, image_size=args.image_size, text_tokens=args.tokens)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

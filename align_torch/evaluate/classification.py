@@ -22,7 +22,7 @@ from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
 from .knn import KNN_KS, KNN_TEMPERATURE, knn_predict
 from .linear_probe import DEFAULT_L2_GRID, LinearProbeResult, linear_probe
-from .shards import embed_images_sharded, embed_texts_sharded, percent
+from .ranks import embed_images_sharded, embed_texts_sharded, percent
 
 
 @dataclass

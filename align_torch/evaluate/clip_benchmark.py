@@ -20,7 +20,9 @@ from ..model.align import AlignModel
 from .open_clip import ImageTransform, TextTokenizer, create_model_and_transforms, get_tokenizer
 
 MODEL_TYPE = "align_torch"
-INSTALL_HINT = 'pip install -e ".[clip-benchmark]" in the clone installs it with its dependencies (see the README)'
+INSTALL_HINT = (
+    'pip install -e ".[clip-benchmark]" in the clone installs it with its dependencies (see docs/evaluation.md)'
+)
 
 
 def load_align(

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .shards import percent
+from .ranks import percent
 
 SOLVERS = ("auto", "sklearn", "torch")
 DEFAULT_L2_GRID = tuple(10.0**e for e in range(-6, 3))  # 1e-6 ... 1e2

@@ -16,6 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..checkpoint.hub import resolve_model
 from ..data.transforms import TrainTransform, crop_size
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -98,10 +99,9 @@ def create_model_and_transforms(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     name = str(name_or_path).removeprefix("hf-hub:")
-    model = AlignModel.from_pretrained(
-        name, device=device, dtype=PRECISIONS[precision], cache_dir=cache_dir, revision=revision
-    )
-    image_processor = AlignProcessor.from_pretrained(name, revision=revision, cache_dir=cache_dir).image_processor
+    folder = resolve_model(name, revision=revision, cache_dir=cache_dir).folder  # once, for model and processor
+    model = AlignModel.from_pretrained(folder, device=device, dtype=PRECISIONS[precision])
+    image_processor = AlignProcessor.from_pretrained(folder).image_processor
     return model, _train_transform(image_processor), ImageTransform(image_processor)
 
 

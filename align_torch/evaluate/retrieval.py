@@ -17,7 +17,7 @@ import torch
 
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
-from .shards import embed_images_sharded, embed_texts_sharded, percent
+from .ranks import embed_images_sharded, embed_texts_sharded, percent
 
 KARPATHY_SPLITS = ("test", "val", "train", "restval")
 

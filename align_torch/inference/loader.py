@@ -3,6 +3,9 @@
 `load_for_inference("kakaobrain/align-base", model_class="my_pkg.variants:PreLNAlign")` builds the user's
 AlignModel subclass from the checkpoint's config and weights (`Class.from_pretrained`), so every command runs
 the variant a researcher wrote; `fuse_for_inference` then checks that fusing leaves its answers unchanged.
+
+A model reference is resolved once (`resolve_model`: a folder as is, a Hub id downloaded with its weights in
+one snapshot call) and that folder is handed to the processor, the model and whatever records the model.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import os
 
 import torch
 
+from ..checkpoint.hub import ModelSource, resolve_model
+from ..checkpoint.weights import read_config
 from ..model.align import AlignModel
+from ..model.config import AlignConfig
 from ..preprocess.processor import AlignProcessor
 from ..util.device import resolve_device
 from .fast import fuse_for_inference
@@ -36,7 +42,7 @@ def import_model_class(spec: str) -> type[AlignModel]:
 
 
 def load_model(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelSource,
     device: str | torch.device = "auto",
     *,
     model_class: type[AlignModel] | str | None = None,
@@ -44,11 +50,16 @@ def load_model(
     """The checkpoint's weights in `model_class` (default AlignModel; 'module:Class' is imported), eval mode."""
     cls = import_model_class(model_class) if isinstance(model_class, str) else (model_class or AlignModel)
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return cls.from_pretrained(model, device=where)
+    return cls.from_pretrained(resolve_model(model).folder, device=where)
+
+
+def load_config(model: str | os.PathLike | ModelSource) -> AlignConfig:
+    """The model's config alone: a Hub id fetches configs and vocab, never weights."""
+    return read_config(resolve_model(model, weights=False).folder)
 
 
 def load_for_inference(
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelSource,
     device: str | torch.device = "auto",
     *,
     fuse: bool = True,
@@ -58,6 +69,7 @@ def load_for_inference(
     ... or a torch.device), of `model_class`, through `fuse_for_inference` unless `fuse` is False."""
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before anything loads
-    processor = AlignProcessor.from_pretrained(model)
-    loaded = load_model(model, device, model_class=model_class)
+    source = resolve_model(model)
+    processor = AlignProcessor.from_pretrained(source.folder)
+    loaded = load_model(source, device, model_class=model_class)
     return (fuse_for_inference(loaded) if fuse else loaded.eval()), processor

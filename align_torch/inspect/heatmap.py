@@ -25,8 +25,8 @@ def similarity_heatmap(
     """(B, 3, H, W) images and B texts (or one text for all images) -> (B, H, W) maps in [0, 1].
 
     `method` is one of `similarity_map`'s: by default "exact" (each location's share of the cosine, the most
-    faithful map in the README's deletion/insertion table), or "gradcam" when a `block` or `stage` is asked for
-    (Grad-CAM on the output of image block `block`, negatives counting from the end, or of the last block of
+    faithful map in the deletion/insertion table of docs/internals.md), or "gradcam" when a `block` or `stage`
+    is asked for (Grad-CAM on the output of image block `block`, negatives counting from the end, or of the last block of
     `stage`). The positive part of each map is upsampled and scaled so its maximum is 1 (all zeros when no
     region raises the similarity). The model runs in eval mode; its modes and parameters' gradients are left
     as they were.

@@ -1,5 +1,5 @@
-"""ALIGN's contrastive loss and SigLIP's sigmoid loss as pure functions, and the cross-rank exchanges (feature
-gather, ring pass) for training on many GPUs.
+"""ALIGN's contrastive loss and SigLIP's sigmoid loss as pure functions, and their cross-rank forms for
+training on many GPUs (the rows gathered through util/distributed.py; SigLIP's ring pass written here).
 
 Every loss takes optional caption `groups`: one integer per pair of the (global) batch, equal for pairs whose
 captions are identical (`duplicate_groups`). Such pairs are positives of each other: a batch with a caption
@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..util.distributed import gather_rows, is_distributed, row_counts
 from .config import LABEL_SMOOTHING
 
 DUPLICATE_CAPTIONS = ("positive", "negative")
@@ -79,47 +80,8 @@ def duplicate_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
         longest = torch.tensor([tokens.shape[1]], device=tokens.device)
         dist.all_reduce(longest, op=dist.ReduceOp.MAX)
         tokens = F.pad(tokens, (0, int(longest) - tokens.shape[1]), value=-1)
-        tokens = gather_features(tokens)  # (N, T)
+        tokens = gather_rows(tokens)  # (N, T)
     return torch.unique(tokens, dim=0, return_inverse=True)[1]  # (N,)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sends each rank the summed gradient of its own rows from every rank's loss.
-
-    Written out rather than torch.distributed.nn.all_gather because that one's backward needs reduce-scatter
-    or all-to-all, which gloo (the CPU backend) lacks. Ranks may hold different numbers of rows.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-        counts = [int(s) for s in sizes]
-        longest = max(counts)
-        padded = x.new_zeros((longest, *x.shape[1:]))  # (max_rows, D): all_gather needs equal shapes
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.counts, ctx.rank = counts, rank
-        return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])  # (sum(counts), D)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # every rank's loss reads every rank's rows
-        start = sum(ctx.counts[: ctx.rank])
-        return grad[start : start + ctx.counts[ctx.rank]]
-
-
-def gather_features(x: torch.Tensor) -> torch.Tensor:
-    """(b, D) on each rank -> (sum of b over ranks, D) in rank order, differentiable; identity without DDP."""
-    return _GatherWithGrad.apply(x) if is_distributed() else x
-
-
-def is_distributed() -> bool:
-    """True inside a process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def global_contrastive_loss(
@@ -143,9 +105,9 @@ def global_contrastive_loss(
         )
     if not is_distributed():
         return contrastive_loss(text_embeds @ image_embeds.t() / temperature, label_smoothing, groups)
-    all_text, all_image = gather_features(text_embeds), gather_features(image_embeds)  # (N, P)
+    all_text, all_image = gather_rows(text_embeds, grad=True), gather_rows(image_embeds, grad=True)  # (N, P)
     rows = text_embeds.shape[0]
-    offset = _row_offset(rows, device=text_embeds.device)
+    offset = sum(row_counts(rows, text_embeds.device)[: dist.get_rank()])  # this rank's first row
     if groups is None:
         target = offset + torch.arange(rows, device=text_embeds.device)
     else:  # (b, N), the same for both directions: text i and image i share pair i's group
@@ -155,18 +117,6 @@ def global_contrastive_loss(
     total = F.cross_entropy(text_logits, target, label_smoothing=label_smoothing, reduction="sum")
     total = total + F.cross_entropy(image_logits, target, label_smoothing=label_smoothing, reduction="sum")
     return total / (2 * all_text.shape[0]) * dist.get_world_size()
-
-
-def _row_offset(rows: int, device: torch.device) -> int:
-    """Index of this rank's first row in the gathered batch."""
-    return sum(_row_counts(rows, device)[: dist.get_rank()])
-
-
-def _row_counts(rows: int, device: torch.device) -> list[int]:
-    """Every rank's number of rows, in rank order."""
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([rows], device=device))
-    return [int(s) for s in sizes]
 
 
 EXCHANGES = ("gather", "ring")
@@ -199,12 +149,12 @@ def global_sigmoid_loss(
     if not is_distributed():
         return sigmoid_loss(text_embeds @ image_embeds.t() / temperature + logit_bias, groups)
     world, rank = dist.get_world_size(), dist.get_rank()
-    counts = _row_counts(text_embeds.shape[0], text_embeds.device)
+    counts = row_counts(text_embeds.shape[0], text_embeds.device)
     if groups is None:
         groups = torch.arange(sum(counts), device=text_embeds.device)  # each pair its own group
     chunks = torch.split(groups, counts)  # every rank's groups, in rank order
     if exchange == "gather":
-        all_text = gather_features(text_embeds)  # (N, P)
+        all_text = gather_rows(text_embeds, grad=True)  # (N, P)
         total = _pair_terms(image_embeds, all_text, temperature, logit_bias, positives(chunks[rank], groups))
     else:
         total = _RingLoss.apply(image_embeds, text_embeds, temperature, logit_bias, chunks, _ring_group())

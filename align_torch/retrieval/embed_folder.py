@@ -24,25 +24,25 @@ from tqdm import tqdm
 
 from .. import __name__ as _package
 from .. import defaults
-from ..checkpoint.hub import model_reference, resolve_model_dir
+from ..checkpoint.hub import ModelSource, resolve_model
 from ..data import ImageLoadError, Pair, TarMember, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
-from ..util.distributed_env import torchrun_env
+from ..util.distributed import rank_device, torchrun_env
 from ..util.fileio import path_to_text
 from .layout import DTYPES, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
 from .writer import PartitionResult, prepare_folder, write_partition
 
 
-def model_fingerprint(name_or_path: str) -> str:
+def model_fingerprint(name_or_path: str | os.PathLike | ModelSource) -> str:
     """sha256 over the model folder's weight and config files, every byte of each (with names and sizes): weights
     retrained or edited in place, anywhere in the file, are noticed. Hashing streams the file (about 0.8 s for
     align-base's 690 MB on one core), small beside loading the model."""
-    folder = resolve_model_dir(name_or_path)
+    folder = resolve_model(name_or_path).folder
     h = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
     for path in files:
@@ -54,20 +54,21 @@ def model_fingerprint(name_or_path: str) -> str:
 
 
 def folder_info(
-    plan: InputPlan, model_name: str, model: AlignModel, dtype: str, fused: bool, compute: str
+    plan: InputPlan, model_name: str | ModelSource, model: AlignModel, dtype: str, fused: bool, compute: str
 ) -> FolderInfo:
     """The FolderInfo a run with these inputs, model and options writes (and must find)."""
     import importlib.metadata
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    source = resolve_model(model_name)
     try:
         version = importlib.metadata.version("align-torch")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     return FolderInfo(
-        model=model_reference(model_name),
-        model_fingerprint=model_fingerprint(model_name),
+        model=source.reference,
+        model_fingerprint=model_fingerprint(source),
         fused=fused,
         compute=compute,
         dim=model.config.projection_dim,
@@ -150,7 +151,7 @@ def embed_to_folder(
     plan: InputPlan,
     out: str | Path,
     *,
-    model_name: str,
+    model_name: str | ModelSource,
     dtype: str = "float16",
     fused: bool = True,
     batch_size: int = 32,
@@ -365,24 +366,23 @@ def embed_collection(
     `model_class`, an AlignModel subclass or 'module:Class', if given), and embed this process's unfinished
     partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
     `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
-    from ..inference.loader import load_for_inference
-    from ..util.device import resolve_device
+    from ..inference.loader import import_model_class, load_for_inference
     from .partitions import plan_input
 
     env = torchrun_env()
-    where = resolve_device(device)
-    if where.type == "cuda":  # one GPU per process
-        where = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(where)
+    where = rank_device(device, env)
     plan = plan_input(inputs, partition_size)
-    loaded, processor = load_for_inference(model, where, fuse=fused, model_class=model_class)
+    if isinstance(model_class, str):
+        model_class = import_model_class(model_class)  # a wrong name fails before a download
+    source = resolve_model(model)
+    loaded, processor = load_for_inference(source, where, fuse=fused, model_class=model_class)
     return embed_to_folder(
         loaded,
         processor.image_processor,
         processor.tokenizer,
         plan,
         out,
-        model_name=model,
+        model_name=source,
         dtype=dtype,
         fused=fused,
         batch_size=batch_size,

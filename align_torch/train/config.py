@@ -32,7 +32,7 @@ RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
-# initialised or modified small model needs to learn in few steps (measured in README, "Recipes").
+# initialised or modified small model needs to learn in few steps (measured in docs/finetuning.md, "Recipes").
 RECIPES: dict[str, dict[str, Any]] = {
     "finetune": {},
     # Crops of half the area up: the 0.9-1 default suits a trained model; one learning from scratch needs more.
@@ -48,7 +48,7 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", kw_only: bool = Fals
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A fine-tuning run. Defaults follow the original ALIGN where it made a choice (see README)."""
+    """A fine-tuning run. Defaults follow the original ALIGN where it made a choice (see docs/differences.md)."""
 
     model: str = opt(
         defaults.MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True

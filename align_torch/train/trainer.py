@@ -20,14 +20,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..checkpoint.hub import resolve_model
 from ..checkpoint.weights import checkpoint_dir, write_native
 from ..evaluate import retrieval_recall, zero_shot_accuracy
+from ..inference.loader import import_model_class, load_model
 from ..model.align import AlignModel
 from ..model.loss import global_contrastive_loss, global_sigmoid_loss
 from ..preprocess.processor import AlignProcessor
+from ..util.distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
-from .distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .fsdp import (
     GatheredModel,
     average_replicated_grads,
@@ -115,7 +117,8 @@ def forward_loss(
 
 
 class Trainer:
-    """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model`.
+    """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model` (the model
+    as `model_class`, an AlignModel subclass or 'module:Class', when given), resolved once.
 
     `callbacks` are called as `callback(trainer, record)` after every optimiser step. With `resume=True` the
     run continues from `cfg.out/checkpoint.safetensors` exactly where it stopped (same batches, RNG, schedule).
@@ -128,12 +131,15 @@ class Trainer:
         resume: bool = False,
         model: AlignModel | None = None,
         processor: AlignProcessor | None = None,
+        model_class: type[AlignModel] | str | None = None,
         callbacks: Sequence[Callable[[Trainer, StepRecord], None]] = (),
     ) -> None:
         self.cfg = cfg
         self.resume = resume
         self.model = model
         self.processor = processor
+        # A wrong class name is refused here, before the run folder is locked or anything loads.
+        self.model_class = import_model_class(model_class) if isinstance(model_class, str) else model_class
         self.callbacks = list(callbacks)
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / CHECKPOINT_FILE
@@ -169,8 +175,10 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-        self.model = self.model or AlignModel.from_pretrained(cfg.model)
-        self.processor = self.processor or AlignProcessor.from_pretrained(cfg.model)
+        if self.model is None or self.processor is None:
+            source = resolve_model(cfg.model)
+            self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
+            self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
         if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
             self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
         if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:

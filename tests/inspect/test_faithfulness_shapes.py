@@ -1,7 +1,7 @@
 """Faithfulness on a model that has learned something: the tiny preset fine-tuned for a few hundred steps to
 match coloured shapes with their captions ("red circle"), then each map method's deletion and insertion AUC on
 new shapes with their own captions. The exact map must beat a random ranking on both (deletion lower,
-insertion higher); the figures printed (-s) are the README's table."""
+insertion higher); the figures printed (-s) are docs/internals.md's table."""
 
 from __future__ import annotations
 

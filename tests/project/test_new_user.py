@@ -1,7 +1,7 @@
 """A new user's first hour, offline: `align-torch init`, then `zero-shot`, `embed` and `search` on its model.
 
 Runs the installed `align-torch` script in subprocesses, from a working folder outside the repository, with
-HF_HUB_OFFLINE=1 and relative paths, as the README's "Trying it offline" shows. CI's virtual environment is
+HF_HUB_OFFLINE=1 and relative paths, as the README's "Quick start, offline" shows. CI's virtual environment is
 itself made from the README's set-up commands (.ci/run), so running this test there is the fresh-venv check.
 """
 

@@ -89,7 +89,7 @@ def embed(*args, torchrun: int = 0) -> str:
 
 
 def read_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
-    """The folder with numpy and pandas alone, as the README tells users to read it."""
+    """The folder with numpy and pandas alone, as docs/collections.md tells users to read it."""
     img = np.concatenate([np.load(f) for f in sorted((folder / "img_emb").glob("*.npy"))])
     texts = sorted((folder / "text_emb").glob("*.npy"))
     text = np.concatenate([np.load(f) for f in texts]) if texts else None

@@ -1,4 +1,4 @@
-"""The names the README gives for retrieval in Python resolve in a fresh interpreter, in any order."""
+"""The names docs/collections.md gives for retrieval in Python resolve in a fresh interpreter, in any order."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ ORDERS = [
 
 @pytest.mark.parametrize("statement", ORDERS)
 def test_collection_and_the_search_function_import_in_a_fresh_process(statement: str):
-    # `search` is the one-query function, never a module: the README calls align_torch.retrieval.search(path, q).
+    # `search` is the one-query function, never a module: docs/collections.md calls
+    # align_torch.retrieval.search(path, q).
     code = f"{statement}; import inspect; assert inspect.isfunction(search) and inspect.isclass(Collection)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,8 +14,8 @@ import torch.distributed as dist
 
 from align_torch.train import TrainConfig, Trainer
 from align_torch.train import trainer as trainer_module
-from align_torch.train.distributed import backend_devices, setup_distributed
-from align_torch.util import device as device_module
+from align_torch.util import distributed as distributed_module
+from align_torch.util.distributed import backend_devices, setup_distributed
 from tests.helpers.train_data import write_shapes_manifest
 
 
@@ -25,7 +25,7 @@ def _cuda_backend() -> str:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WORLD_SIZE", "2")
         mp.setenv("LOCAL_RANK", "0")
-        mp.setattr(device_module, "resolve_device", lambda name: torch.device("cuda", 0))
+        mp.setattr(distributed_module, "resolve_device", lambda name: torch.device("cuda", 0))
         mp.setattr(torch.cuda, "set_device", lambda device: None)
         mp.setattr(dist, "is_initialized", lambda: False)
         mp.setattr(dist, "init_process_group", lambda backend=None, **kw: chosen.append(backend))

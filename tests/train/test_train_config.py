@@ -174,7 +174,7 @@ def test_finetune_model_and_workers_default_as_every_other_command():
 
 
 def test_recipe_scratch_crops_half_the_area_up():
-    """--recipe scratch crops 0.5-1 of the area (a model learning from scratch needs it; README, "Recipes");
+    """--recipe scratch crops 0.5-1 of the area (a model learning from scratch needs it; docs/finetuning.md, "Recipes");
     finetune keeps the gentle 0.9-1, and an explicit --crop-scale still wins."""
     scratch = config_from_args(_parser().parse_args(REQUIRED + ["--recipe", "scratch"]))
     assert scratch.crop_scale == (0.5, 1.0)

@@ -11,19 +11,12 @@ import os
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 
 from ..inference.embed import ImageEmbeddings, embed_images, embed_texts
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
-
-
-def rank_and_world(distributed: bool) -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, or (0, 1) when not distributed."""
-    if distributed and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from ..util.distributed import collective_device, gather_objects, gather_rows, rank_and_world
 
 
 def percent(hits: torch.Tensor) -> float:
@@ -36,32 +29,14 @@ def share(n: int, rank: int, world: int) -> slice:
     return slice(n * rank // world, n * (rank + 1) // world)
 
 
-def _collective_device() -> torch.device:
-    # NCCL carries CUDA tensors only; gloo (and a "cpu:gloo,cuda:nccl" group's CPU half) carries CPU tensors.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+def _gather_to_cpu(rows: torch.Tensor) -> torch.Tensor:
     """(n_r, D) on each rank -> (sum of n_r, D) on the CPU, rank 0's rows first; shares may differ in size."""
-    device = _collective_device()
-    count = torch.tensor([rows.shape[0]], device=device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    padded = torch.zeros(max(sizes), *rows.shape[1:], dtype=rows.dtype, device=device)  # all_gather needs one shape
-    padded[: rows.shape[0]] = rows.to(device)
-    out = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(out, padded)
-    return torch.cat([part[:size].cpu() for part, size in zip(out, sizes, strict=True)])
+    return gather_rows(rows.to(collective_device())).cpu()
 
 
-def gather_lists(items: list) -> list:
+def _gather_lists(items: list) -> list:
     """Every rank's list, concatenated in rank order (small Python objects: paths, failure reasons)."""
-    out: list[list] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(out, items)
-    return [item for part in out for item in part]
+    return [item for part in gather_objects(items) for item in part]
 
 
 def embed_images_sharded(
@@ -82,7 +57,7 @@ def embed_images_sharded(
     )
     if world == 1:
         return local
-    return ImageEmbeddings(gather_rows(local.vectors), gather_lists(local.paths), gather_lists(local.failures))
+    return ImageEmbeddings(_gather_to_cpu(local.vectors), _gather_lists(local.paths), _gather_lists(local.failures))
 
 
 def embed_texts_sharded(
@@ -103,4 +78,4 @@ def embed_texts_sharded(
         local = embed_texts(model, tokenizer, mine, batch_size=batch_size, progress=progress and rank == 0)
     else:  # more ranks than texts
         local = torch.empty(0, model.config.projection_dim)
-    return gather_rows(local)
+    return _gather_to_cpu(local)

@@ -1,10 +1,10 @@
-"""torchrun's environment is read in one place (util/distributed_env.py) by fine-tuning, eval and embed."""
+"""torchrun's environment is read in one place (util/distributed.py) by fine-tuning, eval and embed."""
 
 from __future__ import annotations
 
 import pytest
 
-from align_torch.util.distributed_env import TorchrunEnv, torchrun_env
+from align_torch.util.distributed import TorchrunEnv, torchrun_env
 
 
 def test_no_torchrun_is_rank_0_of_1():
