@@ -225,17 +225,13 @@ class TrainConfig:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.bn_momentum is not None and not 0 <= self.bn_momentum <= 1:
             raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
-        self._check_logit_start()
+        self._check_towers_and_logits()
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        for side in ("text", "image"):
-            tower = getattr(self, f"{side}_tower")
-            if tower is not None and not tower.startswith("hf:"):
-                raise ValueError(f"{side}_tower must be hf:PATH_OR_ID (a transformers model), got {tower!r}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:
@@ -243,7 +239,11 @@ class TrainConfig:
         if self.clip_grad is not None and self.clip_grad < 0:
             raise ValueError(f"clip_grad must be > 0 (or 0 for no clipping), got {self.clip_grad}")
 
-    def _check_logit_start(self) -> None:
+    def _check_towers_and_logits(self) -> None:
+        for side in ("text", "image"):
+            tower = getattr(self, f"{side}_tower")
+            if tower is not None and not tower.startswith("hf:"):
+                raise ValueError(f"{side}_tower must be hf:PATH_OR_ID (a transformers model), got {tower!r}")
         if self.temperature_init is not None and not 0 < self.temperature_init < math.inf:
             raise ValueError(f"temperature_init must be a finite number > 0, got {self.temperature_init}")
         if self.logit_bias_init is not None and not math.isfinite(self.logit_bias_init):

@@ -179,30 +179,7 @@ class Trainer:
             source = resolve_model(cfg.model)
             self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
             self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
-        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
-            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
-        if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:
-            self.model, self.processor = swap_image_tower(
-                self.model, cfg.image_tower, self.processor, cfg.image_pooling
-            )
-        bias_start = self._logit_bias_start()
-        from_prior = cfg.logit_bias_init is None and cfg.loss == "sigmoid" and self.model.logit_bias is None
-        self._hooks = prepare_model(
-            self.model,
-            bn_momentum=cfg.bn_momentum,
-            drop_path_rate=cfg.drop_path_rate,
-            label_smoothing=cfg.label_smoothing,
-            freeze_bn=cfg.freeze_bn,
-            lock_image=cfg.lock_image,
-            lock_text=cfg.lock_text,
-            grad_checkpointing=cfg.grad_checkpointing,
-            loss=cfg.loss,
-            logit_bias_init=bias_start,
-            # The start is recorded in the model config (final/config.json) even where it is the model's own.
-            temperature_init=cfg.temperature_init or float(self.model.temperature.detach()),
-        )
-        if checkpoint is None and self.dist.is_main:
-            print(self._logit_start_line(from_prior), file=sys.stderr, flush=True)
+        self._prepare_model(log_start=checkpoint is None)
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
         else:
@@ -255,6 +232,34 @@ class Trainer:
             all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
         )
         self._last_eval_step = None if last_eval < 0 else last_eval
+
+    def _prepare_model(self, log_start: bool) -> None:
+        """Swap in the run's towers, then apply its training semantics and logit start (prepare_model)."""
+        cfg = self.cfg
+        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
+            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
+        if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:
+            self.model, self.processor = swap_image_tower(
+                self.model, cfg.image_tower, self.processor, cfg.image_pooling
+            )
+        bias_start = self._logit_bias_start()
+        from_prior = cfg.logit_bias_init is None and cfg.loss == "sigmoid" and self.model.logit_bias is None
+        self._hooks = prepare_model(
+            self.model,
+            bn_momentum=cfg.bn_momentum,
+            drop_path_rate=cfg.drop_path_rate,
+            label_smoothing=cfg.label_smoothing,
+            freeze_bn=cfg.freeze_bn,
+            lock_image=cfg.lock_image,
+            lock_text=cfg.lock_text,
+            grad_checkpointing=cfg.grad_checkpointing,
+            loss=cfg.loss,
+            logit_bias_init=bias_start,
+            # The start is recorded in the model config (final/config.json) even where it is the model's own.
+            temperature_init=cfg.temperature_init or float(self.model.temperature.detach()),
+        )
+        if log_start and self.dist.is_main:
+            print(self._logit_start_line(from_prior), file=sys.stderr, flush=True)
 
     def _logit_bias_start(self) -> float | None:
         """--logit-bias-init, else for a model that gets its sigmoid bias now the batch prior log(1/(N-1)) of
