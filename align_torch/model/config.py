@@ -341,12 +341,39 @@ def align_l2() -> AlignConfig:
     return align_efficientnet("l2", text="large").replace(vision=efficientnet("l2", image_size=289))
 
 
+def align_grid(image: str, text: str) -> AlignConfig:
+    """One cell of the ALIGN paper's encoder grid (its ablation of EfficientNet B1-B7/L2 against BERT Mini to
+    Large): EfficientNet-`image` + BERT-`text`, embedding in the image tower's width; L2 at 289 px as `align-l2`."""
+    config = align_efficientnet(image, text=text)
+    return config.replace(vision=efficientnet("l2", image_size=289)) if image == "l2" else config
+
+
+GRID_IMAGE = ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "l2")
+GRID_TEXT = ("mini", "small", "medium", "base", "large")
+
 PRESETS = {
     "align-base": align_base,
     "align-tiny": align_tiny,
     **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING if b != "l2"},
     "align-l2": align_l2,
+    # The paper's grid by one name each, e.g. "align-b3-bert-mini".
+    **{f"align-{i}-bert-{t}": functools.partial(align_grid, i, t) for i in GRID_IMAGE for t in GRID_TEXT},
 }
+
+# Published sizes of each tower of the grid, as their papers count them: EfficientNet B1-B7 with their top conv
+# and 1000-class head (Tan & Le 2019, table 2: parameters, multiply-adds at their own resolution) and BERT with
+# its pooler (Turc et al. 2019; BERT-large: Devlin et al. 2019).
+_PUBLISHED_IMAGE = {
+    "b1": "7.8M parameters, 0.70B multiply-adds at 240 px",
+    "b2": "9.2M parameters, 1.0B multiply-adds at 260 px",
+    "b3": "12M parameters, 1.8B multiply-adds at 300 px",
+    "b4": "19M parameters, 4.2B multiply-adds at 380 px",
+    "b5": "30M parameters, 9.9B multiply-adds at 456 px",
+    "b6": "43M parameters, 19B multiply-adds at 528 px",
+    "b7": "66M parameters, 37B multiply-adds at 600 px",
+    "l2": "480M parameters (Noisy Student, Xie et al. 2020)",
+}
+_PUBLISHED_TEXT = {"mini": "11.3M", "small": "29.1M", "medium": "41.7M", "base": "110.1M", "large": "340M"}
 
 # Sizes published for the towers of a preset, printed beside `summary`'s own count. Ours leave out what ALIGN
 # does not use: EfficientNet's top 1x1 conv and classifier (ALIGN pools the last block), nothing of BERT.
@@ -355,6 +382,14 @@ PUBLISHED_SIZES: dict[str, tuple[str, ...]] = {
         "EfficientNet-L2: 480M parameters (Noisy Student, Xie et al. 2020; with its top conv and 1000-class head)",
         "BERT-large: 340M parameters (Devlin et al. 2019)",
     ),
+    **{
+        f"align-{i}-bert-{t}": (
+            f"EfficientNet-{i.upper()}: {_PUBLISHED_IMAGE[i]} (with its top conv and 1000-class head)",
+            f"BERT-{t}: {_PUBLISHED_TEXT[t]} parameters (with its pooler)",
+        )
+        for i in GRID_IMAGE
+        for t in GRID_TEXT
+    },
 }
 
 
