@@ -64,6 +64,8 @@ FLAGS = {
     "temperature_init": "--temperature-init",
     "duplicate_captions": "--duplicate-captions",
     "text_tower": "--text-tower",
+    "image_tower": "--image-tower",
+    "image_pooling": "--image-pooling",
     "fsdp": "--fsdp",
     "lora_alpha": "--lora-alpha",
     "lora_targets": "--lora-targets",
