@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from align_torch.train.data import Batch
 from align_torch.train.gradcache import caption_groups, gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
+from tests.helpers.ranks import free_port
 
 SPLITS = {2: (5, 3), 3: (3, 1, 4)}  # rows per rank; 8 pairs in all
 GROUPS = [0, 1, 2, 3, 0, 2, 1, 0]  # the caption group of each of _batch()'s rows
@@ -162,12 +162,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _single() -> dict[str, dict]:
     """One process (one rank) holding the whole batch: the reference every world size must give."""
     return {loss: _step(loss, "gather", None, _batch()) for loss in ("softmax", "sigmoid")}
@@ -188,7 +182,7 @@ def test_duplicate_positives_equal_on_any_number_of_ranks(world: int, tmp_path: 
         results = {k: {**r, "loss": float(r["loss"])} for k, r in results.items()}
     else:
         out = tmp_path / "results.pt"
-        mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
         results = torch.load(out, weights_only=True)
     assert set(results) == {"-".join(map(str, v)) for v in VARIANTS}
     for name, result in results.items():
