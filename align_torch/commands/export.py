@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import resolve_model
+    from ..data.transforms import crop_size
     from ..inference.export import export_towers
     from ..inference.loader import load_model
     from ..preprocess.processor import AlignProcessor
@@ -54,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     towers = ("image", "text") if args.tower == "both" else (args.tower,)
     source = resolve_model(args.model)
     processor = AlignProcessor.from_pretrained(source.folder)
-    ip = processor.image_processor
-    sizes = [(n, n) for n in args.image_size] if args.image_size else [ip.crop_size if ip.do_center_crop else ip.size]
+    sizes = [(n, n) for n in args.image_size] if args.image_size else [crop_size(processor.image_processor)]
     model = load_model(source, "cpu")
     written = export_towers(
         model,

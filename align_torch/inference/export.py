@@ -67,25 +67,8 @@ def export_towers(
     captions of the text parity check (required for the text tower). `int8` (ONNX only) adds a dynamically
     quantized copy of each graph. `overwrite` replaces an earlier export folder, nothing else.
     """
-    towers = _check_towers(towers)
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if int8 and fmt != "onnx":
-        raise ValueError("int8 needs format 'onnx' (ONNX Runtime's dynamic quantization)")
-    if "text" in towers and tokenizer is None:
-        raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
-    if fmt == "onnx" or int8:
-        _require_onnx()
+    plan = _export_plan(model, _check_towers(towers), fmt, image_sizes, int8, tokenizer)
     check_destination(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT)  # before any work
-    size = model.config.vision.image_size
-    sizes = [_check_size(s) for s in image_sizes] or [(size, size)]
-    if len(set(sizes)) != len(sizes):
-        raise ValueError(f"image sizes repeat: {sizes}")
-    plan: list[tuple[str, str, tuple[int, int] | None]] = []
-    if "image" in towers:
-        plan += [(_image_name(i, hw), "image", hw) for i, hw in enumerate(sizes)]
-    if "text" in towers:
-        plan.append(("text", "text", None))
     written: dict[str, dict[str, Any]] = {}
     was_training = model.training
     model.eval()  # BatchNorm's running statistics, no dropout; the caller's mode comes back after
@@ -120,6 +103,35 @@ def export_towers(
     finally:
         model.train(was_training)
     return written
+
+
+def _export_plan(
+    model: AlignModel,
+    towers: Sequence[str],
+    fmt: str,
+    image_sizes: Sequence[tuple[int, int]],
+    int8: bool,
+    tokenizer: AlignTokenizer | None,
+) -> list[tuple[str, str, tuple[int, int] | None]]:
+    """The options checked, and the graphs to write: (name, tower, (height, width) or None for text)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if int8 and fmt != "onnx":
+        raise ValueError("int8 needs format 'onnx' (ONNX Runtime's dynamic quantization)")
+    if "text" in towers and tokenizer is None:
+        raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
+    if fmt == "onnx" or int8:
+        _require_onnx()
+    size = model.config.vision.image_size
+    sizes = [_check_size(s) for s in image_sizes] or [(size, size)]
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"image sizes repeat: {sizes}")
+    plan: list[tuple[str, str, tuple[int, int] | None]] = []
+    if "image" in towers:
+        plan += [(_image_name(i, hw), "image", hw) for i, hw in enumerate(sizes)]
+    if "text" in towers:
+        plan.append(("text", "text", None))
+    return plan
 
 
 def is_export_dir(path: Path) -> bool:

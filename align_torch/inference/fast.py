@@ -358,6 +358,26 @@ def is_fused(model: nn.Module) -> bool:
     return any(isinstance(m, FusedConv2d) or _trim_hook in m._forward_pre_hooks.values() for m in model.modules())
 
 
+def _fold_vision(vision: nn.Module, chunk_bytes: int | None) -> tuple[list[Swap], list[list[Swap]]]:
+    """BatchNorm and SiLU folded into the stem's and every block's convs, squeeze-excite gated in place, each
+    block run on slices of the batch; the swaps (stem, per block), so the check can undo what differs. A
+    transformers image tower (`--image-tower hf:`) runs as it is: nothing to undo."""
+    if not isinstance(vision, EfficientNet):
+        return [], []
+    stem_undo: list[Swap] = []
+    _fold_pairs(vision.stem, _STEM_PAIRS, stem_undo)
+    block_undo: list[list[Swap]] = []
+    for i, block in enumerate(vision.blocks):
+        undo: list[Swap] = []
+        _fold_pairs(block, _BLOCK_PAIRS, undo)
+        se = getattr(block, "se", None)
+        if isinstance(se, SqueezeExcite) and type(se).forward is _PLAIN_SE_FORWARD:
+            _swap(block, "se", InPlaceGate(se), undo)
+        _swap(vision.blocks, str(i), SlicedBatch(block, chunk_bytes), undo)
+        block_undo.append(undo)
+    return stem_undo, block_undo
+
+
 def fuse_for_inference(
     model: AlignModel,
     channels_last: bool | None = None,
@@ -387,7 +407,7 @@ def fuse_for_inference(
         with _user_hooks_off(model):
             probe = _Probe(model)
 
-    stem_undo, block_undo = _fold_vision(vision, cpu_chunk_mb)
+    stem_undo, block_undo = _fold_vision(vision, None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20))
     convs = [m for m in vision.modules() if isinstance(m, FusedConv2d)]
     if not onednn or (convs and convs[0].weight.device.type == "cpu" and not onednn_agrees()):
         for conv in convs:
@@ -408,26 +428,6 @@ def fuse_for_inference(
         for conv in convs:  # oneDNN picks its weight layout for the input it first sees: let that be a real one
             conv.__dict__.pop("_onednn_weight", None)
     return model.eval()
-
-
-def _fold_vision(vision: nn.Module, cpu_chunk_mb: float | None) -> tuple[list[Swap], list[list[Swap]]]:
-    """Fold the EfficientNet's BatchNorms into its convs and swap in the fast blocks; (stem undo, block undos).
-    A transformers image tower (`--image-tower hf:`) runs as it is: nothing to undo."""
-    if not isinstance(vision, EfficientNet):
-        return [], []
-    stem_undo: list[Swap] = []
-    _fold_pairs(vision.stem, _STEM_PAIRS, stem_undo)
-    block_undo: list[list[Swap]] = []
-    chunk_bytes = None if cpu_chunk_mb is None else int(cpu_chunk_mb * 2**20)
-    for i, block in enumerate(vision.blocks):
-        undo: list[Swap] = []
-        _fold_pairs(block, _BLOCK_PAIRS, undo)
-        se = getattr(block, "se", None)
-        if isinstance(se, SqueezeExcite) and type(se).forward is _PLAIN_SE_FORWARD:
-            _swap(block, "se", InPlaceGate(se), undo)
-        _swap(vision.blocks, str(i), SlicedBatch(block, chunk_bytes), undo)
-        block_undo.append(undo)
-    return stem_undo, block_undo
 
 
 @contextlib.contextmanager

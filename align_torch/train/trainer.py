@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from ..checkpoint.hub import resolve_model
 from ..checkpoint.weights import checkpoint_dir, write_native
+from ..data.transforms import crop_size
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..inference.loader import import_model_class, load_model
 from ..model.align import AlignModel
-from ..model.loss import global_contrastive_loss, global_sigmoid_loss
+from ..model.loss import global_loss
 from ..preprocess.processor import AlignProcessor
 from ..util.distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .config import RESUME_FIXED, TrainConfig
@@ -110,10 +111,8 @@ def forward_loss(
     `logit_bias`; `groups`: the global batch's caption groups, see caption_groups). `model` may be DDP-wrapped;
     the loss itself is computed in float32 (or float64) outside autocast."""
     text, image = embed_pairs(model, batch, precision)
-    temperature = temperature.to(text.dtype)
-    if logit_bias is None:
-        return global_contrastive_loss(text, image, temperature, label_smoothing, groups)
-    return global_sigmoid_loss(text, image, temperature, logit_bias.to(text.dtype), exchange, groups)
+    bias = None if logit_bias is None else logit_bias.to(text.dtype)
+    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange, groups)
 
 
 class Trainer:
@@ -159,37 +158,58 @@ class Trainer:
 
     # --- setup ----------------------------------------------------------------------------------------
     def _setup(self) -> None:
+        """The run's setup as named steps: ranks and lock, model, data, optimiser and schedule, resume, logs."""
         cfg = self.cfg
         self.dist, self.device = setup_distributed(cfg.device)
         self._take_lock()
-        legacy = self.out / LEGACY_CHECKPOINT_FILE
-        for existing in (self.checkpoint_path, legacy):
-            if not self.resume and existing.exists():
-                raise FileExistsError(f"{existing} exists: pass --resume to continue that run, or choose another --out")
-        # Read (and so check) the checkpoint before the minutes of loading a model.
-        checkpoint = load_checkpoint(self.checkpoint_path) if self.resume else None
-        if cfg.val is not None and not cfg.val.endswith(MANIFEST_SUFFIXES):
-            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {cfg.val!r}")
+        checkpoint = self._read_checkpoint()
         seed = cfg.seed + self.dist.rank
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimiser()
+        if checkpoint is not None:
+            self._load(checkpoint)
+        self.ddp = None
+        if self.dist.world > 1 and self.replicated is None:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self._setup_logs()
 
+    def _read_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint to resume from (read, and so checked, before the minutes of loading a model); a
+        checkpoint already in --out without --resume is refused."""
+        for existing in (self.checkpoint_path, self.out / LEGACY_CHECKPOINT_FILE):
+            if not self.resume and existing.exists():
+                raise FileExistsError(f"{existing} exists: pass --resume to continue that run, or choose another --out")
+        checkpoint = load_checkpoint(self.checkpoint_path) if self.resume else None
+        if self.cfg.val is not None and not self.cfg.val.endswith(MANIFEST_SUFFIXES):
+            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {self.cfg.val!r}")
+        return checkpoint
+
+    def _setup_model(self) -> None:
+        """Model and processor (from cfg.model, resolved once, unless given), towers, training modes, LoRA."""
+        cfg = self.cfg
         if self.model is None or self.processor is None:
             source = resolve_model(cfg.model)
             self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
             self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
-        self._prepare_model(log_start=checkpoint is None)
+        self._prepare_model(log_start=not self.resume)
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
         else:
             self.trainable = count_trainable(self.model)
         self.model.to(self.device).train()
 
+    def _setup_data(self) -> None:
+        """Training pairs, their transform and collate, validation pairs, and the run's length in steps."""
+        cfg = self.cfg
         pairs = read_pairs(cfg.train)
         self.val_pairs: list[Pair] = read_pairs(cfg.val).pairs if cfg.val else []
         image_processor = self.processor.image_processor
-        crop = tuple(image_processor.crop_size if image_processor.do_center_crop else image_processor.size)
+        crop = crop_size(image_processor)
         transform = (
             TrainTransform(image_processor, size=crop, scale=cfg.crop_scale, ratio=cfg.crop_ratio, hflip=cfg.hflip)
             if cfg.augment
@@ -208,26 +228,24 @@ class Trainer:
         # --max-steps is the run's length, over as many epochs as it takes (as transformers' max_steps).
         self.total_steps = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else cfg.max_steps
 
+    def _setup_optimiser(self) -> None:
+        """FSDP sharding when asked (before the optimiser sees the parameters), then optimiser and schedule."""
         self.replicated: list[torch.nn.Parameter] | None = None  # set when FSDP shards the model
-        if cfg.fsdp and self.dist.world > 1:
+        if self.cfg.fsdp and self.dist.world > 1:
             self._shard()
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
-        if checkpoint is not None:
-            self._load(checkpoint)
-        self.ddp = None
-        if self.dist.world > 1 and self.replicated is None:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.total_steps)
+
+    def _setup_logs(self) -> None:
+        """metrics.jsonl and skipped.jsonl on rank 0 (records after the resumed step dropped), and on every rank
+        whether the final evaluation already ran (it has a barrier, so all ranks must agree)."""
+        last_eval = None
         if self.dist.is_main:
             last_eval = drop_records_after(
                 self.out, self.progress.step, self.progress.epoch, eval_pending=self._epoch_done()
             )
             self.logger = MetricsLogger(self.out)
             self.skipped_log = SkippedLog(self.out)
-        else:
-            last_eval, self.logger = None, None
-        # Every rank must agree whether the final evaluation already ran (it has a barrier).
         last_eval = int(
             all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
         )
@@ -495,62 +513,73 @@ class Trainer:
         raise Interrupted
 
     def _step(self, batches) -> StepRecord | None:
-        """One optimiser step over grad_accum micro-batches; None when every micro-batch was empty."""
-        cfg, p = self.cfg, self.progress
-        model = self.ddp or self.model
+        """One optimiser step: forward, loss and backward over grad_accum micro-batches, then the update and the
+        step's record; None when every micro-batch was empty."""
         start = time.perf_counter()
+        losses, pairs = self._accumulate(batches)
+        self.progress.batch += self.cfg.grad_accum
+        if not losses:
+            return None
+        lr = self._update()
+        return self._record(losses, pairs, lr, start)
+
+    def _accumulate(self, batches) -> tuple[list[torch.Tensor], int]:
+        """grad_accum micro-batches through forward, loss and backward: (their losses, the pairs they held)."""
+        cfg = self.cfg
         losses, pairs, synced = [], 0, False
         for micro in range(cfg.grad_accum):
             batch: Batch = next(batches)
-            p.skipped_images += len(batch.failures)
-            self._tried += len(batch) + len(batch.failures)
-            self._unreadable += len(batch.failures)
-            self._bad_examples += [reason for _, reason in batch.failures][: EXAMPLES_SHOWN - len(self._bad_examples)]
-            self._skipped += [skipped_record(self.dataset.pairs[i], reason) for i, reason in batch.failures]
+            self._count_failures(batch)
             # Every rank must take part in every collective: skip a micro-batch on all ranks if any is empty.
             if reduce_scalar(len(batch), "min", self.device) == 0:
-                p.skipped_batches += 1
+                self.progress.skipped_batches += 1
                 continue
-            batch = batch.to(self.device)
-            groups = caption_groups(batch, cfg.duplicate_captions)
             last = micro == cfg.grad_accum - 1
-            if cfg.micro_batch_size is not None:
-                loss = gradcache_backward(
-                    model,
-                    batch,
-                    self.model.temperature,
-                    self.model.config.label_smoothing,
-                    cfg.micro_batch_size,
-                    cfg.precision,
-                    scale=1 / cfg.grad_accum,
-                    sync=last,
-                    check_loss=self._check_finite,
-                    logit_bias=self.model.logit_bias,
-                    exchange=cfg.sigmoid_exchange,
-                    groups=groups,
-                )
-            else:
-                with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                    loss = forward_loss(
-                        model,
-                        batch,
-                        self.model.temperature,
-                        self.model.config.label_smoothing,
-                        cfg.precision,
-                        logit_bias=self.model.logit_bias,
-                        exchange=cfg.sigmoid_exchange,
-                        groups=groups,
-                    )
-                    self._check_finite(loss)
-                    (loss / cfg.grad_accum).backward()
-            losses.append(loss.detach())
+            losses.append(self._forward_backward(batch.to(self.device), last))
             pairs += len(batch)
             synced = last
-        p.batch += cfg.grad_accum
-        if not losses:
-            return None
-        if self.ddp is not None and not synced:
+        if losses and self.ddp is not None and not synced:
             self._sync_gradients()
+        return losses, pairs
+
+    def _count_failures(self, batch: Batch) -> None:
+        """A micro-batch's unreadable images: counted, and kept for skipped.jsonl and the unreadable check."""
+        self.progress.skipped_images += len(batch.failures)
+        self._tried += len(batch) + len(batch.failures)
+        self._unreadable += len(batch.failures)
+        self._bad_examples += [reason for _, reason in batch.failures][: EXAMPLES_SHOWN - len(self._bad_examples)]
+        self._skipped += [skipped_record(self.dataset.pairs[i], reason) for i, reason in batch.failures]
+
+    def _forward_backward(self, batch: Batch, last: bool) -> torch.Tensor:
+        """One micro-batch: forward, the loss over the global batch, backward of loss / grad_accum (GradCache's
+        chunks with --micro-batch-size); DDP syncs gradients on the last micro-batch only. The loss, detached."""
+        cfg, model = self.cfg, self.ddp or self.model
+        temperature, smoothing = self.model.temperature, self.model.config.label_smoothing
+        groups = caption_groups(batch, cfg.duplicate_captions)  # a collective: every rank, every micro-batch
+        loss_options = dict(logit_bias=self.model.logit_bias, exchange=cfg.sigmoid_exchange, groups=groups)
+        if cfg.micro_batch_size is not None:
+            return gradcache_backward(
+                model,
+                batch,
+                temperature,
+                smoothing,
+                cfg.micro_batch_size,
+                cfg.precision,
+                scale=1 / cfg.grad_accum,
+                sync=last,
+                check_loss=self._check_finite,
+                **loss_options,
+            )
+        with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+            loss = forward_loss(model, batch, temperature, smoothing, cfg.precision, **loss_options)
+            self._check_finite(loss)
+            (loss / cfg.grad_accum).backward()
+        return loss.detach()
+
+    def _update(self) -> float:
+        """Gradients averaged, checked and clipped; optimiser and schedule stepped; temperature clamped; weights
+        checked. Returns the learning rate the step used."""
+        cfg = self.cfg
         if self.replicated is not None:
             average_replicated_grads(self.replicated)
         self._check_tensors("gradients", [q.grad for q in self.model.parameters() if q.grad is not None])
@@ -568,17 +597,21 @@ class Trainer:
                 self.model.temperature.clamp_(min=cfg.temperature_min)
         # Before anything can save them: a step that broke the weights must never become "the last good".
         self._check_tensors("weights", [*self.model.parameters(), *self.model.buffers()])
-        p.step += 1
+        self.progress.step += 1
+        return lr
+
+    def _record(self, losses: list[torch.Tensor], pairs: int, lr: float, start: float) -> StepRecord:
+        """The step's record: its loss and pairs/s over all ranks."""
         loss = all_reduce_(torch.stack(losses).mean().float(), "sum").item() / self.dist.world
         pairs = int(reduce_scalar(pairs, "sum", self.device))
         return StepRecord(
-            step=p.step,
-            epoch=p.epoch,
+            step=self.progress.step,
+            epoch=self.progress.epoch,
             loss=loss,
             lr=lr,
             temperature=float(self.model.temperature.detach()),
             pairs_per_s=pairs / (time.perf_counter() - start),
-            skipped_images=p.skipped_images,
+            skipped_images=self.progress.skipped_images,
         )
 
     def _last_good(self) -> str:

@@ -187,8 +187,8 @@ def test_normalize_flag_gives_unit_vectors_and_extra_image_sizes(tiny, tmp_path)
         ref = model.encode_image(x96, normalize=True)
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(2))
     assert _max_abs(got, ref) <= TOL
-    with pytest.raises(Exception):  # noqa: B017 - the 96 px graph refuses other sizes (torch's own guard error)
-        program(x)
+    with pytest.raises(AssertionError, match=r"Guard failed: pixel_values\.size\(\)\[2\] == 96"):
+        program(x)  # the 96 px graph refuses other sizes: torch's own shape guard, naming the size it needs
 
 
 def test_cli_export_writes_and_refuses(model_dir, tmp_path):

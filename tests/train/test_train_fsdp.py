@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from align_torch.train.fsdp import average_replicated_grads, full_model_state, local_parameter_count, shard_model
+from align_torch.train.state import CHECKPOINT_FILE, load_checkpoint
 from align_torch.train.trainer import forward_loss
 from tests.train.test_train_ddp import _global_batch, _model, _rows
 
@@ -109,6 +110,9 @@ def _trainer_worker(rank: int, port: int, model_dir: str, manifest: str, root: s
             _run(model_dir, manifest, f"{root}/cut", fsdp=True, stop_at=1)
         except Interrupted:
             pass
+        else:  # without the stop the cut run would finish, and the resume below would train zero steps
+            raise AssertionError("the stop after step 1 never fired")
+        assert load_checkpoint(Path(root) / "cut" / CHECKPOINT_FILE).progress.step == 1
         _run(model_dir, manifest, f"{root}/cut", fsdp=True, resume=True)
     finally:
         dist.destroy_process_group()

@@ -90,7 +90,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_native_dir: Path, man
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tiny_native_dir: Path, manifest: Path, tmp_path: Path, monkeypatch
 ):
-    real = trainer_module.global_contrastive_loss
+    real = trainer_module.global_loss
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -98,7 +98,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(trainer_module, "global_contrastive_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "global_loss", poisoned)
     cfg = _cfg(tiny_native_dir, manifest, tmp_path / "run", save_every=1)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 .*checkpoint\.safetensors \(step 2\)"):
         Trainer(cfg).fit()
