@@ -24,19 +24,13 @@ from align_torch.train.data import Batch
 from align_torch.train.gradcache import caption_groups, gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
-from tests.helpers.ranks import free_port
+from tests.helpers.ranks import free_port, one_thread
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 SPLITS = {2: (5, 3), 3: (3, 1, 4)}  # rows per rank; 8 pairs in all
 GROUPS = [0, 1, 2, 3, 0, 2, 1, 0]  # the caption group of each of _batch()'s rows
 SMOOTHING = 0.1
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _contrastive_formula(logits: torch.Tensor, groups: list[int], eps: float) -> float:
