@@ -52,6 +52,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `align-torch`; an unknown option is reported by the subcommand it was given to, with that
+    subcommand's --help (argparse would report it as the top-level command's)."""
     parser = _Parser(prog="align-torch", description="ALIGN image-text models in native PyTorch")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -62,8 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure"
         )
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def parse_one(command: str, argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    """The arguments of one subcommand run as a program of its own (`python convert/convert_align_hf.py`):
+    usage and errors name `prog` (default: the script's file name), not `align-torch COMMAND`."""
+    module = importlib.import_module(f"align_torch.commands.{COMMANDS[command]}")
+    parser = _Parser(prog=prog, description=module.HELP)
+    module.add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    parser.set_defaults(_run=module.run, command=command, _prefix=parser.prog)
+    return parser.parse_args(argv)
 
 
 def one_line(error: BaseException) -> str:
@@ -83,11 +103,12 @@ def _one_line_warnings(command: str) -> Iterator[None]:
         warnings.formatwarning = previous
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, only: str | None = None) -> int:
+    """`align-torch ARGV`; with `only`, that one subcommand as a program of its own (ARGV are its arguments)."""
     from .checkpoint.hub import HubError
 
-    args = build_parser().parse_args(argv)
-    prefix = f"align-torch {args.command}"
+    args = parse(argv) if only is None else parse_one(only, argv)
+    prefix = getattr(args, "_prefix", f"align-torch {args.command}")
     try:
         with _one_line_warnings(args.command):
             status = args._run(args)

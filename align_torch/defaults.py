@@ -21,6 +21,10 @@ TEXT_LENGTH = 64
 # model gets the same score from each: "imagenet", the 80 prompts behind the published zero-shot figures.
 TEMPLATES = "imagenet"
 
+IMAGE_BATCH = 32  # images per forward pass of the commands and the embedding functions
+TEXT_BATCH = 256  # texts per forward pass (texts are cheap beside images)
+PARTITION_SIZE = 10_000  # images per partition of an embeddings folder (clip-retrieval's order of size)
+
 
 def image_workers() -> int:
     """Image-loading DataLoader processes of the commands that read many images (embed, eval, zero-shot):

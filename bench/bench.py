@@ -228,7 +228,7 @@ def image_variants(hf, ours: AlignModel, args: argparse.Namespace, device: torch
 
         def ours_compiled():
             with dtype_ctx:
-                return ours_vision(pixels_cl)
+                return ours_vision(pixels_cl).pooler_output
 
         tag = "bf16 channels_last compile" if args.bf16 else "channels_last compile"
         v += [Variant(f"transformers {tag}", hf_compiled, True), Variant(f"align_torch fused {tag}", ours_compiled)]
@@ -238,7 +238,7 @@ def image_variants(hf, ours: AlignModel, args: argparse.Namespace, device: torch
 
             def ours_graphed():
                 with dtype_ctx:
-                    return graphed(pixels_cl).clone()
+                    return graphed(pixels_cl).pooler_output.clone()
 
             v.append(Variant(f"align_torch fused {tag} cudagraphs", ours_graphed))
     v += timm_variants(pixels_cl, args, device)

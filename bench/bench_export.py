@@ -119,10 +119,8 @@ def int8_quality(processor: AlignProcessor, exported: Path) -> dict[str, float]:
         return F.normalize(torch.from_numpy(ort_session(exported / name).run(None, feeds)[0]), dim=-1)
 
     pixels = {"pixel_values": processor(images=photos(17))["pixel_values"].numpy()}
-    corpus = {k: v.numpy() for k, v in processor.tokenizer(captions(300, seed=11), padding=True).items()}
-    prompts = {
-        k: v.numpy() for k, v in processor.tokenizer([f"a photo of a {x}." for x in LABELS], padding=True).items()
-    }
+    corpus = dict(processor.tokenizer(captions(300, seed=11), padding=True, truncation=True, return_tensors="np"))
+    prompts = dict(processor.tokenizer([f"a photo of a {x}." for x in LABELS], padding=True, return_tensors="np"))
     img32, img8 = run("image.onnx", pixels), run("image.int8.onnx", pixels)  # (17, P)
     txt32, txt8 = run("text.onnx", dict(corpus)), run("text.int8.onnx", dict(corpus))  # (300, P)
     lab32, lab8 = run("text.onnx", dict(prompts)), run("text.int8.onnx", dict(prompts))  # (16, P)

@@ -11,4 +11,4 @@ import sys
 from align_torch.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["convert", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:], only="convert"))

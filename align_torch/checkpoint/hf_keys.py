@@ -3,7 +3,9 @@ translation. Only this file and weights.py know about Hugging Face's layout."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -167,6 +169,20 @@ def _json(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+@contextlib.contextmanager
+def _in_hf_terms(owner: str, section: str, fields: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """A field error of our config (`TextConfig.num_layers`) re-raised with the config.json key the user can
+    find (`text_config.num_hidden_layers`)."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        for ours, theirs in fields:
+            message = re.sub(rf"\b{owner}\.{ours}\b", f"{section}.{theirs}", message)
+            message = re.sub(rf"(?<![.\w]){ours} \(", f"{theirs} (", message)  # "... multiple of num_heads (5)"
+        raise ValueError(message) from None
+
+
 def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
     """transformers' AlignConfig dict (config.json) -> AlignConfig. Absent fields take transformers' defaults."""
     if hf.get("model_type") not in (None, "align"):
@@ -188,16 +204,18 @@ def config_from_hf(hf: dict[str, Any]) -> AlignConfig:
     image_size = v.get("image_size", 600)
     # batch_norm_momentum is deliberately not read: transformers stores the TF decay (0.99) and passes it to
     # PyTorch, where it means the opposite. We keep the original's behaviour (0.01 in PyTorch terms).
-    vision = VisionConfig(
-        **{name: v[key] for name, key in _VISION_FIELDS if key in v},
-        image_size=image_size[0] if isinstance(image_size, (list, tuple)) else int(image_size),
-        stages=tuple(Stage(*row) for row in zip(*columns.values(), strict=True)),
-        act=_ACTS[act],
-    )
-    text = TextConfig(
-        **{name: t[key] for name, key in _TEXT_FIELDS if key in t},
-        pad_token_id=t.get("pad_token_id") or 0,
-    )
+    with _in_hf_terms("VisionConfig", "vision_config", _VISION_FIELDS):
+        vision = VisionConfig(
+            **{name: v[key] for name, key in _VISION_FIELDS if key in v},
+            image_size=image_size[0] if isinstance(image_size, (list, tuple)) else int(image_size),
+            stages=tuple(Stage(*row) for row in zip(*columns.values(), strict=True)),
+            act=_ACTS[act],
+        )
+    with _in_hf_terms("TextConfig", "text_config", _TEXT_FIELDS):
+        text = TextConfig(
+            **{name: t[key] for name, key in _TEXT_FIELDS if key in t},
+            pad_token_id=t.get("pad_token_id") or 0,
+        )
     return AlignConfig(vision=vision, text=text, **{name: hf[key] for name, key in _ALIGN_FIELDS if key in hf})
 
 

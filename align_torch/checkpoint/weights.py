@@ -293,9 +293,10 @@ def save_hf(
 ) -> None:
     """Write an HF-layout folder (config.json + model.safetensors) that transformers' AlignModel loads; the same
     rules as `save_native` for an existing `folder`."""
+    hf_config = config_to_hf(config)  # first: it names what transformers' ALIGN cannot hold (a sigmoid loss's bias)
     hf_sd = native_to_hf(sd, max_positions=config.text.max_position_embeddings)
     hf_sd = {k: v.detach().contiguous().cpu() for k, v in hf_sd.items()}
     with checkpoint_dir(folder, overwrite=overwrite, protect=protect) as tmp:
         save_file(hf_sd, tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         _copy_processor_files(processor_from, tmp)

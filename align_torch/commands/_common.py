@@ -70,6 +70,22 @@ def add_batch_arguments(p: argparse.ArgumentParser, batch_size: int, images: boo
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_column_arguments(p: argparse.ArgumentParser) -> None:
+    """--image-column and --caption-column, for Parquet input (found by name when not given)."""
+    p.add_argument(
+        "--image-column",
+        metavar="NAME",
+        help="Parquet column of the images: a {bytes, path} struct, raw bytes, or paths (default: found by name: "
+        "image, img, jpg, png, webp, image_path, ...)",
+    )
+    p.add_argument(
+        "--caption-column",
+        metavar="NAME",
+        help="Parquet column of the captions: a string or a list of strings (default: found by name: caption, "
+        "captions, text, txt, sentences, ...)",
+    )
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ..util.device import DEVICES
 from ._common import _positive_int, report_skipped
 
@@ -23,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--biased", action="store_true", help="biased HSIC instead of the debiased estimator")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per batch (default: 16)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the models (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def read_texts(path: str) -> list[str]:
@@ -31,6 +34,14 @@ def read_texts(path: str) -> list[str]:
     if len(texts) < 4:
         raise ValueError(f"--texts {path}: CKA needs at least 4 non-empty lines, found {len(texts)}")
     return texts
+
+
+def _refuse_hf_text_tower(name: str, model) -> None:
+    if model.config.text_tower is not None:
+        raise ValueError(
+            f"{name}: its text tower is a transformers encoder ({model.config.text_tower}), whose layers compare "
+            "cannot read; leave out --texts to compare the image towers"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,19 +66,23 @@ def run(args: argparse.Namespace) -> int:
     features: dict[str, list] = {"image": [], "text": []}
     for name in (args.model_a, args.model_b):
         model, processor = load_model_and_processor(name, args.device, fuse=False)  # hooks need the layer modules
+        if texts is not None:
+            _refuse_hf_text_tower(name, model)
         batches = image_batches(
             paths,
             processor.image_processor.preprocess_one,
             args.batch_size,
             lambda p, r: report_skipped("compare", p, r),
         )
-        features["image"].append(image_site_features(model, batches))
+        bar = {"disable": args.quiet, "unit": "batch"}
+        total = -(-len(paths) // args.batch_size)
+        features["image"].append(image_site_features(model, tqdm(batches, f"compare {name}: images", total, **bar)))
         if texts is not None:
             tokens = [
                 dict(processor(text=texts[i : i + args.batch_size], padding=True))
                 for i in range(0, len(texts), args.batch_size)
             ]
-            features["text"].append(text_site_features(model, tokens))
+            features["text"].append(text_site_features(model, tqdm(tokens, f"compare {name}: texts", **bar)))
         del model
     for tower, (a, b) in ((t, f) for t, f in features.items() if f):
         results[tower] = cka_matrix(a, b, debiased=not args.biased)

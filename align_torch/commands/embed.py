@@ -1,8 +1,10 @@
 """align-torch embed INPUT... --out DIR|FILE.safetensors: embed a collection of images for search.
 
 INPUT is image files, folders (searched recursively for image suffixes) and glob patterns; or one manifest
-(.csv/.tsv/.jsonl/.parquet with `image` and optional `caption`); or WebDataset shards (.tar files, a brace
-range such as `shards/{00000..00999}.tar`, or a folder of .tar).
+(.csv/.tsv/.jsonl with `image` and optional `caption`); or Parquet (.parquet files, globs, folders of them) with
+the images inside (datasets' {bytes, path} struct, img2dataset's jpg/png/webp bytes) or a path column, whose
+other columns are carried into the metadata; or WebDataset shards (.tar files, a brace range such as
+`shards/{00000..00999}.tar`, or a folder of .tar).
 
 --out DIR writes the embeddings folder (align_torch.retrieval.layout: clip-retrieval's img_emb/text_emb/
 metadata layout) partition by partition; a rerun finishes what is missing; under torchrun each rank takes
@@ -14,10 +16,13 @@ with exit status 1 and nothing is written. Otherwise an unreadable image is repo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE
 from ._common import (
     add_batch_arguments,
+    add_column_arguments,
     add_model_arguments,
     embed_image_files,
     load_model_and_processor,
@@ -26,7 +31,7 @@ from ._common import (
     resolve_model_option,
 )
 
-HELP = "embed images (files, folders, globs, a manifest, WebDataset shards) into an embeddings folder or file"
+HELP = "embed images (files, folders, globs, a manifest, Parquet, WebDataset shards) into an embeddings folder or file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "images",
         nargs="*",
         metavar="INPUT",
-        help="image files, folders (recursive), glob patterns; or one manifest (.csv/.tsv/.jsonl/.parquet); "
-        "or WebDataset shards (.tar, shards/{00000..00999}.tar, a folder of .tar)",
+        help="image files, folders (recursive), glob patterns; or one manifest (.csv/.tsv/.jsonl); or Parquet "
+        "(.parquet, a glob, a folder of them); or WebDataset shards (.tar, shards/{00000..00999}.tar, a folder of .tar)",
     )
     p.add_argument(
         "--out",
@@ -45,15 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partition-size",
         type=_positive_int,
-        default=10_000,
-        help="images per partition for folder output; WebDataset input has one partition per shard (default: 10000)",
+        default=PARTITION_SIZE,
+        help="images per partition for folder output; WebDataset input has one partition per shard, Parquet input "
+        f"is cut at row-group boundaries (default: {PARTITION_SIZE})",
     )
+    add_column_arguments(p)
     p.add_argument(
         "--dtype", choices=("float16", "float32"), default="float16", help="stored vectors (default: float16)"
     )
     p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def _positive_int(text: str) -> int:
@@ -95,12 +102,13 @@ def _run_file(args: argparse.Namespace) -> int:
             f"align-torch embed: error: none of the {len(paths)} images could be read; nothing written", file=sys.stderr
         )
         return 1
+    # Absolute paths, as the embeddings folder stores them: the file still names its images when read elsewhere.
     index = EmbeddingIndex(
         vectors=result.vectors,
-        items=[str(p) for p in result.paths],
+        items=[os.path.abspath(p) for p in result.paths],
         kind="image",
         model=source.reference,
-        skipped=[{"item": str(p), "error": reason} for p, reason in result.failures],
+        skipped=[{"item": os.path.abspath(p), "error": reason} for p, reason in result.failures],
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
@@ -118,6 +126,8 @@ def _run_folder(args: argparse.Namespace) -> int:
         args.images,
         args.out,
         model=args.model,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
         device=args.device,
         partition_size=args.partition_size,
         dtype=args.dtype,
@@ -130,6 +140,13 @@ def _run_folder(args: argparse.Namespace) -> int:
     )
     env = torchrun_env()
     who = f"rank {env.rank}/{env.world}: " if env.distributed else ""
+    if summary.skipped and not summary.rows and not summary.already_done and not env.distributed:
+        print(
+            f"align-torch embed: error: none of the {summary.skipped} images could be read "
+            f"({args.out} holds no embeddings)",
+            file=sys.stderr,
+        )
+        return 1
     rate = f", {(summary.rows + summary.skipped) / summary.seconds:.1f} images/s" if summary.seconds else ""
     print(
         f"{who}{len(summary.mine)} of {summary.partitions} partitions: {len(summary.already_done)} already finished, "

@@ -15,12 +15,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..defaults import TEMPLATES
+from ..defaults import IMAGE_BATCH, TEMPLATES
 from ..evaluate.knn import KNN_KS, KNN_TEMPERATURE
 from ..evaluate.linear_probe import DEFAULT_L2_GRID
 from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..preprocess.templates import TEMPLATE_SETS
-from ._common import add_batch_arguments, add_model_arguments, load_model_and_processor, report_skipped
+from ._common import (
+    add_batch_arguments,
+    add_column_arguments,
+    add_model_arguments,
+    load_model_and_processor,
+    report_skipped,
+)
 
 if TYPE_CHECKING:
     from ..model.align import AlignModel
@@ -46,20 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retrieval",
         metavar="FILE",
-        help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json) or image-caption manifest for recall@1/5/10",
+        help="Karpathy-split JSON (dataset_coco.json / dataset_flickr30k.json), image-caption manifest, or Parquet "
+        "(.parquet, a glob, a folder; images inside or a path column) for recall@1/5/10",
     )
-    p.add_argument(
-        "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
-    )
-    p.add_argument(
-        "--split", choices=KARPATHY_SPLITS, default="test", help="Karpathy split to evaluate (default: test)"
-    )
-    p.add_argument(
-        "--captions-per-image",
-        type=int,
-        default=5,
-        help="first N captions of each Karpathy image; 0 keeps all (default: 5, as the published figures)",
-    )
+    _add_retrieval_arguments(p)
     p.add_argument("--train-dir", "--knn-train", dest="train_dir", metavar="DIR", help="class-per-folder train images")
     p.add_argument("--val-dir", "--knn-val", dest="val_dir", metavar="DIR", help="class-per-folder val images")
     p.add_argument(
@@ -87,7 +83,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-solver", choices=("auto", "sklearn", "torch"), default="auto", help="(default: auto)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
+
+
+def _add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
+    """How --retrieval is read: the Karpathy JSON's images, the split, captions per image, Parquet columns."""
+    p.add_argument(
+        "--image-root", metavar="DIR", help="folder of the Karpathy JSON's images (default: the JSON's folder)"
+    )
+    p.add_argument(
+        "--split",
+        help=f"split to evaluate: a Karpathy split ({', '.join(KARPATHY_SPLITS)}; default: test), or the value of a "
+        "Parquet `split` column (default: every row)",
+    )
+    p.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=5,
+        help="first N captions of each Karpathy or Parquet image; 0 keeps all (default: 5, as the published figures)",
+    )
+    add_column_arguments(p)
 
 
 def _load(args: argparse.Namespace):
@@ -109,17 +124,22 @@ def _read_class_names(path: str) -> list[str]:
 
 
 def _retrieval_pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
-    from ..data import read_manifest
+    from ..data import is_parquet, read_manifest, read_pairs
     from ..evaluate import read_karpathy
 
     path = Path(args.retrieval)
+    if args.captions_per_image < 0:
+        raise ValueError(f"--captions-per-image must be 0 or more, got {args.captions_per_image}")
+    per_image = args.captions_per_image or None
     if path.suffix == ".json":
-        if args.captions_per_image < 0:
-            raise ValueError(f"--captions-per-image must be 0 or more, got {args.captions_per_image}")
-        per_image = args.captions_per_image or None
-        pairs = read_karpathy(path, args.image_root or path.parent, args.split, per_image)
-        info = {"format": "karpathy", "split": args.split, "captions_per_image": per_image}
-        return pairs, info
+        split = args.split or "test"
+        pairs = read_karpathy(path, args.image_root or path.parent, split, per_image)
+        return pairs, {"format": "karpathy", "split": split, "captions_per_image": per_image}
+    if is_parquet(args.retrieval):
+        columns = dict(image_column=args.image_column, caption_column=args.caption_column)
+        read = read_pairs(args.retrieval, split=args.split, captions_per_image=per_image, **columns)
+        info = {"format": "parquet", "split": args.split, "captions_per_image": per_image}
+        return [(pair.image, pair.caption) for pair in read.pairs], info
     return [(pair.image, pair.caption) for pair in read_manifest(path).pairs], {"format": "manifest"}
 
 
@@ -242,10 +262,12 @@ def _knn_and_probe(
 
 def _print_results(results: dict[str, Any], skipped: list[tuple[Path, str]], args: argparse.Namespace) -> None:
     """The unreadable images on stderr, then the figures: one JSON object with --json, else a line per protocol."""
+    from ..data.pairs import image_name
+
     for path, reason in skipped:
-        report_skipped("eval", path, reason)
+        report_skipped("eval", image_name(path), reason)
     if args.json:
-        results["skipped"] = [{"image": str(path), "error": reason} for path, reason in skipped]
+        results["skipped"] = [{"image": image_name(path), "error": reason} for path, reason in skipped]
         json.dump(results, sys.stdout, indent=2)
         print()
         return

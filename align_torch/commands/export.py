@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import defaults
 from ._common import _positive_int
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
         model_id=source.reference,
         overwrite=args.overwrite,
         opset=args.opset,
+        progress=not args.quiet,
     )
     for meta in written.values():
         check = meta["parity"]
         print(
-            f"{args.out}/{meta['file']}: {meta['tower']} tower, max abs diff to eager {check['max_abs']:.2e}, "
+            f"{Path(args.out) / meta['file']}: {meta['tower']} tower, max abs diff to eager {check['max_abs']:.2e}, "
             f"lowest cosine {check['min_cosine']:.6f}"
         )
     return 0

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not trainer.dist.is_main:
         return 0
     print(
-        f"trained {p.step} steps ({p.epoch} epochs); skipped {p.skipped_images} unreadable images and "
+        f"trained {p.step} steps ({p.epoch} epochs) on {len(trainer.dataset)} pairs; skipped {p.skipped_images} unreadable images and "
         f"{trainer.skipped_empty_captions} empty captions; {trainer.trainable}; model and processor in "
         f"{result.final_dir}"
     )

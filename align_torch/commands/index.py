@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..retrieval.folder import EmbeddingFolder
-    from ..retrieval.index import build_index, memory_per_million, parse_memory, plan_index
+    from ..retrieval.index import article, build_index, memory_per_million, parse_memory, plan_index
 
     folder = EmbeddingFolder(args.folder)
     budget = parse_memory(args.max_memory)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(summary)
         return 0
-    print(f"align-torch index: building a {summary}", file=sys.stderr)
+    print(f"align-torch index: building {article(plan.kind)} {summary}", file=sys.stderr)
     try:
         built = build_index(folder, args.modality, args.kind, budget, args.out, quantize=args.quantize)
     except ImportError as e:  # FAISS is an optional extra

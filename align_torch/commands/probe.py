@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default: 16)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split for the L2 sweep (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         on_failure=lambda path, reason: report_skipped("probe", path, reason),
+        progress=not args.quiet,
     )
     with atomic_dir(args.out, overwrite=args.overwrite, replaceable=ours, what="probe output folder") as tmp:
         report = {"model": args.model, "train_dir": args.train_dir, "val_dir": args.val_dir}

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     texts = _queries(args)
     collection = Collection(args.embeddings, model=args.model, use_index=not args.exact)
-    rows = collection.count(collection.resolve_target(args.target))
+    rows = collection.searchable_rows(collection.resolve_target(args.target))  # before any model loads
     if args.k > rows:
         print(
             f"align-torch search: note: -k {args.k} is more than the {rows} rows searched; showing all {rows}",

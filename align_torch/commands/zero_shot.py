@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from ..defaults import TEMPLATES
+from ..defaults import IMAGE_BATCH, TEMPLATES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.fileio import path_to_text
 from ._common import add_batch_arguments, add_model_arguments, embed_image_files, load_model_and_processor
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--top-k", dest="k", type=int, default=None, help="show only the k best labels per image")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_model_arguments(p)
-    add_batch_arguments(p, batch_size=32, images=True)
+    add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
 
 
 def run(args: argparse.Namespace) -> int:

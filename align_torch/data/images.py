@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -48,18 +49,35 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
         raise ImageLoadError(path, _missing_reason(path))
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, where: str) -> PIL.Image.Image:
+    """Encoded image bytes (from a tar member or a Parquet cell) -> RGB as load_image gives it; ImageLoadError
+    naming `where` when they do not decode."""
+    if not data:
+        raise ImageLoadError(where, "empty image (0 bytes)")
+    return _decode(io.BytesIO(data), where)
+
+
+def _decode(source: Path | io.BytesIO, where: str | os.PathLike) -> PIL.Image.Image:
     try:
-        with PIL.Image.open(path) as image:
+        with PIL.Image.open(source) as image:
             image.load()
-            image = PIL.ImageOps.exif_transpose(image)
-            # The same RGB conversion as the processor's, so a loaded file and the PIL image give equal pixels.
-            rgb = to_rgb_chw(image)  # (3, H, W) uint8
+            rgb = to_rgb_image(PIL.ImageOps.exif_transpose(image))
     except PIL.UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image file PIL can read") from None
+        raise ImageLoadError(where, "not an image file PIL can read") from None
     except Exception as e:
         # Truncated data raises OSError ("image file is truncated"), but PIL's decoders raise many other
         # types on malformed files (SyntaxError, struct.error, IndexError, DecompressionBombError...).
-        raise ImageLoadError(path, f"unreadable image ({type(e).__name__}: {e})") from None
+        raise ImageLoadError(where, f"unreadable image ({type(e).__name__}: {e})") from None
+    return rgb
+
+
+def to_rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """RGB by the processor's conversion (transparency on white), so a loaded file and the PIL image give equal
+    pixels."""
+    rgb = to_rgb_chw(image)  # (3, H, W) uint8
     return PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)))  # (H, W, 3)
 
 
@@ -100,6 +118,11 @@ def _list_folder(folder: Path) -> list[Path]:
             ):
                 found.append(p)
     return sorted(found)
+
+
+def has_images(folder: Path) -> bool:
+    """Whether `folder` holds an image file that list_images would find."""
+    return bool(_list_folder(folder))
 
 
 def list_images(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -180,21 +203,27 @@ class ImageFileDataset(Dataset):
     """Image files -> ImageItem(index, pixels) for a DataLoader; unreadable files become ImageItem(index,
     None, reason) instead of raising, so a worker never dies on a bad file. Collate with `collate_images`.
 
-    `transform` maps a PIL RGB image to a (3, H, W) array or tensor, e.g. `processor.image_processor.preprocess_one`.
+    `transform` maps a PIL RGB image to a (3, H, W) array or tensor, e.g. `processor.image_processor.preprocess_one`;
+    `load` reads one item (load_image for files; `data.load_pair_image` also reads tar, Parquet and rows' images,
+    which are kept as they are rather than made paths).
     """
 
     def __init__(
-        self, paths: Sequence[str | os.PathLike], transform: Callable[[PIL.Image.Image], np.ndarray | torch.Tensor]
+        self,
+        paths: Sequence,
+        transform: Callable[[PIL.Image.Image], np.ndarray | torch.Tensor],
+        load: Callable[..., PIL.Image.Image] = load_image,
     ) -> None:
-        self.paths = [Path(p) for p in paths]
+        self.paths = [Path(p) if isinstance(p, (str, os.PathLike)) else p for p in paths]
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> ImageItem:
         try:
-            image = load_image(self.paths[index])
+            image = self.load(self.paths[index])
         except ImageLoadError as e:
             return ImageItem(index, None, e.reason)
         try:

@@ -1,5 +1,6 @@
 """Manifests: a table with an `image` column (paths relative to the manifest's folder, or absolute) and an
-optional `caption` column, as CSV, TSV, JSON lines or Parquet."""
+optional `caption` column, as CSV, TSV or JSON lines; a Parquet manifest is read by the Parquet reader
+(parquet.py), which also reads images stored inside the table."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from .parquet import PARQUET_SUFFIX, Selection, read_parquet
 from .samples import Pair, PairList
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -22,6 +24,8 @@ def read_manifest(path: str | os.PathLike, require_caption: bool = True) -> Pair
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
+    if path.suffix == PARQUET_SUFFIX:
+        return read_parquet([path], Selection.of(require_caption))
     rows = _read_rows(path)
     needed = ("image", "caption") if require_caption else ("image",)
     pairs, empty = [], 0
@@ -44,13 +48,6 @@ def read_manifest(path: str | os.PathLike, require_caption: bool = True) -> Pair
 
 
 def _read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises its own types for a damaged or foreign file
-            raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

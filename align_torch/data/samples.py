@@ -1,9 +1,11 @@
-"""The records the readers return: an image (a file or a member of a tar shard) with its optional caption."""
+"""The records the readers return: an image (a file, a member of a tar shard, a cell of a Parquet shard, or an
+image a Python sequence holds) with its optional caption."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,14 +19,38 @@ class TarMember:
 
 
 @dataclass(frozen=True)
-class Pair:
-    """One sample: an image file or tar member, its caption (None when the input has none), and for
-    WebDataset shards the sample's key and url (from its .json when there is one)."""
+class ParquetImage:
+    """An image stored inside a Parquet shard (a `{bytes, path}` struct or a bytes column), read with its row
+    group: row `row` of row group `row_group`, row `index` of the shard."""
 
-    image: Path | TarMember
+    shard: str
+    row_group: int
+    row: int
+    index: int
+    column: str
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryImage:
+    """An image a Python sequence holds: a PIL image, or encoded bytes; `index` is its row."""
+
+    data: Any  # PIL.Image.Image | bytes
+    index: int
+
+
+ImageRef = Path | TarMember | ParquetImage | MemoryImage
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One sample: an image (ImageRef), its caption (None when the input has none), for WebDataset shards the
+    sample's key and url (from its .json when there is one), and for Parquet the row's other scalar columns."""
+
+    image: ImageRef
     caption: str | None
     key: str | None = None
     url: str | None = None
+    extra: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass

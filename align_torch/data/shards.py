@@ -5,7 +5,6 @@ Shards are indexed by reading headers only; an image is read later by seeking to
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import re
@@ -14,12 +13,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
-import PIL.ImageOps
 
-from ..preprocess.image_processing import to_rgb_chw
-from .images import ImageLoadError
+from .images import ImageLoadError, decode_image
 from .samples import Pair, PairList, TarMember
 
 SHARD_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
@@ -162,10 +158,6 @@ def load_tar_image(image: TarMember) -> PIL.Image.Image:
         with open(image.shard, "rb") as f:
             f.seek(image.offset)
             data = f.read(image.size)
-        with PIL.Image.open(io.BytesIO(data)) as im:
-            im.load()
-            # load_image's RGB conversion (transparency on white), so a shard and a folder give equal pixels.
-            rgb = to_rgb_chw(PIL.ImageOps.exif_transpose(im))  # (3, H, W) uint8
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+    except OSError as e:
         raise ImageLoadError(where, f"unreadable image ({type(e).__name__}: {e})") from None
-    return PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)))  # (H, W, 3)
+    return decode_image(data, where)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..data.images import list_images
-from ..defaults import TEMPLATES
+from ..defaults import IMAGE_BATCH, TEMPLATES
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
 from .knn import KNN_KS, KNN_TEMPERATURE, knn_predict
@@ -93,7 +93,7 @@ def embed_class_folder(
     processor: AlignProcessor,
     root: str | os.PathLike,
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,
@@ -123,7 +123,7 @@ def zero_shot_accuracy(
     templates: str | Sequence[str] = TEMPLATES,
     *,
     class_names: Sequence[str] | None = None,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,
@@ -198,7 +198,7 @@ def knn_accuracy(
     ks: Sequence[int] = KNN_KS,
     *,
     temperature: float = KNN_TEMPERATURE,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,
@@ -252,7 +252,7 @@ def linear_probe_accuracy(
     val_fraction: float = 0.2,
     solver: str = "auto",
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,

@@ -77,7 +77,9 @@ class TextTokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         length = context_length or self.context_length
-        return self.tokenizer(texts, padding="max_length", truncation=True, max_length=length)["input_ids"]
+        return self.tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")[
+            "input_ids"
+        ]
 
 
 def _train_transform(image_processor: AlignImageProcessor) -> TrainImageTransform:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..defaults import IMAGE_BATCH, TEXT_BATCH
 from ..inference.embed import ImageEmbeddings, embed_images, embed_texts
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -45,7 +46,7 @@ def embed_images_sharded(
     paths: Sequence[str | os.PathLike],
     *,
     distributed: bool = False,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
 ) -> ImageEmbeddings:
@@ -66,7 +67,7 @@ def embed_texts_sharded(
     texts: Sequence[str],
     *,
     distributed: bool = False,
-    batch_size: int = 256,
+    batch_size: int = TEXT_BATCH,
     progress: bool = False,
 ) -> torch.Tensor:
     """`embed_texts` with the texts split over the ranks; (N, P) gathered on every rank."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..data.samples import ImageRef
+from ..defaults import IMAGE_BATCH
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
 from .ranks import embed_images_sharded, embed_texts_sharded, percent
@@ -59,23 +61,24 @@ def recall_at_k(
 def retrieval_recall(
     model: AlignModel,
     processor: AlignProcessor,
-    pairs: Sequence[tuple[str | os.PathLike, str]],
+    pairs: Sequence[tuple[str | os.PathLike | ImageRef, str]],
     ks: Sequence[int] = (1, 5, 10),
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     distributed: bool = False,
 ) -> RetrievalResult:
-    """Recall@K for (image path, caption) pairs. An image listed on several rows is one image with several
+    """Recall@K for (image, caption) pairs (an image: a path, or a tar, Parquet or rows image from
+    `data.read_pairs`). An image listed on several rows is one image with several
     captions (the COCO/Flickr30k protocol): image->text counts a hit when any of its captions is in the top K.
     Captions of an unreadable image are left out. With `distributed`, every rank of the process group must
     call it; each embeds its share and all return the same result."""
     if any(k < 1 for k in ks):
         raise ValueError(f"every K of recall@K must be at least 1, got {list(ks)}")
-    captions_of: dict[Path, list[str]] = {}
+    captions_of: dict[Path | ImageRef, list[str]] = {}
     for image, caption in pairs:
-        captions_of.setdefault(Path(image), []).append(caption)
+        captions_of.setdefault(Path(image) if isinstance(image, (str, os.PathLike)) else image, []).append(caption)
     if not captions_of:
         raise ValueError("no image-caption pairs to evaluate")
     images = embed_images_sharded(

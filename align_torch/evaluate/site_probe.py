@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from ..defaults import IMAGE_BATCH
 from ..inspect.compare import image_batches, image_site_features
 from .classification import read_class_folder
 from .linear_probe import linear_probe
@@ -31,21 +33,25 @@ def probe_sites(
     train_root: str | os.PathLike,
     val_root: str | os.PathLike,
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     solver: str = "auto",
     seed: int = 0,
     on_failure: Callable[[Path, str], None] | None = None,
+    progress: bool = False,
 ) -> list[SiteProbe]:
-    """Class-per-folder train and val images -> one probe result per image site, first site first."""
+    """Class-per-folder train and val images -> one probe result per image site, first site first. `progress`:
+    bars on stderr for each set's image batches and for the probes fitted."""
     train, val = read_class_folder(train_root), read_class_folder(val_root)
     if train.classes != val.classes:
         raise ValueError(f"{val_root}: its class folders {val.classes} differ from {train_root}'s {train.classes}")
     sets = []
-    for data in (train, val):
+    for name, data in (("train", train), ("val", val)):
         kept: list[int] = []
 
-        def batches(data=data, kept=kept):  # record which images were readable, to keep their labels
-            for indices, pixels in image_batches(data.paths, preprocess, batch_size, on_failure):
+        def batches(data=data, kept=kept, name=name):  # record which images were readable, to keep their labels
+            read = image_batches(data.paths, preprocess, batch_size, on_failure)
+            total = -(-len(data.paths) // batch_size)
+            for indices, pixels in tqdm(read, f"probe: {name} images", total, disable=not progress, unit="batch"):
                 kept.extend(indices)
                 yield pixels
 
@@ -53,7 +59,7 @@ def probe_sites(
         sets.append((features, torch.tensor([data.labels[i] for i in kept], dtype=torch.long)))
     (train_features, train_labels), (val_features, val_labels) = sets
     results = []
-    for site, x in train_features.items():
+    for site, x in tqdm(train_features.items(), "probe: fitting", disable=not progress, unit="site"):
         r = linear_probe(x, train_labels, val_features[site], val_labels, len(train.classes), seed=seed, solver=solver)
         results.append(SiteProbe(site, r.top1, r.l2, x.shape[1]))
     return results

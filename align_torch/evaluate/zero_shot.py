@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..defaults import TEMPLATES
+from ..defaults import TEMPLATES, TEXT_BATCH
 from ..inference.embed import embed_texts, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.processor import AlignProcessor
@@ -48,7 +48,7 @@ def build_classifier(
     class_names: Sequence[str],
     templates: str | Sequence[str] = TEMPLATES,
     *,
-    batch_size: int = 256,
+    batch_size: int = TEXT_BATCH,
     progress: bool = False,
     embed: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> torch.Tensor:

@@ -28,6 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.images import ImageFileDataset, ImageLoadError, collate_images
+from ..data.pairs import image_name, load_pair_image
+from ..data.samples import ImageRef
+from ..defaults import IMAGE_BATCH, TEXT_BATCH
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
@@ -96,7 +99,7 @@ def embed_texts(
     tokenizer: AlignTokenizer,
     texts: Sequence[str],
     *,
-    batch_size: int = 256,
+    batch_size: int = TEXT_BATCH,
     progress: bool = False,
 ) -> torch.Tensor:
     """Texts -> (N, projection_dim) float32 L2-normalised embeddings on the CPU.
@@ -113,7 +116,9 @@ def embed_texts(
     chunks = []
     with eval_mode(model), tqdm(total=len(texts), unit="text", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
+            batch = tokenizer(
+                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            )
             chunks.append(encode_text_batch(model, batch))  # (b, P)
             bar.update(len(batch["input_ids"]))
     return torch.cat(chunks)
@@ -132,9 +137,9 @@ class ImageEmbeddings:
 def embed_images(
     model: AlignModel,
     image_processor: AlignImageProcessor,
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike | ImageRef],
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     strict: bool = False,
     on_failure: Callable[[Path, str], None] | None = None,
@@ -150,7 +155,7 @@ def embed_images(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
-    dataset = ImageFileDataset(paths, image_processor.preprocess_one)
+    dataset = ImageFileDataset(paths, image_processor.preprocess_one, load=load_pair_image)
     device, _ = _model_device_dtype(model)
     loader = DataLoader(
         dataset,
@@ -167,7 +172,7 @@ def embed_images(
             for index, reason in batch.failures:
                 path = dataset.paths[index]
                 if strict:
-                    raise ImageLoadError(path, reason)
+                    raise ImageLoadError(image_name(path), reason)
                 failures.append((path, reason))
                 if on_failure is not None:
                     on_failure(path, reason)

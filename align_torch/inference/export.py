@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,8 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..model.align import AlignModel
+from ..model.input_checks import min_image_size
 from ..preprocess.tokenizer import AlignTokenizer
 from ..util.fileio import atomic_dir, check_destination
 from .towers import TOWERS, tower, uses_token_types
@@ -59,32 +63,29 @@ def export_towers(
     model_id: str = "",
     overwrite: bool = False,
     opset: int | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Export the asked towers of `model` into folder `out` (written atomically); returns {graph name: metadata}.
 
     `image_sizes`: the (height, width) of each image graph, the first one named `image`, the others
     `image_{H}` (or `image_{H}x{W}`); empty: the model config's image size. `tokenizer` makes the held-out
     captions of the text parity check (required for the text tower). `int8` (ONNX only) adds a dynamically
-    quantized copy of each graph. `overwrite` replaces an earlier export folder, nothing else.
+    quantized copy of each graph. `overwrite` replaces an earlier export folder, nothing else. `progress`: a
+    bar on stderr, one step per graph.
     """
     plan = _export_plan(model, _check_towers(towers), fmt, image_sizes, int8, tokenizer)
+    _check_opset(opset, fmt)
     check_destination(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT)  # before any work
     written: dict[str, dict[str, Any]] = {}
     was_training = model.training
     model.eval()  # BatchNorm's running statistics, no dropout; the caller's mode comes back after
     try:
         with atomic_dir(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT) as tmp:
-            for name, which, hw in plan:
+            for name, which, hw in tqdm(plan, desc="export", unit="graph", disable=not progress, file=sys.stderr):
                 module = tower(model, which, normalize)
                 example, check = _inputs(model, which, hw, tokenizer)
                 path = tmp / f"{name}.{fmt}"
-                if fmt == "onnx":
-                    opset_used = _export_onnx(module, example, path, which, opset)
-                    run = _onnx_runner(path)
-                else:
-                    opset_used = None
-                    _export_pt2(module, example, path, which)
-                    run = _pt2_runner(path)
+                opset_used, run = _export_graph(module, example, path, which, opset)
                 meta = _metadata(model, which, name, fmt, hw, normalize, model_id, opset_used)
                 meta["parity"] = parity(module, run, check)
                 _write_json(tmp / f"{name}.json", meta)
@@ -122,10 +123,7 @@ def _export_plan(
         raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
     if fmt == "onnx" or int8:
         _require_onnx()
-    size = model.config.vision.image_size
-    sizes = [_check_size(s) for s in image_sizes] or [(size, size)]
-    if len(set(sizes)) != len(sizes):
-        raise ValueError(f"image sizes repeat: {sizes}")
+    sizes = _check_sizes(model, image_sizes)
     plan: list[tuple[str, str, tuple[int, int] | None]] = []
     if "image" in towers:
         plan += [(_image_name(i, hw), "image", hw) for i, hw in enumerate(sizes)]
@@ -156,6 +154,46 @@ def _check_towers(towers: Sequence[str]) -> list[str]:
     if bad or not towers:
         raise ValueError(f"towers must be among {TOWERS}, got {list(towers)}")
     return [t for t in TOWERS if t in towers]
+
+
+# torch's dynamo exporter writes opset 18 and newer; asked for an older one it writes 18 anyway.
+MIN_OPSET = 18
+
+
+def _export_graph(
+    module: torch.nn.Module, example: tuple, path: Path, which: str, opset: int | None
+) -> tuple[int | None, Callable[..., torch.Tensor]]:
+    """Write one graph (its format from `path`'s suffix); (the ONNX opset written or None, a runner of it)."""
+    if path.suffix == ".pt2":
+        _export_pt2(module, example, path, which)
+        return None, _pt2_runner(path)
+    written = _export_onnx(module, example, path, which, opset)
+    if opset is not None and written != opset:  # the exporter may fall back silently
+        raise ValueError(f"--opset {opset}: the exporter wrote opset {written} instead")
+    return written, _onnx_runner(path)
+
+
+def _check_opset(opset: int | None, fmt: str) -> None:
+    if opset is None:
+        return
+    if fmt != "onnx":
+        raise ValueError(f"--opset {opset}: an opset applies to --format onnx only, not {fmt}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"--opset {opset}: torch's dynamo exporter writes opset {MIN_OPSET} or newer, not {opset}")
+
+
+def _check_sizes(model: AlignModel, image_sizes: Sequence[int | tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each asked (height, width), refused below the smallest input the image tower takes; default: the
+    config's image size."""
+    size = model.config.vision.image_size
+    sizes = [_check_size(s) for s in image_sizes] or [(size, size)]
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"image sizes repeat: {sizes}")
+    smallest = min_image_size(model.config.vision)
+    for h, w in sizes:
+        if min(h, w) < smallest:
+            raise ValueError(f"--image-size {h}x{w}: the image tower needs at least {smallest}x{smallest}")
+    return sizes
 
 
 def _check_size(hw: int | tuple[int, int]) -> tuple[int, int]:
@@ -327,6 +365,9 @@ def parity(module: torch.nn.Module, run: Callable[..., torch.Tensor], checks: li
                 "min_cosine": float(F.cosine_similarity(got, ref, dim=-1).min()),
             }
         )
+    worst = [v for c in cases for v in (c["max_abs"], c["min_cosine"])]
+    if not all(math.isfinite(v) for v in worst):  # NaN is not JSON, and no parity at all
+        raise ValueError("the parity check gave NaN or infinity: the tower's outputs are not finite numbers")
     return {
         "reference": "eager fp32 tower",
         "max_abs": max(c["max_abs"] for c in cases),
@@ -370,4 +411,4 @@ def _metadata(
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")

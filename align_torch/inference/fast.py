@@ -341,6 +341,8 @@ def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     """Forward pre-hook on the text tower: trim its inputs in eager mode, step aside under torch.compile."""
     if torch.compiler.is_compiling():
         return None
+    if "output_hidden_states" in kwargs or "output_attentions" in kwargs:
+        return None  # AlignModel.forward's flags: transformers' outputs are full length, padding included
     names = ("input_ids", "attention_mask", "token_type_ids")
     given = dict(zip(names, args, strict=False))
     if any(k in kwargs for k in given):

@@ -29,6 +29,10 @@ def import_model_class(spec: str) -> type[AlignModel]:
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
         raise ValueError(f"--model-class {spec!r}: expected module:Class, e.g. my_variants:PreLNAlign")
+    if module_name.startswith("."):  # relative to what? A command has no package to resolve it against
+        raise ValueError(
+            f"--model-class {spec!r}: give the module's full name (importable from PYTHONPATH), not a relative one"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -50,7 +54,19 @@ def load_model(
     """The checkpoint's weights in `model_class` (default AlignModel; 'module:Class' is imported), eval mode."""
     cls = import_model_class(model_class) if isinstance(model_class, str) else (model_class or AlignModel)
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return cls.from_pretrained(resolve_model(model).folder, device=where)
+    loaded = cls.from_pretrained(resolve_model(model).folder, device=where)
+    check_finite_weights(loaded, model)
+    return loaded
+
+
+def check_finite_weights(model: AlignModel, source: str | os.PathLike | ModelSource) -> None:
+    """Refuse a model whose weights or buffers hold NaN or infinity, naming the first such tensor: every
+    output it wrote (embeddings, scores, an exported graph's parity) would be NaN."""
+    where = source.reference if isinstance(source, ModelSource) else source
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{where}: weight {name} holds {bad} NaN or infinite values of {tensor.numel()}")
 
 
 def load_config(model: str | os.PathLike | ModelSource) -> AlignConfig:

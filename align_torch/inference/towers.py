@@ -26,7 +26,7 @@ class ImageTower(nn.Module):
         self.normalize = normalize
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.model.vision_model(pixel_values)  # (B, C)
+        pooled = self.model.vision_model(pixel_values).pooler_output  # (B, C)
         return self.model.project_image(pooled, self.normalize)  # (B, P)
 
 

@@ -16,12 +16,15 @@ layers' weights without calling the layer modules, so text sites of a fused mode
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..model.efficientnet import VisionOutput
 
 SUFFIXES = {"probs": "probs_site", "heads": "heads_site"}  # site suffix -> the attention's parameter-free module
 
@@ -50,6 +53,10 @@ def resolve_site(model: nn.Module, site: str) -> tuple[nn.Module, nn.Module | No
 
 
 def _first(out: Any) -> torch.Tensor:
+    """A module's value at its site: the first element of a tuple, the pooled embedding of the image tower's
+    output (the `vision_model` site)."""
+    if isinstance(out, VisionOutput):
+        return out.pooler_output
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -115,6 +122,8 @@ def patch(model: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Ten
         def hook(_m: nn.Module, _args: tuple, out: Any) -> Any:
             if isinstance(out, tuple):
                 return (fn(out[0]), *out[1:])
+            if isinstance(out, VisionOutput):
+                return dataclasses.replace(out, pooler_output=fn(out.pooler_output))
             return fn(out)
 
         return hook

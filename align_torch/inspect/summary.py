@@ -66,15 +66,22 @@ class ModelSummary:
                 lines += [_line(r, indent=2) for r in self.blocks if (r.tower, r.stage) == (stage.tower, stage.name)]
         lines.append("")
         lines.append(
-            f"vision: {self.vision_params / 1e6:.1f}M params, {self.vision_flops / 1e9:.2f} GFLOP at {self.image_size} px"
+            f"vision: {count(self.vision_params)} params, {self.vision_flops / 1e9:.2f} GFLOP at {self.image_size} px"
         )
         lines.append(
-            f"text:   {self.text_params / 1e6:.1f}M params, {self.text_flops / 1e9:.2f} GFLOP at {self.text_tokens} tokens"
+            f"text:   {count(self.text_params)} params, {self.text_flops / 1e9:.2f} GFLOP at {self.text_tokens} tokens"
         )
-        lines.append(
-            f"total:  {self.total_params / 1e6:.1f}M params (projections and temperature: {self.joint_params:,})"
-        )
+        lines.append(f"total:  {count(self.total_params)} params (projections and temperature: {self.joint_params:,})")
         return "\n".join(lines)
+
+
+def count(n: int) -> str:
+    """A parameter count in the unit that keeps 3-4 significant digits (227.5K, 62.1M): in millions, a tiny
+    model's 0.17M + 0.05M printed as 0.2M + 0.1M and a total of 0.2M that is not their sum."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:,}"
 
 
 def _line(row: SummaryRow, indent: int) -> str:

@@ -3,6 +3,8 @@ joins the image and text towers."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -13,18 +15,19 @@ from torch import nn
 
 from ..checkpoint.hub import resolve_model_dir
 from ..checkpoint.weights import compare_state_dicts, load_state_dict, read_checkpoint, save_native
-from .bert import Bert, init_linear_and_norms
+from .bert import Bert, TextOutput, init_linear_and_norms
 from .config import AlignConfig
-from .efficientnet import EfficientNet
+from .efficientnet import EfficientNet, VisionOutput
 from .hf_image import HFImageTower
 from .hf_text import HFTextTower
 from .input_checks import check_batches, check_kwargs, check_pixels, check_text
 from .intermediates import forward_intermediates
 from .loss import contrastive_loss, sigmoid_loss
+from .outputs import TowerRequest, TupleOutput, current_request, tower_request
 
 
 @dataclass
-class AlignOutput:
+class AlignOutput(TupleOutput):
     """What `AlignModel.forward` returns; the field names are transformers' `AlignOutput`'s."""
 
     logits_per_image: torch.Tensor | None  # (B_image, B_text)
@@ -32,6 +35,18 @@ class AlignOutput:
     text_embeds: torch.Tensor | None  # (B_text, projection_dim), L2-normalised
     image_embeds: torch.Tensor | None  # (B_image, num_features), L2-normalised
     loss: torch.Tensor | None = None
+    # Each tower's output (last_hidden_state, pooler_output, hidden_states[, attentions]) as transformers gives
+    # it: filled when forward is called with output_hidden_states, output_attentions or return_dict=False, so
+    # the default call holds only the embeddings.
+    text_model_output: TextOutput | None = None
+    vision_model_output: VisionOutput | None = None
+
+    def to_tuple(self) -> tuple:
+        """transformers' `return_dict=False` order: (loss,) logits_per_image, logits_per_text, text_embeds,
+        image_embeds, then each tower's output as a tuple (text first)."""
+        head = (self.loss, self.logits_per_image, self.logits_per_text, self.text_embeds, self.image_embeds)
+        towers = (self.text_model_output, self.vision_model_output)
+        return tuple(v for v in head if v is not None) + tuple(t.to_tuple() for t in towers if t is not None)
 
     def __getitem__(self, key: str) -> torch.Tensor | None:
         if not isinstance(key, str):
@@ -80,7 +95,11 @@ class AlignModel(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, 3, H, W) -> (B, projection_dim) image embeddings."""
         check_pixels(self.config.vision, pixel_values)
-        return self.project_image(self.vision_model(pixel_values), normalize)  # (B, P)
+        request = current_request()
+        if request is None:
+            return self.project_image(self.vision_model(pixel_values).pooler_output, normalize)  # (B, P)
+        request.vision = self.vision_model(pixel_values, output_hidden_states=request.hidden_states)
+        return self.project_image(request.vision.pooler_output, normalize)  # (B, P)
 
     def project_image(self, pooled: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, C) pooled image features -> (B, projection_dim); the projection is the identity for ALIGN's
@@ -124,7 +143,13 @@ class AlignModel(nn.Module):
             and bool(attention_mask[:, 0].all())  # right-padded texts only
         )
         extra = {"packed": True} if packed else {}  # a swapped-in text tower need not know the argument
-        h = self.text_model(input_ids, attention_mask, token_type_ids, **extra).last_hidden_state  # (B, T | 1, D)
+        request = current_request()  # a flagged forward's: the full-length padded path, and its output kept
+        if request is not None:
+            extra = request.text_kwargs()
+        out = self.text_model(input_ids, attention_mask, token_type_ids, **extra)
+        if request is not None:
+            request.text = out
+        h = out.last_hidden_state  # (B, T | 1, D)
         return self.project_text(self.pool_text(h, attention_mask), normalize)  # (B, P)
 
     def get_image_features(self, pixel_values: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
@@ -156,10 +181,19 @@ class AlignModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_loss: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: object,
-    ) -> AlignOutput:
+    ) -> AlignOutput | tuple:
         """Image-text logits and normalised embeddings; with `return_loss`, the config's loss (ALIGN's contrastive
-        loss, or SigLIP's sigmoid loss)."""
+        loss, or SigLIP's sigmoid loss).
+
+        transformers' flags: `output_hidden_states` / `output_attentions` fill `text_model_output` and
+        `vision_model_output` with every hidden state (and the text attention probabilities), full length and
+        padded as the input was; `return_dict=False` returns `AlignOutput.to_tuple()`. The embeddings are the
+        same either way: the towers' own forward captures the states (see align_torch.model.outputs).
+        """
         check_kwargs("forward", kwargs)
         if input_ids is None or pixel_values is None:
             raise ValueError(
@@ -171,8 +205,16 @@ class AlignModel(nn.Module):
         check_pixels(self.config.vision, pixel_values)
         if return_loss:
             check_batches(len(input_ids), len(pixel_values))
-        image_embeds = self.encode_image(pixel_values, normalize=True)
-        text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)
+        flagged = bool(output_hidden_states) or bool(output_attentions) or return_dict is False
+        if flagged and torch.compiler.is_compiling():
+            raise NotImplementedError(
+                "output_hidden_states / output_attentions / return_dict=False run eagerly; compile the towers "
+                "(align_torch.inference.towers) or call forward_intermediates outside torch.compile"
+            )
+        request = tower_request(bool(output_hidden_states), bool(output_attentions)) if flagged else None
+        with request or contextlib.nullcontext() as asked:
+            image_embeds = self.encode_image(pixel_values, normalize=True)
+            text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)
         logits_per_text = self.logits(text_embeds, image_embeds)
         loss = None
         if return_loss:
@@ -181,12 +223,42 @@ class AlignModel(nn.Module):
                 if self.config.loss == "sigmoid"
                 else contrastive_loss(logits_per_text, self.config.label_smoothing)
             )
-        return AlignOutput(
+        out = AlignOutput(
             logits_per_image=logits_per_text.t(),
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
             loss=loss,
+        )
+        if asked is not None:
+            out.text_model_output, out.vision_model_output = self._tower_outputs(asked)
+        return out.to_tuple() if return_dict is False else out
+
+    def _tower_outputs(self, asked: TowerRequest) -> tuple[TextOutput, VisionOutput]:
+        """What the towers returned inside encode_text / encode_image, with BERT's pooled output added as
+        transformers computes it (tanh of the pooler on [CLS]; ALIGN's own embedding never reads it)."""
+        if asked.text is None or asked.vision is None:
+            missing = [
+                name for name, out in (("encode_text", asked.text), ("encode_image", asked.vision)) if out is None
+            ]
+            raise RuntimeError(
+                f"{type(self).__name__}.{' and '.join(missing)} did not run the model's tower, so there are no tower "
+                "outputs to return; call super()'s method in an override, or use forward_intermediates"
+            )
+        text = asked.text
+        if isinstance(text, TextOutput) and isinstance(self.text_model, Bert):
+            pooled = torch.tanh(self.text_model.pooler(text.last_hidden_state[:, 0]))  # (B, D)
+            text = dataclasses.replace(text, pooler_output=pooled)
+        return text, asked.vision
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """transformers' count: every parameter once, or only those requiring grad, optionally without the
+        nn.Embedding weights."""
+        embeddings = (
+            {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        )
+        return sum(
+            p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings
         )
 
     # Hidden states of both towers, text attention probabilities and the embeddings, with selection and early

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import TextConfig
+from .outputs import TupleOutput
 
 
 @torch.no_grad()
@@ -220,10 +221,15 @@ class Layer(nn.Module):
 
 
 @dataclass
-class TextOutput:
+class TextOutput(TupleOutput):
+    """What the text tower returns; the fields and their order are transformers' (`to_tuple()` as theirs)."""
+
     last_hidden_state: torch.Tensor  # (B, T, D); (B, 1, D), the [CLS] states, when packed
-    hidden_states: list[torch.Tensor] | None = None  # embeddings output, then each layer: num_layers + 1
-    attentions: list[torch.Tensor] | None = None  # per layer (B, heads, T, T) softmax probabilities
+    # tanh(pooler([CLS])), BERT's pooled output: filled only in AlignModel.forward's text_model_output (ALIGN
+    # itself never reads it, so the tower does not compute it)
+    pooler_output: torch.Tensor | None = None  # (B, D)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output, then each layer: num_layers + 1
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, heads, T, T) softmax probabilities
 
 
 class Bert(nn.Module):
@@ -309,4 +315,8 @@ class Bert(nn.Module):
             if not len(layers):
                 x = layout.first_tokens_only().queries(x)
             x = x.reshape(len(input_ids), 1, x.shape[-1])  # (B, 1, D): [CLS] only
-        return TextOutput(last_hidden_state=x, hidden_states=hidden, attentions=attentions)
+        return TextOutput(
+            last_hidden_state=x,
+            hidden_states=None if hidden is None else tuple(hidden),
+            attentions=None if attentions is None else tuple(attentions),
+        )

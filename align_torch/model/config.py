@@ -50,6 +50,20 @@ def _check_float(owner: str, name: str, value: Any, low: float, high: float, ope
         raise ValueError(f"{owner}.{name} must lie in {interval}, got {value}")
 
 
+# The ranges of the model's training knobs, which a fine-tuning run may override: checked here for the configs,
+# and by TrainConfig through check_knob, so a run's bad value is refused before any model loads.
+KNOB_RANGES = {
+    "bn_momentum": (0.0, 1.0, False, False),
+    "drop_path_rate": (0.0, 1.0, False, True),
+    "label_smoothing": (0.0, 1.0, False, True),
+}
+
+
+def check_knob(owner: str, name: str, value: Any) -> None:
+    """`value` must be in the range KNOB_RANGES gives `name`; the error names `owner`.`name`."""
+    _check_float(owner, name, value, *KNOB_RANGES[name])
+
+
 def _check_str(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{owner}.{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
@@ -107,8 +121,8 @@ class VisionConfig:
             _check_float(owner, name, getattr(self, name), 0.0, _INF, open_low=True, open_high=True)
         _check_float(owner, "se_ratio", self.se_ratio, 0.0, 1.0, open_low=True, open_high=False)
         _check_float(owner, "bn_eps", self.bn_eps, 0.0, _INF, open_low=True, open_high=True)
-        _check_float(owner, "bn_momentum", self.bn_momentum, 0.0, 1.0, open_low=False, open_high=False)
-        _check_float(owner, "drop_path_rate", self.drop_path_rate, 0.0, 1.0, open_low=False, open_high=True)
+        check_knob(owner, "bn_momentum", self.bn_momentum)
+        check_knob(owner, "drop_path_rate", self.drop_path_rate)
         _check_str(owner, "act", self.act, ("silu", "swish", "relu", "gelu"))
         _check_str(owner, "pooling", self.pooling, ("mean", "max"))
         for i, s in enumerate(self.stages):
@@ -221,7 +235,7 @@ class AlignConfig:
             object.__setattr__(self, "text", TextConfig(**self.text))
         _check_int("AlignConfig", "projection_dim", self.projection_dim)
         _check_float("AlignConfig", "temperature_init", self.temperature_init, 0.0, _INF, True, True)
-        _check_float("AlignConfig", "label_smoothing", self.label_smoothing, 0.0, 1.0, False, True)
+        check_knob("AlignConfig", "label_smoothing", self.label_smoothing)
         _check_str("AlignConfig", "loss", self.loss, LOSSES)
         _check_float("AlignConfig", "logit_bias_init", self.logit_bias_init, -_INF, _INF, True, True)
         _check_str("AlignConfig", "image_pooling", self.image_pooling, ("pooler", "mean"))

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
 from .indices import take_indices
+from .outputs import TupleOutput
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -145,8 +146,18 @@ class VisionIntermediates:
     last_hidden_state: torch.Tensor | None  # (B, C, h, w) final map, None when stopped early
 
 
+@dataclass
+class VisionOutput(TupleOutput):
+    """What the image tower returns; the fields and their order are transformers' (`to_tuple()` as theirs)."""
+
+    last_hidden_state: torch.Tensor  # (B, num_features, h, w) final map
+    pooler_output: torch.Tensor  # (B, num_features): the pooled map, ALIGN's image embedding
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # stem output, then each block's: 1 + num_blocks
+
+
 class EfficientNet(nn.Module):
-    """The ALIGN image tower. `forward(pixels)` returns the pooled (B, num_features) image embedding."""
+    """The ALIGN image tower. `forward(pixels)` returns a VisionOutput; its `pooler_output` is the pooled
+    (B, num_features) image embedding."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -240,8 +251,15 @@ class EfficientNet(nn.Module):
             return features.amax(dim=(2, 3))
         return features.mean(dim=(2, 3))
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(pixel_values))
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
+        """(B, 3, H, W) -> the final map and its pooled embedding; with `output_hidden_states`, also the stem's and
+        every block's output, as `forward_intermediates` captures them."""
+        if output_hidden_states:
+            out = self.forward_intermediates(pixel_values)
+            features, hidden = out.last_hidden_state, tuple(out.hidden_states)
+        else:
+            features, hidden = self.forward_features(pixel_values), None
+        return VisionOutput(last_hidden_state=features, pooler_output=self.pool(features), hidden_states=hidden)
 
 
 def _checkpoint_contexts(

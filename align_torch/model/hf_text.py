@@ -103,9 +103,8 @@ class HFTextTower(nn.Module):
         extra = {"token_type_ids": token_type_ids} if self._takes_token_types else {}
         # Only eager attention keeps its probabilities (SDPA's kernel never forms them).
         output_attentions = output_attentions and self.encoder.config._attn_implementation == "eager"
-        if output_hidden_states or output_attentions:  # only when asked: not every encoder takes them
-            extra |= {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra, **flags)
 
     @property
     def num_positions(self) -> int:

@@ -30,9 +30,9 @@ def check_kwargs(method: str, kwargs: dict[str, object]) -> None:
     unsupported = sorted(k for k, v in kwargs.items() if not any(v is d for d in _TRANSFORMERS_FLAGS[k]))
     if unsupported:
         raise ValueError(
-            f"AlignModel.{method} does not support {', '.join(f'{k}={kwargs[k]!r}' for k in unsupported)}: it always "
-            "returns an AlignOutput / a tensor. For hidden states and attention probabilities use "
-            "model.forward_intermediates(...)"
+            f"AlignModel.{method} does not support {', '.join(f'{k}={kwargs[k]!r}' for k in unsupported)}: it "
+            "returns the tensor the model card uses. For hidden states and attention probabilities call the model "
+            "(forward's output_hidden_states / output_attentions) or model.forward_intermediates(...)"
         )
 
 

@@ -8,6 +8,7 @@ float64 intermediate in the rescale and the crop offsets for odd sizes, follows 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -129,11 +130,19 @@ class AlignImageProcessor:
         config["image_std"] = list(self.image_std)
         return config
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> BatchFeature:
-        """Preprocess one image or a batch into {"pixel_values": (N, 3, H, W) float32}.
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt", **options: Any
+    ) -> BatchFeature:
+        """Preprocess one image or a batch into {"pixel_values": (N, 3, H, W) float32 (the image's integers when
+        neither rescaled nor normalised, as transformers)}.
 
-        `return_tensors="pt"` gives a torch tensor, "np" (or None) a numpy array.
+        `return_tensors="pt"` gives a torch tensor, "np" (or None) a numpy array. `options` override this
+        processor's settings for the call, with transformers' names and meaning (`do_resize`, `size`, `resample`,
+        `do_center_crop`, `crop_size`, `do_rescale`, `rescale_factor`, `rescale_offset`, `do_normalize`,
+        `image_mean`, `image_std`, `include_top`); `data_format` only as "channels_first". Any other is refused.
         """
+        if options:
+            return self.with_options(**options)(images, return_tensors=return_tensors)
         pixels = []
         for i, image in enumerate(_as_list(images)):
             try:
@@ -146,16 +155,35 @@ class AlignImageProcessor:
                 f"images came out in different sizes {sorted(shapes)}; enable do_resize or do_center_crop "
                 "to batch images of different sizes"
             )
-        batch = np.stack(pixels).astype(np.float32, copy=False)  # (N, 3, H, W)
+        batch = np.stack(pixels)  # (N, 3, H, W)
+        if (
+            batch.dtype.kind == "f"
+        ):  # integer pixels stay integers only without rescaling or normalising, as in transformers
+            batch = batch.astype(np.float32, copy=False)
         if return_tensors == "pt":
             return BatchFeature(pixel_values=torch.from_numpy(batch))
         if return_tensors in ("np", None):
             return BatchFeature(pixel_values=batch)
         raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
+    def with_options(self, **options: Any) -> AlignImageProcessor:
+        """A copy with transformers' per-call options applied (checked as a preprocessor_config.json's are)."""
+        data_format = options.pop("data_format", None)
+        if data_format not in (None, "channels_first"):
+            raise ValueError(f"data_format={data_format!r} is not supported: pixel_values are channels first")
+        names = {f.name for f in fields(self)} - {"extra"}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"image processor got unexpected options: {', '.join(unknown)} (it takes {sorted(names)})")
+        for key in ("image_mean", "image_std"):
+            if key in options and _is_number(options[key]):
+                options[key] = (options[key],) * 3  # transformers takes one number for every channel
+        return dataclasses.replace(self, **options)
+
     def preprocess_one(self, image: ImageInput) -> np.ndarray:
         """One image → (3, H, W) array, in the order transformers applies the steps."""
-        x = to_rgb_chw(image)  # (3, h, w), dtype as given (uint8 for PIL)
+        # Without rescaling, float pixels are used as given (transformers' meaning of do_rescale=False).
+        x = to_rgb_chw(image, scaled_floats=self.do_rescale)  # (3, h, w), dtype as given (uint8 for PIL)
         if self.do_resize:
             x = _pil_resize(x, self.size, self.resample)
         if self.do_center_crop:
@@ -189,14 +217,15 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     return [images]
 
 
-def to_rgb_chw(image: ImageInput) -> np.ndarray:
+def to_rgb_chw(image: ImageInput, scaled_floats: bool = True) -> np.ndarray:
     """Any supported image → (3, H, W) numpy array, converted to RGB the way transformers' convert_to_rgb does.
 
     PIL images of any mode go through PIL's own conversion; transparency (an alpha band, or a palette's
     `transparency`) is composited onto white. 16-bit and 32-bit PIL modes (I;16, I, F) are scaled to 8 bits
     first (see `_high_depth_to_l`). Arrays and tensors may be HWC or CHW with 1, 3 or 4 channels (or 2-D
     grayscale); 1 channel is repeated, 4 channels (RGBA) are composited onto white. Float arrays with every
-    value in [0, 1] (torchvision's ToTensor) are read as already-scaled images: round(x · 255) as uint8.
+    value in [0, 1] (torchvision's ToTensor) are read as already-scaled images: round(x · 255) as uint8, unless
+    `scaled_floats` is False (float pixels kept as they are).
     """
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
@@ -223,7 +252,7 @@ def to_rgb_chw(image: ImageInput) -> np.ndarray:
         raise ValueError(f"image has dtype {image.dtype}; expected uint8, another integer type or a float type")
     if image.size == 0:
         raise ValueError(f"image has shape {image.shape}, with no pixels")
-    if np.issubdtype(image.dtype, np.floating):
+    if scaled_floats and np.issubdtype(image.dtype, np.floating):
         image = _unit_float_to_uint8(image)
     if image.ndim == 2:
         image = image[None]  # (H, W) → (1, H, W)
@@ -311,6 +340,10 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 def _pil_resize(chw: np.ndarray, size_hw: tuple[int, int], resample: int) -> np.ndarray:
     """Resize through PIL on uint8 pixels, as transformers does. Non-uint8 input must hold whole numbers in
     [0, 255] (floats in [0, 1] were already turned into uint8 by to_rgb_chw)."""
+    if chw.dtype != np.uint8 and _is_unit_float(chw):
+        # transformers' resize: x * 255 (float32) truncated to uint8, resized through PIL, then / 255 again.
+        u8 = (chw.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
+        return (_pil_resize(u8, size_hw, resample).astype(np.float64) * (1 / 255)).astype(np.float32)
     if chw.dtype != np.uint8:
         if not np.allclose(chw, chw.astype(np.int64)):
             raise ValueError(
@@ -322,6 +355,12 @@ def _pil_resize(chw: np.ndarray, size_hw: tuple[int, int], resample: int) -> np.
     pil = PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(chw, 0, -1)).astype(np.uint8))
     height, width = size_hw
     return np.moveaxis(np.asarray(pil.resize((width, height), resample=resample)), -1, 0)  # (3, H, W)
+
+
+def _is_unit_float(chw: np.ndarray) -> bool:
+    """Floats in [0, 1] that are not whole numbers: the images transformers scales by 255 to resize them."""
+    is_float = np.issubdtype(chw.dtype, np.floating)
+    return bool(is_float and not np.allclose(chw, chw.astype(np.int64)) and chw.min() >= 0 and chw.max() <= 1)
 
 
 def center_crop(chw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

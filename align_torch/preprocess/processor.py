@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint.config_files import field_error, read_json_object
 from ..checkpoint.hub import resolve_model_dir
@@ -56,14 +57,19 @@ class AlignProcessor:
         truncation: bool | str = True,
         max_length: int | None = None,
         return_tensors: str | None = "pt",
+        **image_options: Any,
     ) -> BatchFeature:
         """Tokenize `text` and/or preprocess `images` into one BatchFeature, ready for `model(**inputs)`.
 
         Defaults pad and truncate every text to 64 tokens (transformers pads to 64 but does not truncate
         unless `truncation=True`). `padding=True` pads to the longest text; see AlignTokenizer.__call__.
+        `return_tensors`: "pt" (default), "np", or None (numpy pixels, lists of ids). `image_options` are
+        transformers' per-call image processor options (`do_rescale=False`, `size=`, ...; see
+        AlignImageProcessor.__call__); an option it does not take is a TypeError naming it.
         """
         if text is None and images is None:
             raise ValueError("pass text, images or both")
+        image_processor = self.image_processor.with_options(**image_options) if image_options else self.image_processor
         out = BatchFeature()
         if text is not None:
             out.update(
@@ -72,7 +78,7 @@ class AlignProcessor:
                 )
             )
         if images is not None:
-            out.update(self.image_processor(images, return_tensors=return_tensors))
+            out.update(image_processor(images, return_tensors=return_tensors))
         return out
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:

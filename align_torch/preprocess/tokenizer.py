@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -77,7 +78,8 @@ def _options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class AlignTokenizer:
-    """Texts → `input_ids`, `attention_mask`, `token_type_ids`; padded and truncated to 64 tokens by default."""
+    """Texts → `input_ids`, `token_type_ids`, `attention_mask`, called as transformers' BertTokenizerFast (no
+    padding, truncation or tensors unless asked); ids → text and tokens (`decode`, `convert_ids_to_tokens`, ...)."""
 
     def __init__(
         self,
@@ -205,39 +207,36 @@ class AlignTokenizer:
         text: str | Sequence[str],
         text_pair: str | Sequence[str] | None = None,
         *,
-        padding: bool | str = "max_length",
-        truncation: bool | str = True,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
         max_length: int | None = None,
-        return_tensors: str | None = "pt",
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_token_type_ids: bool | None = None,
     ) -> BatchFeature:
-        """Tokenize one text or a batch; each output is (N, L) int64.
+        """Tokenize one text or a batch, with transformers' `BertTokenizerFast.__call__` contract.
 
-        padding: "max_length" (default, pads to max_length = model_max_length = 64), True/"longest" (pads
-        to the longest text in the batch), False/"do_not_pad". truncation: True (default; transformers'
-        AlignProcessor does not truncate unless asked) cuts each text to max_length tokens including
-        [CLS]/[SEP], longest sequence first for pairs; False keeps every token.
+        Without `return_tensors`, plain lists (one flat list per field for a single string); "pt" torch and
+        "np" numpy int64 arrays (N, L), N = 1 for a single string. padding: False/"do_not_pad" (default),
+        True/"longest" (to the longest text), "max_length" (to max_length, else model_max_length = 64).
+        truncation: True/"longest_first"/"only_first"/"only_second" cut to max_length (else model_max_length)
+        including [CLS]/[SEP]; None (default) truncates only when max_length is given without padding, as
+        transformers does. `return_attention_mask` / `return_token_type_ids` False leave that field out.
         """
         texts = _as_texts(text, "text")
         pairs = None if text_pair is None else _as_texts(text_pair, "text_pair")
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(pairs)} text_pairs")
-        encodings = self._encode(texts, pairs, padding, truncation, max_length)
-        columns = {
-            "input_ids": [e.ids for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-        }
-        if return_tensors is None:
-            return BatchFeature(columns)
-        if return_tensors != "pt":
-            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
-        lengths = {len(ids) for ids in columns["input_ids"]}
-        if len(lengths) > 1:
-            raise ValueError(
-                f"texts have different lengths {sorted(lengths)} and cannot form one tensor; "
-                "use padding=True or 'max_length', or return_tensors=None"
-            )
-        return BatchFeature({k: torch.tensor(v, dtype=torch.int64) for k, v in columns.items()})
+        if truncation is None:  # transformers: a max_length without padding means truncate to it
+            truncation = max_length is not None and padding in (False, "do_not_pad", None)
+        encodings = self._encode(texts, pairs, padding, truncation, max_length, add_special_tokens)
+        columns = {"input_ids": [e.ids for e in encodings]}
+        if return_token_type_ids is not False:
+            columns["token_type_ids"] = [e.type_ids for e in encodings]
+        if return_attention_mask is not False:
+            columns["attention_mask"] = [e.attention_mask for e in encodings]
+        return _as_batch(columns, single=isinstance(text, str), return_tensors=return_tensors)
 
     def _encode(
         self,
@@ -246,6 +245,7 @@ class AlignTokenizer:
         padding: bool | str,
         truncation: bool | str,
         max_length: int | None,
+        add_special_tokens: bool = True,
     ) -> list[Encoding]:
         limit = self.model_max_length if max_length is None else max_length
         if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 2:
@@ -265,10 +265,12 @@ class AlignTokenizer:
             pad_to = -1
         else:
             raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+        if not isinstance(add_special_tokens, bool):
+            raise ValueError(f"add_special_tokens must be True or False, got {add_special_tokens!r}")
         tok = self._configured_backend(trunc, limit if trunc else None, pad_to)
         inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
         try:
-            return tok.encode_batch(inputs)
+            return tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
         except TypeError:
             _check_utf8(texts, "text")
             _check_utf8(pairs or [], "text_pair")
@@ -300,19 +302,45 @@ class AlignTokenizer:
         """One text → ids, without padding or truncation."""
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        """ids → text (lowercased, accents gone: the normaliser is not undone)."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
+        """One text → its WordPiece tokens (without [CLS]/[SEP] unless asked), as transformers' `tokenize`."""
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).tokens
+
+    def decode(self, ids: int | Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False) -> str:
+        """ids (a list, a 1-D tensor or array, or one id) → text (lowercased, accents gone: the normaliser is not
+        undone)."""
+        return self._tokenizer.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
 
     def batch_decode(
-        self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+        self, batch: Sequence[Sequence[int]] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False
     ) -> list[str]:
         """Rows of ids → texts."""
-        if isinstance(batch, torch.Tensor):
-            batch = batch.tolist()
-        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in batch]
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in _rows(batch)]
+
+    def convert_ids_to_tokens(
+        self, ids: int | Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False
+    ) -> str | list[str]:
+        """One id → its token; a list (tensor, array) of ids → their tokens, e.g. to label an attention map."""
+        single = _is_one_id(ids)
+        special = (
+            {self._tokenizer.token_to_id(t) for t in self.special_tokens.values()} if skip_special_tokens else set()
+        )
+        tokens = [self._id_to_token(i) for i in _id_list(ids) if i not in special]
+        return tokens[0] if single and tokens else tokens
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """One token → its id; a list → their ids. A token not in the vocabulary is [UNK]'s id."""
+        unk = self._tokenizer.token_to_id(self.special_tokens["unk_token"])
+        if isinstance(tokens, str):
+            found = self._tokenizer.token_to_id(tokens)
+            return unk if found is None else found
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def _id_to_token(self, i: int) -> str:
+        token = self._tokenizer.id_to_token(i)
+        if token is None:
+            raise ValueError(f"token id {i} is not in the vocabulary (size {self.vocab_size})")
+        return token
 
     def to_files(self, with_tokenizer_json: bool = False) -> dict[str, str]:
         """{file name: contents} for tokenizer_config.json, special_tokens_map.json, vocab.txt, and tokenizer.json
@@ -335,6 +363,46 @@ class AlignTokenizer:
         if self.from_tokenizer_json or with_tokenizer_json:
             files["tokenizer.json"] = self._tokenizer.to_str(pretty=True)
         return files
+
+
+def _as_batch(columns: dict[str, list[list[int]]], single: bool, return_tensors: str | None) -> BatchFeature:
+    """Token columns as transformers returns them: lists (flat for a single text), or (N, L) int64 tensors."""
+    if return_tensors is None:
+        return BatchFeature({k: v[0] if single else v for k, v in columns.items()})
+    if return_tensors not in ("pt", "np"):
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+    lengths = {len(ids) for ids in columns["input_ids"]}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"texts have different lengths {sorted(lengths)} and cannot form one tensor; "
+            "use padding=True or 'max_length', or return_tensors=None"
+        )
+    if return_tensors == "np":
+        return BatchFeature({k: np.array(v, dtype=np.int64).reshape(len(v), -1) for k, v in columns.items()})
+    return BatchFeature({k: torch.tensor(v, dtype=torch.int64).reshape(len(v), -1) for k, v in columns.items()})
+
+
+def _is_one_id(ids: Any) -> bool:
+    return isinstance(ids, numbers.Integral) or (isinstance(ids, (torch.Tensor, np.ndarray)) and ids.ndim == 0)
+
+
+def _id_list(ids: Any) -> list[int]:
+    """One id, a sequence, or a 0-/1-D tensor or array of ids → a list of ints."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        if ids.ndim > 1:
+            raise ValueError(f"expected one row of ids, got shape {tuple(ids.shape)}; use batch_decode for rows")
+        return [int(i) for i in ids.reshape(-1).tolist()]
+    if isinstance(ids, numbers.Integral):
+        return [int(ids)]
+    return [int(i) for i in ids]
+
+
+def _rows(batch: Any) -> list[Any]:
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        if batch.ndim != 2:
+            raise ValueError(f"batch_decode expects rows of ids (2-D), got shape {tuple(batch.shape)}")
+        return list(batch.tolist())
+    return list(batch)
 
 
 def _as_texts(text: str | Sequence[str], name: str) -> list[str]:

@@ -113,6 +113,14 @@ class Collection:
     def count(self, target: str) -> int:
         return self.folder.count(target) if self.folder is not None else len(self.file.items)
 
+    def searchable_rows(self, target: str) -> int:
+        """The rows a search of `target` ranks; none is refused (an empty answer would look like a search that
+        found nothing)."""
+        rows = self.count(target)
+        if rows == 0:
+            raise ValueError(f"{str(self.path)!r} holds 0 {target} embeddings: there is nothing to search")
+        return rows
+
     def dim(self, target: str) -> int:
         return self.folder.dim(target) if self.folder is not None else self.file.dim
 
@@ -155,14 +163,8 @@ class Collection:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an integer of at least 1, got {k!r}")
         target = self.resolve_target(target)
-        k = min(k, self.count(target))  # an index allocates (Q, k) results whatever the collection holds
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.dim(target):
-            where = "the file's" if self.file is not None else f"the {target} embeddings of {str(self.path)!r}"
-            raise ValueError(
-                f"the query embedding has {queries.shape[1]} dimensions but {where} have {self.dim(target)}: were "
-                f"they made by a different model? They were made with {self.model_name!r}"
-            )
+        k = min(k, self.searchable_rows(target))  # an index allocates (Q, k) results whatever the collection holds
+        queries = self._checked_queries(queries, target)
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = queries / np.where(norms > 0, norms, 1)
         index = None if exact else self.index(target)
@@ -171,6 +173,21 @@ class Collection:
         else:
             scores, ids = exact_top_k(self._chunks(target), queries, k)
         return [self._hits(row_scores, row_ids, target) for row_scores, row_ids in zip(scores, ids, strict=True)]
+
+    def _checked_queries(self, queries: np.ndarray, target: str) -> np.ndarray:
+        """(Q, D) float32 queries of the collection's dimension, every component finite (a NaN query scores
+        every row NaN, and the top k of those is arbitrary)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.dim(target):
+            where = "the file's" if self.file is not None else f"the {target} embeddings of {str(self.path)!r}"
+            raise ValueError(
+                f"the query embedding has {queries.shape[1]} dimensions but {where} have {self.dim(target)}: were "
+                f"they made by a different model? They were made with {self.model_name!r}"
+            )
+        finite = np.isfinite(queries).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"query {int(np.argmin(finite))} holds NaN or infinity: a query must be finite numbers")
+        return queries
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, target: str) -> list[Hit]:
         # Rows and queries are unit length, so a score is a cosine; float32 rounding can still pass 1 by ~1e-7.

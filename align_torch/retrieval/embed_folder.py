@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,11 @@ from tqdm import tqdm
 from .. import __name__ as _package
 from .. import defaults
 from ..checkpoint.hub import ModelSource, resolve_model
-from ..data import ImageLoadError, Pair, TarMember, load_pair_image
+from ..data import ImageLoadError, ImageRef, Pair, load_pair_image
 from ..data.images import ImageBatch, ImageItem, collate_images
+from ..data.pairs import image_name
+from ..data.parquet import row_group_sizes
+from ..defaults import IMAGE_BATCH, PARTITION_SIZE, TEXT_BATCH
 from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -78,7 +81,7 @@ def folder_info(
         inputs=plan.inputs,
         input_items=plan.items,
         input_fingerprint=plan.fingerprint(),
-        partition_unit="shard" if plan.kind == "shards" else "images",
+        partition_unit={"shards": "shard", "parquet": "row groups"}.get(plan.kind, "images"),
         partition_size=plan.partition_size,
         partitions=plan.partitions,
         created_with={"package": _package, "version": version, "torch": torch.__version__},
@@ -95,7 +98,7 @@ class _PairImages(Dataset):
     def __len__(self) -> int:
         raise TypeError("indexed by (row, image) keys from _PartitionBatches")
 
-    def __getitem__(self, key: tuple[int, Path | TarMember]) -> ImageItem:
+    def __getitem__(self, key: tuple[int, ImageRef]) -> ImageItem:
         row, image = key
         try:
             pixels = self.transform(load_pair_image(image))
@@ -113,7 +116,7 @@ class _PartitionBatches(Sampler):
     def __init__(self, partitions: list[int], pairs: Callable[[int], list[Pair]], batch_size: int) -> None:
         self.partitions, self.pairs, self.batch_size = partitions, pairs, batch_size
 
-    def __iter__(self) -> Iterator[list[tuple[int, Path | TarMember]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ImageRef]]]:
         for p in self.partitions:
             pairs = self.pairs(p)
             for start in range(0, max(len(pairs), 1), self.batch_size):
@@ -137,12 +140,6 @@ class EmbedSummary:
     seconds: float = 0.0
 
 
-def image_path(image: Path | TarMember) -> str:
-    if isinstance(image, Path):
-        return path_to_text(image)
-    return path_to_text(os.fsencode(image.shard) + b":" + os.fsencode(image.name))
-
-
 @torch.no_grad()
 def embed_to_folder(
     model: AlignModel,
@@ -154,8 +151,8 @@ def embed_to_folder(
     model_name: str | ModelSource,
     dtype: str = "float16",
     fused: bool = True,
-    batch_size: int = 32,
-    text_batch_size: int = 256,
+    batch_size: int = IMAGE_BATCH,
+    text_batch_size: int = TEXT_BATCH,
     workers: int = 0,
     rank: int = 0,
     world: int = 1,
@@ -252,6 +249,10 @@ def _image_loader(
 
 def _images_in(plan: InputPlan, todo: list[int]) -> int | None:
     """Images in the partitions `todo`, for the progress bar; None for shards (counted only when opened)."""
+    if plan.row_groups is not None:
+        shards = {s for p in todo for s, _ in plan.row_groups[p]}
+        sizes = {s: row_group_sizes(plan.shards[s]) for s in shards}
+        return sum(sizes[s][g] for p in todo for s, g in plan.row_groups[p])
     if plan.pairs is None:
         return None
     size = plan.partition_size
@@ -311,7 +312,7 @@ def _embed_partition_images(
     for _ in range(step.batches):
         batch = next(step.loader)
         for row, reason in batch.failures:
-            path = image_path(step.pairs[row].image)
+            path = image_name(step.pairs[row].image)
             skipped.append({"image_path": path, "error": reason})
             if step.on_failure is not None:
                 step.on_failure(path, reason)
@@ -332,13 +333,17 @@ def _embed_captions(
 
 
 def _partition_metadata(good: list[Pair], captions: bool, input_kind: str) -> dict[str, list]:
-    """The metadata columns of a partition, one value per embedded row: image_path, then caption, key, url."""
-    metadata: dict[str, list] = {"image_path": [image_path(q.image) for q in good]}
+    """The metadata columns of a partition, one value per embedded row: image_path, then caption, key, url (shards)
+    or the input's other columns (Parquet and rows: ids, urls, split; a name already taken gets `input_`)."""
+    metadata: dict[str, list] = {"image_path": [image_name(q.image) for q in good]}
     if captions:
         metadata["caption"] = [q.caption for q in good]
     if input_kind == "shards":
         metadata["key"] = [q.key for q in good]
         metadata["url"] = [q.url for q in good]
+    names = dict.fromkeys(name for q in good for name in q.extra or {})
+    for name in names:
+        metadata["input_" + name if name in metadata else name] = [(q.extra or {}).get(name) for q in good]
     return metadata
 
 
@@ -348,21 +353,24 @@ def _store(vectors: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def embed_collection(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping],
     out: str | os.PathLike,
     *,
     model: str = defaults.MODEL,
+    image_column: str | None = None,
+    caption_column: str | None = None,
     device: str = "auto",
-    partition_size: int = 10_000,
+    partition_size: int = PARTITION_SIZE,
     dtype: str = "float16",
     fused: bool = True,
     model_class: type[AlignModel] | str | None = None,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> EmbedSummary:
-    """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs`, load `model` (as
+    """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs` (paths, or a sequence of
+    mappings such as a `datasets.Dataset`; Parquet and rows columns found by name or named), load `model` (as
     `model_class`, an AlignModel subclass or 'module:Class', if given), and embed this process's unfinished
     partitions into the folder `out`. Under torchrun each process takes its rank's partitions and the GPU
     `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
@@ -371,7 +379,7 @@ def embed_collection(
 
     env = torchrun_env()
     where = rank_device(device, env)
-    plan = plan_input(inputs, partition_size)
+    plan = plan_input(inputs, partition_size, image_column, caption_column)
     if isinstance(model_class, str):
         model_class = import_model_class(model_class)  # a wrong name fails before a download
     source = resolve_model(model)

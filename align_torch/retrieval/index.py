@@ -42,6 +42,15 @@ PQ_BYTES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # autofaiss's candidates, large
 FLAT_BELOW, HNSW_BELOW, IVF_FLAT_BELOW = 1_000, 10_000, 1_000_000
 MIN_TRAIN_PER_LIST, TRAIN_PER_LIST = 39, 64  # FAISS warns below 39 training points per k-means centroid
 PQ_TRAIN_MIN, PQ_TRAIN_MAX = 39 * 256, 256 * 256  # FAISS's PQ k-means wants 39..256 points per code centroid
+# Fewer vectors than this and FAISS's training fails inside the build: a PQ code's k-means has 256 centroids.
+MIN_VECTORS = {"ivf-pq": 256}
+
+
+def article(word: str) -> str:
+    """'a' or 'an' before an index kind as it is read aloud: an int8, an ivf-pq, a flat, a binary."""
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 MIN_PQ_SUB_DIMS = 16  # FAISS trains codebooks of narrower sub-vectors many times slower (10 dims: ~9x for 2x bytes)
 ID_BYTES = 8  # an IVF list stores an int64 id beside each code
 KMEANS_BUFFER = 4096 * 1024 * 4  # FAISS's k-means assigns in blocks of 4096 points x 1024 centroids (floats)
@@ -148,6 +157,11 @@ def plan_index(count: int, dim: int, max_memory: int, kind: str = "auto", quanti
         return _compressed_plan(count, dim, max_memory, kind, quantize)
     if kind == "auto":
         kind = _auto_kind(count, dim, max_memory)
+    if count < MIN_VECTORS.get(kind, 1):
+        raise ValueError(
+            f"--kind {kind} needs at least {MIN_VECTORS[kind]} vectors to train its codes, the folder has {count}; "
+            "choose --kind flat or hnsw"
+        )
     if kind == "flat":
         plan = IndexPlan("flat", "Flat", count, dim, index_bytes("flat", count, dim))
     elif kind == "hnsw":
@@ -169,7 +183,7 @@ def plan_index(count: int, dim: int, max_memory: int, kind: str = "auto", quanti
     if plan is None or plan.index_bytes + plan.train_rows * dim * 4 > max_memory:
         need = _min_bytes(kind, count, dim)
         raise ValueError(
-            f"a {kind} index of {count:,} vectors of {dim} dims does not fit in --max-memory "
+            f"{article(kind)} {kind} index of {count:,} vectors of {dim} dims does not fit in --max-memory "
             f"{_fmt_bytes(max_memory)} (it needs about {_fmt_bytes(need)}); raise --max-memory"
             + ("" if kind == "ivf-pq" else " or choose --kind ivf-pq")
         )
@@ -187,7 +201,7 @@ def _compressed_plan(count: int, dim: int, max_memory: int, kind: str, quantize:
     train = min(count, compressed.SQ_TRAIN_ROWS) if quantize == "int8" else 0
     if size + train * dim * 4 > max_memory:
         raise ValueError(
-            f"a {quantize} index of {count:,} vectors of {dim} dims does not fit in --max-memory "
+            f"{article(quantize)} {quantize} index of {count:,} vectors of {dim} dims does not fit in --max-memory "
             f"{_fmt_bytes(max_memory)} (it needs about {_fmt_bytes(size + train * dim * 4)}); raise --max-memory"
         )
     plan = IndexPlan(
@@ -336,6 +350,11 @@ def _train_ivf(faiss, index, folder: EmbeddingFolder, modality: str, plan: Index
     index.train(pq_sample if pq_sample is not None else np.zeros((1, plan.dim), np.float32))
 
 
+# FAISS holds nprobe and efSearch in C ints; far beyond any useful value, and a bound keeps 10**12 from
+# overflowing there.
+MAX_SEARCH_PARAMETER = 1 << 20
+
+
 def _check_info(info: dict[str, Any], info_path: Path) -> None:
     """The description's fields are of their kind and range (they decide what is read and how a search runs)."""
 
@@ -356,9 +375,12 @@ def _check_info(info: dict[str, Any], info_path: Path) -> None:
         problems.append("layout is not a list of [part, rows] pairs")
     search = info.get("search")
     if not isinstance(search, dict) or not all(
-        name in ("nprobe", "efSearch", "rescore") and whole(value, 1) for name, value in search.items()
+        name in ("nprobe", "efSearch", "rescore") and whole(value, 1) and value <= MAX_SEARCH_PARAMETER
+        for name, value in search.items()
     ):
-        problems.append(f"search {search!r} is not {{nprobe, efSearch or rescore: a positive integer}}")
+        problems.append(
+            f"search {search!r} is not {{nprobe, efSearch or rescore: an integer from 1 to {MAX_SEARCH_PARAMETER}}}"
+        )
     if info.get("quantize") not in (None, *compressed.FACTORY):
         problems.append(f"quantize {info.get('quantize')!r} is not one of {tuple(compressed.FACTORY)}")
     if problems:

@@ -5,22 +5,26 @@ so embedding-reader, autofaiss and clip-retrieval's `index`/`back` read it uncha
       embeddings.json                  what made the folder (see FolderInfo); written first, never changed
       img_emb/img_emb_{N}.npy          (rows, dim) float16 (or float32 with --dtype float32), rows L2-normalised
       text_emb/text_emb_{N}.npy        (rows, dim) likewise, row i = the caption of image row i; only when the
-                                       input has captions (manifest `caption` column, shard .txt files)
+                                       input has captions (manifest `caption` column, shard .txt files,
+                                       a Parquet caption column: a row's first caption)
       metadata/metadata_{N}.parquet    one row per embedding row, in the same order: `image_path`, and
-                                       `caption` when there are captions, `key` and `url` for WebDataset shards
+                                       `caption` when there are captions, `key` and `url` for WebDataset shards,
+                                       the input's other scalar columns for Parquet and Python rows
       done/done_{N}.json               completion marker, written after the three files above: rows, the
                                        unreadable inputs left out (`skipped`: [{"image_path", "error"}]),
                                        seconds, the rank that wrote it
 
 N is the partition number zero-padded to the digits of the partition count (clip-retrieval's rule), so a
 name sort is the partition order. Partition N holds items [N * size, (N + 1) * size) of the input listing
-(folders, globs, file lists, manifests; `size` = --partition-size) or the samples of shard N (WebDataset
-input, one partition per shard). A partition is finished when its marker exists; readers should only read
+(folders, globs, file lists, manifests, rows; `size` = --partition-size), the samples of shard N (WebDataset
+input, one partition per shard), or for Parquet consecutive row groups of up to `size` rows (a larger row group
+alone). A partition is finished when its marker exists; readers should only read
 finished partitions (the three files of an unfinished one may be missing or from an interrupted run). A
 partition whose images all failed has 0-row files, so numbering stays dense.
 
-`image_path` is the file path as text (absolute for folder and manifest input), or `SHARD.tar:MEMBER` for
-shard input, through `fileio.path_to_text`: a UTF-8 name as it is, any other as "file:" and its percent-encoded
+`image_path` is the file path as text (absolute for folder and manifest input), `SHARD.tar:MEMBER` for
+shard input, `SHARD.parquet:ROW` (the row in its file, from 0) for Parquet with images inside, `row ROW` for
+Python rows holding images, through `fileio.path_to_text`: a UTF-8 name as it is, any other as "file:" and its percent-encoded
 bytes (Parquet strings are UTF-8); `fileio.text_to_path` gives back the exact bytes.
 
 Reading it with numpy and pandas alone:
@@ -61,11 +65,11 @@ class FolderInfo:
     dim: int
     dtype: str  # "float16" or "float32"
     captions: bool  # text_emb/ is written
-    input_kind: str  # "images", "manifest" or "shards"
+    input_kind: str  # "images", "manifest", "shards", "parquet" or "rows"
     inputs: list[str]  # the INPUT arguments, resolved
     input_items: int  # images listed (files, manifest rows) or shards
     input_fingerprint: str  # sha256 of the listing, so a grown folder is noticed
-    partition_unit: str  # "images" (partition_size images each) or "shard" (one shard each)
+    partition_unit: str  # "images" (partition_size images each), "shard" (one shard each) or "row groups"
     partition_size: int | None
     partitions: int
     format: str = FORMAT

@@ -26,7 +26,10 @@ class FolderStatus:
 
     def describe(self, folder: str) -> str:
         info = self.info
-        unit = "shards" if info.partition_unit == "shard" else f"{info.partition_size} images each"
+        if info.partition_unit == "row groups":  # Parquet: cut at row groups, so sizes vary
+            unit = f"row groups, up to {info.partition_size} rows each"
+        else:
+            unit = "shards" if info.partition_unit == "shard" else _sizes(info.input_items, info.partition_size or 1)
         lines = [
             f"{folder}: {self.finished}/{info.partitions} partitions finished ({unit}), "
             f"{self.rows} rows, {self.skipped} unreadable images skipped",
@@ -35,6 +38,14 @@ class FolderStatus:
         if self.finished:
             lines.append(f"{self.images_per_second:.1f} images/s per process, written by {self.ranks} rank(s)")
         return "\n".join(lines)
+
+
+def _sizes(items: int, size: int) -> str:
+    """The partitions' sizes as they are: '3 images each', '3 images each, the last 1', or '2 images' for one."""
+    if items <= size:
+        return f"{items} image{'s' if items != 1 else ''}"
+    last = items % size
+    return f"{size} images each" + (f", the last {last}" if last else "")
 
 
 def folder_status(folder: str | os.PathLike) -> FolderStatus:

@@ -60,6 +60,18 @@ def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
     return folder
 
 
+TEXT_COLUMNS = ("image_path", "caption", "key", "url")
+
+
+def _metadata_column(name: str, values: list):
+    """Our columns are text (also when a partition is empty); an input's own columns (Parquet ids, sizes) keep
+    their kind."""
+    import pyarrow as pa
+
+    text = name in TEXT_COLUMNS and all(v is None or isinstance(v, str) for v in values)
+    return pa.array(values, type=pa.string() if text else None)
+
+
 @dataclass
 class PartitionResult:
     """One embedded partition, ready to write. Rows of the arrays and of `metadata` correspond."""
@@ -94,7 +106,7 @@ def write_partition(folder: str | os.PathLike, info: FolderInfo, result: Partiti
             )
         with atomic_file(files[name]) as tmp, open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
-    table = pa.table({k: pa.array(v, type=pa.string()) for k, v in result.metadata.items()})
+    table = pa.table({k: _metadata_column(k, v) for k, v in result.metadata.items()})
     with atomic_file(files["metadata"]) as tmp:
         pq.write_table(table, tmp)
     marker = {

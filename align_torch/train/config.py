@@ -16,7 +16,7 @@ from typing import Any
 from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
-from ..model.config import LOSSES
+from ..model.config import KNOB_RANGES, LOSSES, check_knob
 from ..model.hf_image import IMAGE_POOLINGS
 from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
@@ -28,7 +28,18 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 
 # Fields that must not change between a checkpoint and `--resume`: they decide which sample is next.
-RESUME_FIXED = ("train", "batch_size", "grad_accum", "seed", "loss", "text_tower", "image_tower")
+RESUME_FIXED = (
+    "train",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "loss",
+    "text_tower",
+    "image_tower",
+    "image_column",
+    "caption_column",
+    "train_split",
+)
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -53,9 +64,20 @@ class TrainConfig:
     model: str = opt(
         defaults.MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True
     )
-    train: str = opt(help="manifest (.csv/.tsv/.jsonl/.parquet with image, caption) or .tar shards (file/folder/glob)")
+    train: str = opt(
+        help="manifest (.csv/.tsv/.jsonl with image, caption), Parquet (.parquet file/folder/glob, images inside or "
+        "a path column) or .tar shards (file/folder/glob)"
+    )
     out: str = opt(help="run folder: checkpoint.safetensors, metrics.jsonl, final/ (one run at a time: run.lock)")
-    val: str | None = opt(None, "manifest for retrieval recall@1/5/10 after each epoch")
+    val: str | None = opt(None, "manifest or Parquet for retrieval recall@1/5/10 after each epoch")
+    image_column: str | None = opt(
+        None, "Parquet column of the images ({bytes, path} struct, bytes or paths; default: found by name)"
+    )
+    caption_column: str | None = opt(
+        None, "Parquet column of the captions (a string or a list: a pair per caption; default: found by name)"
+    )
+    train_split: str | None = opt(None, "only the --train rows whose `split` column equals this (Parquet)")
+    val_split: str | None = opt(None, "only the --val rows whose `split` column equals this (Parquet)")
     zero_shot_dir: str | None = opt(None, "folder with one sub-folder per class, for zero-shot top-1 after each epoch")
     templates: str = opt(
         TEMPLATES,
@@ -221,13 +243,10 @@ class TrainConfig:
                 raise ValueError(
                     f"{name} must satisfy 0 < min <= max{' <= 1' * (name == 'crop_scale')}, got {(lo, hi)}"
                 )
-        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.bn_momentum is not None and not 0 <= self.bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        for name in KNOB_RANGES:  # the model config's own ranges, checked before any model loads
+            if getattr(self, name) is not None:
+                check_knob("TrainConfig", name, getattr(self, name))
         self._check_towers_and_logits()
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
@@ -238,6 +257,14 @@ class TrainConfig:
             raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
         if self.clip_grad is not None and self.clip_grad < 0:
             raise ValueError(f"clip_grad must be > 0 (or 0 for no clipping), got {self.clip_grad}")
+        self._check_fsdp()
+
+    def _check_fsdp(self) -> None:
+        """What --fsdp does not combine with yet, refused with the run's options, not only under torchrun."""
+        given = [flag for flag, value in (("--lora-rank", self.lora_rank), ("--val", self.val)) if value is not None]
+        given += ["--zero-shot-dir"] if self.zero_shot_dir is not None else []
+        if self.fsdp and given:
+            raise ValueError(f"--fsdp does not yet combine with {' or '.join(given)}")
 
     def _check_towers_and_logits(self) -> None:
         for side in ("text", "image"):

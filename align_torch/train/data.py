@@ -140,7 +140,10 @@ class Collate:
             empty = torch.zeros(0, self.max_length, dtype=torch.long)
             pixels = torch.zeros(0, 3, *self.image_size)
             return Batch(pixels, empty, empty.clone(), empty.clone(), failures)
-        tokens = self.tokenizer([item.caption for item in good], padding="max_length", max_length=self.max_length)
+        captions = [item.caption for item in good]
+        tokens = self.tokenizer(
+            captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return Batch(
             pixel_values=torch.stack([item.pixels for item in good]),  # (b, 3, H, W)
             input_ids=tokens["input_ids"],

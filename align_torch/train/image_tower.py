@@ -29,7 +29,7 @@ def swap_image_tower(
     tower, pooled by `pooling` ("pooler" or "mean"; None: the tower's pooler_output where it has one), and the
     processor whose images fit it."""
     source = tower_source(spec)
-    encoder = load_tower(source, "image")
+    encoder = load_tower(spec, source, "image")
     image_processor = _image_processor(source) or processor.image_processor
     hf_config = encoder.config.to_dict()
     crop = image_processor.crop_size if image_processor.do_center_crop else image_processor.size

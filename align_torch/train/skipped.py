@@ -9,16 +9,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from ..data import Pair, TarMember
+from ..data import MemoryImage, Pair, ParquetImage, TarMember
 from ..util.fileio import atomic_file, path_to_text
 
 SKIPPED_FILE = "skipped.jsonl"
 
 
 def skipped_record(pair: Pair, error: str) -> dict[str, str]:
-    """The line for one unreadable image: its file (as Unicode text), the tar member when it is one, the error."""
+    """The line for one unreadable image: its file (as Unicode text), the tar member or Parquet row when it is one,
+    the error."""
     if isinstance(pair.image, TarMember):
         return {"path": path_to_text(pair.image.shard), "member": pair.image.name, "error": error}
+    if isinstance(pair.image, ParquetImage):
+        return {"path": path_to_text(pair.image.shard), "member": f"row {pair.image.index}", "error": error}
+    if isinstance(pair.image, MemoryImage):
+        return {"path": f"row {pair.image.index}", "error": error}
     return {"path": path_to_text(pair.image), "error": error}
 
 

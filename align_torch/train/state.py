@@ -175,6 +175,10 @@ def _unpack(path: Path, tensors: dict[str, torch.Tensor], plain: dict[str, Any])
                 f"{path}: {name} must be {'an object' if kind is dict else 'a list'}, got "
                 f"{type(plain.get(name)).__name__}; the checkpoint cannot be resumed"
             )
+    if not plain["rng"]:  # each rank's generator states are what makes a resume exact
+        raise TrainCheckpointError(
+            f"{path}: rng is an empty list (no rank's RNG state); the checkpoint cannot be resumed"
+        )
     optimizer = plain["optimizer"]
     if not isinstance(optimizer.get("param_groups"), list) or not all(
         isinstance(g, dict) for g in optimizer["param_groups"]

@@ -91,6 +91,20 @@ def _like(path: Path, field: str, saved: Any, fresh: Any) -> None:
             _like(path, f"{field}.{key}", saved[key], f)
 
 
+def check_model_tensors(path: Path, saved: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """The checkpoint's model tensors against the live model's: the same names, each of the model's shape
+    (load_state_dict would stop with a RuntimeError listing them all)."""
+    live = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing = sorted(set(live) - set(saved))
+    unexpected = sorted(set(saved) - set(live))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise TrainCheckpointError(f"{path}: its model tensors do not fit this model ({detail}); cannot resume")
+    for name, shape in live.items():
+        if tuple(saved[name].shape) != shape:
+            raise _fail(path, f"model.{name}", f"of shape {shape}, as the model's", tuple(saved[name].shape))
+
+
 def check_optimizer(path: Path, saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
     """The saved optimiser state against the live optimiser: its groups (lr, betas, eps, weight decay, the
     parameters) and each parameter's moments (finite, of the parameter's shape)."""

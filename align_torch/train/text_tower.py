@@ -8,6 +8,8 @@ otherwise the starting model's is kept, if its ids fit the tower's vocabulary.
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 from ..model.align import AlignModel
@@ -23,7 +25,7 @@ def swap_text_tower(model: AlignModel, spec: str, processor: AlignProcessor) -> 
     """A new AlignModel with `model`'s image side and the encoder `spec` ("hf:PATH_OR_ID") as its text tower,
     and the processor that tokenizes for it."""
     source = tower_source(spec)
-    encoder = load_tower(source, "text")
+    encoder = load_tower(spec, source, "text")
     hf_config = encoder.config.to_dict()
     text = text_config_from_hf(hf_config, pooling=model.config.text.pooling)
     config = model.config.replace(text=text, text_tower=spec, hf_text_config=hf_config)
@@ -32,13 +34,26 @@ def swap_text_tower(model: AlignModel, spec: str, processor: AlignProcessor) -> 
     return swapped, AlignProcessor(processor.image_processor, _tokenizer(source, processor, text))
 
 
-def load_tower(source: str, side: str):
-    """The pretrained transformers encoder at `source` (a folder or Hub id), never with remote code: a folder
-    whose config asks for code of its own is refused by transformers, and nothing of it runs."""
-    try:
-        return transformers_module().AutoModel.from_pretrained(source, trust_remote_code=False)
-    except ValueError as e:
-        raise ValueError(f"cannot load the {side} tower {source} without running its own code: {e}") from None
+def load_tower(spec: str, source: str, side: str):
+    """transformers' AutoModel of `source`, never with remote code (a folder whose config asks for code of its own
+    is refused and nothing of it runs), its failures as one line naming the tower: a `.bin` that is not plain
+    tensors (torch's weights-only unpickler refuses it, unrun), a missing or broken file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says it all
+        try:
+            return transformers_module().AutoModel.from_pretrained(source, trust_remote_code=False)
+        except pickle.UnpicklingError:
+            raise ValueError(
+                f"--{side}-tower {spec}: its weights file holds more than tensors (a pickle that would run code); "
+                "refused unrun. Give the tower in safetensors"
+            ) from None
+        except (OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "trust_remote_code" in str(e):
+                raise ValueError(
+                    f"cannot load the {side} tower {source} without running its own code: {first}"
+                ) from None
+            raise ValueError(f"--{side}-tower {spec}: transformers could not load it ({first})") from None
 
 
 def rebuild_around(model: AlignModel, config: AlignConfig, replaced: tuple[str, ...]) -> AlignModel:

@@ -8,7 +8,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..checkpoint.hub import resolve_model
 from ..checkpoint.weights import checkpoint_dir, write_native
+from ..data import PairList, is_parquet
 from ..data.transforms import crop_size
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..inference.loader import import_model_class, load_model
@@ -68,7 +69,7 @@ from .state import (
     save_checkpoint,
     set_rng_state,
 )
-from .state_checks import check_optimizer, check_run_position, check_scheduler
+from .state_checks import check_model_tensors, check_optimizer, check_run_position, check_scheduler
 from .text_tower import swap_text_tower
 
 FINAL_DIR = "final"
@@ -132,8 +133,10 @@ class Trainer:
         processor: AlignProcessor | None = None,
         model_class: type[AlignModel] | str | None = None,
         callbacks: Sequence[Callable[[Trainer, StepRecord], None]] = (),
+        train_data: Sequence[Mapping] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.train_data = train_data  # rows such as a datasets.Dataset, read instead of cfg.train (then a label)
         self.resume = resume
         self.model = model
         self.processor = processor
@@ -157,6 +160,15 @@ class Trainer:
         self.stop.request()
 
     # --- setup ----------------------------------------------------------------------------------------
+    def _read_data(self) -> tuple[PairList, list[Pair]]:
+        """The training pairs (of `train_data` rows when given, else of --train) and the validation pairs."""
+        cfg = self.cfg
+        columns = dict(image_column=cfg.image_column, caption_column=cfg.caption_column)
+        train = read_pairs(
+            self.train_data if self.train_data is not None else cfg.train, split=cfg.train_split, **columns
+        )
+        return train, read_pairs(cfg.val, split=cfg.val_split, **columns).pairs if cfg.val else []
+
     def _setup(self) -> None:
         """The run's setup as named steps: ranks and lock, model, data, optimiser and schedule, resume, logs."""
         cfg = self.cfg
@@ -185,8 +197,9 @@ class Trainer:
             if not self.resume and existing.exists():
                 raise FileExistsError(f"{existing} exists: pass --resume to continue that run, or choose another --out")
         checkpoint = load_checkpoint(self.checkpoint_path) if self.resume else None
-        if self.cfg.val is not None and not self.cfg.val.endswith(MANIFEST_SUFFIXES):
-            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}), got {self.cfg.val!r}")
+        val = self.cfg.val
+        if val is not None and not (val.endswith(MANIFEST_SUFFIXES) or is_parquet(val)):
+            raise ValueError(f"--val must be a manifest ({', '.join(MANIFEST_SUFFIXES)}) or Parquet, got {val!r}")
         return checkpoint
 
     def _setup_model(self) -> None:
@@ -206,8 +219,7 @@ class Trainer:
     def _setup_data(self) -> None:
         """Training pairs, their transform and collate, validation pairs, and the run's length in steps."""
         cfg = self.cfg
-        pairs = read_pairs(cfg.train)
-        self.val_pairs: list[Pair] = read_pairs(cfg.val).pairs if cfg.val else []
+        pairs, self.val_pairs = self._read_data()
         image_processor = self.processor.image_processor
         crop = crop_size(image_processor)
         transform = (
@@ -297,9 +309,8 @@ class Trainer:
         return line + f"; duplicate captions: {self.cfg.duplicate_captions}"
 
     def _shard(self) -> None:
-        """FSDP2 in place of DDP; every rank prints how much of the model it holds."""
-        if self.cfg.lora_rank is not None or self.val_pairs or self.cfg.zero_shot_dir:
-            raise ValueError("--fsdp does not yet combine with --lora-rank, --val or --zero-shot-dir")
+        """FSDP2 in place of DDP (TrainConfig refuses what it does not combine with yet); every rank prints how
+        much of the model it holds."""
         self.replicated = shard_model(self.model, self.device, self.cfg.precision)
         local, total = local_parameter_count(self.model)
         print(f"fsdp: rank {self.dist.rank} holds {local:,} of {total:,} parameters", file=sys.stderr, flush=True)
@@ -325,6 +336,7 @@ class Trainer:
         check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
         check_optimizer(path, checkpoint.optimizer, self.optimizer)
         check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
+        check_model_tensors(path, checkpoint.model, self.model)
         if self.replicated is not None:
             load_full_state(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
         else:

@@ -185,6 +185,10 @@ def _remove_ours(folder: Path) -> None:
     with contextlib.suppress(OSError):
         _write_marker(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():  # said, not left behind silently: it holds the replaced version's files
+        warnings.warn(
+            f"the replaced version could not be removed completely; what is left is at {str(folder)!r}", stacklevel=3
+        )
 
 
 # --- the destination check ----------------------------------------------------------------------------
@@ -224,6 +228,8 @@ def check_destination(
         )
     if replaceable is None or not replaceable(path):
         raise FileExistsError(f"refusing to overwrite {str(path)!r}: it is not a {what}")
+    if not os.access(path, os.W_OK | os.X_OK):  # its old contents could not be removed once replaced
+        raise PermissionError(f"cannot overwrite {str(path)!r}: the folder is read-only (permission denied)")
 
 
 # --- atomic replacement -------------------------------------------------------------------------------

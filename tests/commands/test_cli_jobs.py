@@ -165,8 +165,8 @@ def test_zero_shot_text_output_and_strict(collection, model_dir):
 
 def test_embed_text_and_search_find_the_matching_text(tiny, model_dir, tmp_path):
     model, processor = tiny
-    lines = ["a photo of a cat", "", "  une tasse de café  ", "a red rocket on the launch pad", "a dog"]
-    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = ["a photo of a cat", "  une tasse de café  ", "a red rocket on the launch pad", "a dog", ""]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")  # row i = line i
     out = tmp_path / "texts.safetensors"
     status, _, stderr = run_cli("embed-text", tmp_path / "texts.txt", "--out", out, "--model", model_dir)
     assert status == 0 and "embedded 4 texts" in stderr

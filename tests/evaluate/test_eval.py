@@ -5,7 +5,6 @@ and the linear probe on constructed features, two gloo ranks equal to one proces
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from tests.helpers.eval_stub import (
     write_index_classes,
     write_karpathy,
 )
+from tests.helpers.ports import free_port
 from tests.helpers.train_data import write_shapes_classes
 
 NUM_TEST = 12  # Karpathy test images
@@ -215,10 +215,6 @@ def test_linear_probe_solvers_reach_the_same_optimum():
 
 
 # --- distributed: two gloo ranks equal one process --------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_protocols(root: Path, distributed: bool) -> dict:
@@ -262,7 +258,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path):
     _knn_stub(tmp_path / "knn")
     (tmp_path / "knn" / "val" / "ant" / "broken.png").write_bytes(b"not a png")
     single = _run_protocols(tmp_path, distributed=False)
-    mp.spawn(_rank_main, args=(tmp_path, _free_port()), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(tmp_path, free_port()), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for out in ranks:
         assert out["retrieval"] == single["retrieval"] and out["knn"] == single["knn"]

@@ -1,18 +1,9 @@
-"""Starting a few gloo ranks in a test: a free local port for the process group's rendezvous, one thread each."""
+"""Tests that start a few gloo ranks: one intra-op thread each (the rendezvous port: tests.helpers.ports)."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

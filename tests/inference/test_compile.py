@@ -25,7 +25,8 @@ def models(model_dir):
 def _inputs(processor: AlignProcessor, which: str) -> tuple[torch.Tensor, ...]:
     if which == "image":
         return (processor(images=photos(3))["pixel_values"],)
-    enc = processor.tokenizer(["a dog", *captions(2, seed=3)], padding="max_length", max_length=40, truncation=True)
+    texts = ["a dog", *captions(2, seed=3)]
+    enc = processor.tokenizer(texts, padding="max_length", max_length=40, truncation=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
 
 

@@ -42,11 +42,13 @@ def test_align_base_towers_in_onnx_runtime_and_int8_text(native_full, hf_full_di
             (fuse_for_inference(copy.deepcopy(native_full)).encode_image(photo_pixels) - photo_ref).abs().max()
         )
     photo_diff = float((_run(out / "image.onnx", {"pixel_values": photo_pixels}) - photo_ref).abs().max())
-    texts = processor.tokenizer(["a dog", *captions(16, seed=5)], return_tensors="pt")  # padded to 64
+    texts = processor.tokenizer(
+        ["a dog", *captions(16, seed=5)], padding="max_length", truncation=True, return_tensors="pt"
+    )
     with torch.no_grad():
         ref_t = native_full.encode_text(**texts)
     text_diff = float((_run(out / "text.onnx", texts) - ref_t).abs().max())
-    corpus = processor.tokenizer(captions(300, seed=7), padding=True, return_tensors="pt")
+    corpus = processor.tokenizer(captions(300, seed=7), padding=True, truncation=True, return_tensors="pt")
     cos = F.cosine_similarity(_run(out / "text.int8.onnx", corpus), _run(out / "text.onnx", corpus), dim=-1)
     img_cos = F.cosine_similarity(_run(out / "image.int8.onnx", {"pixel_values": pixels}), got, dim=-1)
     print(

@@ -98,7 +98,7 @@ def test_smallest_size_is_exact(tiny):
     """At the smallest size the towers run; one pixel less, the real tower fails (so the bound is not loose)."""
     smallest = min_image_size(tiny.config.vision)
     with torch.no_grad():
-        assert tiny.vision_model(torch.zeros(1, 3, smallest, smallest)).shape[0] == 1
+        assert tiny.vision_model(torch.zeros(1, 3, smallest, smallest)).pooler_output.shape[0] == 1
         with pytest.raises(RuntimeError):
             tiny.vision_model(torch.zeros(1, 3, smallest - 1, smallest - 1))
     base = min_image_size(align_base().vision)
@@ -129,11 +129,17 @@ def test_unknown_keywords_are_a_type_error_naming_them(guarded, method):
 
 
 @pytest.mark.parametrize(
-    "flag", [{"output_hidden_states": True}, {"output_attentions": True}, {"return_dict": False}, {"head_mask": 1}]
+    ("method", "flag"),
+    [
+        ("forward", {"head_mask": 1}),
+        ("get_text_features", {"output_hidden_states": True}),
+        ("get_image_features", {"return_dict": False}),
+    ],
 )
-def test_unsupported_transformers_flags_point_to_forward_intermediates(guarded, flag):
-    with pytest.raises(ValueError, match="forward_intermediates"):
-        guarded(**_text(), pixel_values=_pixels(), **flag)
+def test_unsupported_transformers_flags_point_to_the_forward_flags(guarded, method, flag):
+    kwargs = {"forward": {**_text(), "pixel_values": _pixels()}, "get_text_features": _text()}
+    with pytest.raises(ValueError, match="output_hidden_states / output_attentions"):
+        getattr(guarded, method)(**kwargs.get(method, {"pixel_values": _pixels()}), **flag)
 
 
 def test_transformers_flags_at_their_defaults_are_accepted(tiny):

@@ -128,10 +128,12 @@ def test_tokenizer_fuzz_unicode_controls_and_megabyte_strings(tokenizer):
     for _ in range(60):
         batch = [_random_text(rnd) for _ in range(rnd.randint(1, 5))]
         max_length = rnd.choice([2, 3, 16, 64])
-        _check_tokens(tokenizer(batch, max_length=max_length), len(batch), max_length, vocab, cls_id)
-        _check_tokens(tokenizer(batch, padding=True), len(batch), None, vocab, cls_id)
+        padded = tokenizer(batch, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        _check_tokens(padded, len(batch), max_length, vocab, cls_id)
+        _check_tokens(tokenizer(batch, padding=True, return_tensors="pt"), len(batch), None, vocab, cls_id)
     megabyte = "".join(rnd.choices("ab c\t日é\x00", k=1 << 20))
-    _check_tokens(tokenizer([megabyte, "a cat"]), 2, 64, vocab, cls_id)
+    long = tokenizer([megabyte, "a cat"], padding="max_length", truncation=True, return_tensors="pt")
+    _check_tokens(long, 2, 64, vocab, cls_id)
     for bad, error, words in [
         (["a\ud800b"], ValueError, r"text\[0\] is not valid Unicode"),
         ("a cat", ValueError, "max_length must be an int >= 2"),

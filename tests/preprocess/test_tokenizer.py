@@ -17,6 +17,8 @@ from tests.helpers.proc_data import ALIGN_BASE_PREPROCESSOR, ALIGN_BASE_TOKENIZE
 
 TEXTS = texts(1200)
 FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+# What the processor asks of the tokenizer: every text padded and truncated to 64 tokens, as tensors.
+PT64 = {"padding": "max_length", "truncation": True, "return_tensors": "pt"}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,8 @@ def _assert_same(got, expected, texts_):
             assert list(got[field][i]) == list(expected[field][i]), f"{field} differs for {text!r}"
 
 
-def test_default_matches_bert_tokenizer_max_length_64(ours, ref):
-    got = ours(TEXTS)
+def test_processor_settings_match_bert_tokenizer_max_length_64(ours, ref):
+    got = ours(TEXTS, **PT64)
     expected = ref(TEXTS, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
     for field in FIELDS:
         assert got[field].dtype == torch.int64 and got[field].shape == (len(TEXTS), 64)
@@ -59,7 +61,7 @@ def test_matches_what_transformers_builds_from_align_base_config(folder, ours):
     auto = transformers.AutoTokenizer.from_pretrained(folder)
     assert type(auto).__name__ == "BertTokenizer"
     expected = auto(TEXTS[:400], padding="max_length", truncation=True, return_tensors="pt")
-    got = ours(TEXTS[:400])
+    got = ours(TEXTS[:400], **PT64)
     for field in FIELDS:
         assert torch.equal(got[field], expected[field]), field
 
@@ -69,7 +71,7 @@ def test_padding_longest_matches(ours, ref, padding):
     for start in range(0, 400, 16):
         batch = TEXTS[start : start + 16]
         expected = ref(batch, padding=padding, truncation=True, max_length=64, return_tensors="pt")
-        got = ours(batch, padding=padding)
+        got = ours(batch, padding=padding, truncation=True, return_tensors="pt")
         for field in FIELDS:
             assert torch.equal(got[field], expected[field]), (start, field)
 
@@ -83,7 +85,7 @@ def test_no_padding_no_truncation_matches(ours, ref):
 
 def test_max_length_keyword_matches(ours, ref):
     expected = ref(TEXTS[:300], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
-    got = ours(TEXTS[:300], max_length=16)
+    got = ours(TEXTS[:300], max_length=16, **PT64)
     assert got["input_ids"].shape == (300, 16)
     assert torch.equal(got["input_ids"], expected["input_ids"])
 
@@ -91,7 +93,7 @@ def test_max_length_keyword_matches(ours, ref):
 def test_pairs_match(ours, ref):
     first, second = TEXTS[:300], TEXTS[300:600]
     expected = ref(first, second, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
-    got = ours(first, second)
+    got = ours(first, second, **PT64)
     for field in FIELDS:
         assert torch.equal(got[field], expected[field]), field
     assert (got["token_type_ids"] == 1).any()
@@ -109,9 +111,9 @@ def test_tokenizer_config_fields_are_honoured(tmp_path, options):
     default = AlignTokenizer.from_pretrained(write_checkpoint(tmp_path / "default", ALIGN_BASE_PREPROCESSOR))
     sample = TEXTS[:400]
     expected = ref(sample, padding="max_length", truncation=True, return_tensors="pt")
-    got = ours(sample)
+    got = ours(sample, **PT64)
     assert torch.equal(got["input_ids"], expected["input_ids"])
-    assert not torch.equal(got["input_ids"], default(sample)["input_ids"])  # the option changed something
+    assert not torch.equal(got["input_ids"], default(sample, **PT64)["input_ids"])  # the option changed something
 
 
 def test_tokenizer_json_is_loaded_directly(tmp_path, ref):
@@ -122,7 +124,7 @@ def test_tokenizer_json_is_loaded_directly(tmp_path, ref):
     ours = AlignTokenizer.from_pretrained(tmp_path)
     assert ours.from_tokenizer_json
     expected = ref(TEXTS[:300], padding="max_length", truncation=True, max_length=64, return_tensors="pt")
-    assert torch.equal(ours(TEXTS[:300])["input_ids"], expected["input_ids"])
+    assert torch.equal(ours(TEXTS[:300], **PT64)["input_ids"], expected["input_ids"])
 
 
 def test_special_tokens_stay_whole_only_when_written_exactly(ours):
@@ -134,7 +136,7 @@ def test_special_tokens_stay_whole_only_when_written_exactly(ours):
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_decode_matches(ours, ref, skip):
-    ids = ours(TEXTS[:300])["input_ids"]
+    ids = ours(TEXTS[:300], **PT64)["input_ids"]
     assert ours.batch_decode(ids, skip_special_tokens=skip) == ref.batch_decode(ids, skip_special_tokens=skip)
     assert ours.decode(ids[3], skip_special_tokens=True) == "a photo of a cat"
 
@@ -146,7 +148,7 @@ def test_legacy_python_tokenizer_differs_only_on_capital_sigma(folder, ours):
 
     legacy = BertTokenizerLegacy(str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
     expected = legacy(TEXTS, padding="max_length", truncation=True, max_length=64)["input_ids"]
-    got = ours(TEXTS)["input_ids"].tolist()
+    got = ours(TEXTS, **PT64)["input_ids"].tolist()
     differing = [text for text, a, b in zip(TEXTS, got, expected, strict=True) if a != b]
     assert differing and all("Σ" in text for text in differing)
 
@@ -162,7 +164,8 @@ def test_save_files_round_trip(folder, ours, tmp_path):
     assert json.loads(files["tokenizer_config.json"]) == ALIGN_BASE_TOKENIZER_CONFIG
     for name, contents in files.items():
         (tmp_path / name).write_text(contents, encoding="utf-8")
-    assert torch.equal(AlignTokenizer.from_pretrained(tmp_path)(TEXTS[:50])["input_ids"], ours(TEXTS[:50])["input_ids"])
+    again = AlignTokenizer.from_pretrained(tmp_path)
+    assert torch.equal(again(TEXTS[:50], **PT64)["input_ids"], ours(TEXTS[:50], **PT64)["input_ids"])
 
 
 @pytest.mark.parametrize(
@@ -176,4 +179,4 @@ def test_bad_text_raises(ours, bad, error, words):
 
 def test_ragged_tensors_are_refused(ours):
     with pytest.raises(ValueError, match="different lengths"):
-        ours(["a cat", "a photo of a cat"], padding=False)
+        ours(["a cat", "a photo of a cat"], padding=False, return_tensors="pt")

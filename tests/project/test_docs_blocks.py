@@ -31,3 +31,24 @@ def test_the_pt2_program_is_called_as_deploying_shows(tmp_path: Path):
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[0].startswith("(1, ") and "(2, " in done.stdout
+
+
+def test_your_data_builds_both_parquet_layouts_and_every_command_reads_them(tmp_path: Path):
+    """docs/data.md: the stand-in of the Hub's and img2dataset's Parquet layouts, then embed, finetune and eval
+    on them with the starter model, then rows in Python, as written."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PATH"] = os.pathsep.join([str(SCRIPT.parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    stand_in, rows = blocks("data.md", "python")
+    (commands,) = blocks("data.md", "bash")
+    done = subprocess.run([sys.executable, "-c", stand_in], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    out = done.stdout.decode()
+    assert "https://example.com/chelsea.jpg" in out, out  # img2dataset's columns carried into the metadata
+    assert "on 30 pairs" in out, out  # 6 train images x 5 captions
+    assert "retrieval: " in out and "num_images=2, num_texts=10" in out  # the test split: 2 images, 5 captions each
+    done = subprocess.run([sys.executable, "-c", rows], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[0] == "8"

@@ -204,7 +204,7 @@ def test_kill_9_then_rerun_redoes_only_unfinished_partitions(one_process, images
     markers = {f.name: f.stat().st_mtime_ns for f in (out / "done").glob("*.json")}
     assert sorted(markers) == ["done_0.json", "done_1.json", "done_2.json"]
     status, stdout, _ = run_cli("embed", "--status", out)
-    assert status == 0 and "3/7 partitions finished (32 images each), 95 rows, 1 unreadable" in stdout
+    assert status == 0 and "3/7 partitions finished (32 images each, the last 10), 95 rows, 1 unreadable" in stdout
     stderr = embed(images, "--out", out, "--model", model_dir, "--partition-size", 32)
     assert "7 of 7 partitions: 3 already finished, embedded 4 (" in stderr
     assert {f.name: f.stat().st_mtime_ns for f in (out / "done").glob("*.json") if f.name in markers} == markers
@@ -233,7 +233,7 @@ def test_a_changed_model_or_argument_is_refused(one_process, images, model_dir, 
 def test_status_reports_progress(one_process):
     status, stdout, _ = run_cli("embed", "--status", one_process)
     assert status == 0
-    assert "7/7 partitions finished (32 images each), 200 rows, 2 unreadable images skipped" in stdout
+    assert "7/7 partitions finished (32 images each, the last 10), 200 rows, 2 unreadable images skipped" in stdout
 
 
 def test_single_files_record_a_relative_model_folder_as_an_absolute_path(images, model_dir, tmp_path, monkeypatch):
@@ -307,8 +307,9 @@ def test_manifests_csv_jsonl_parquet_with_optional_captions_and_input_kinds(tmp_
     plan = plan_input([tmp_path / "bare.csv"], partition_size=2)
     assert (plan.kind, plan.partitions, plan.captions) == ("manifest", 3, False)
     assert [p.image for p in plan.partition(2)] == [tmp_path / "img/4.png"]
-    plan = plan_input([str(tmp_path / "m.parquet")], partition_size=4)
-    assert (plan.kind, plan.partitions, plan.captions) == ("manifest", 2, True)
+    plan = plan_input([str(tmp_path / "m.parquet")], partition_size=4)  # Parquet: cut at row groups (one here)
+    assert (plan.kind, plan.partitions, plan.captions) == ("parquet", 1, True)
+    assert [p.image for p in plan.partition(0)] == [tmp_path / f"img/{i}.png" for i in range(5)]
     plan = plan_input([shards])  # a folder of .tar
     assert (plan.kind, plan.partitions, plan.captions) == ("shards", 3, True)
     assert plan.partition(1)[0].url == "https://example.com/000010000"

@@ -24,7 +24,8 @@ from align_torch.train.data import Batch
 from align_torch.train.gradcache import caption_groups, gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
-from tests.helpers.ranks import free_port, one_thread
+from tests.helpers.ports import free_port
+from tests.helpers.ranks import one_thread
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

@@ -7,7 +7,6 @@ and in two gloo processes (global batch 128)."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from align_torch.train.data import Batch
 from align_torch.train.gradcache import chunk_bounds, embed_pairs, gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
+from tests.helpers.ports import free_port
 
 B, M = 64, 8
 LABEL_SMOOTHING = 0.1
@@ -144,12 +144,6 @@ def test_gradcache_updates_running_statistics_once_per_chunk():
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -198,7 +192,7 @@ def test_gradcache_under_bf16_autocast_follows_the_chunked_reference():
 
 def test_gradcache_step_equals_reference_in_two_processes(tmp_path: Path):
     out = tmp_path / "worst.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     worst = torch.load(out, weights_only=True)
     print(f"worst relative difference on rank 0 (exact, replayed randomness): {worst[False]:.1e}, {worst[True]:.1e}")
     assert worst[False] <= 1e-5 and worst[True] <= 1e-5, worst

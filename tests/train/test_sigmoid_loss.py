@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from align_torch.train.data import Batch
 from align_torch.train.gradcache import gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
+from tests.helpers.ports import free_port
 
 SPLITS = {2: (5, 3), 3: (3, 1, 4)}  # rows per rank; 8 pairs in all
 MICRO = 2
@@ -132,16 +132,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_and_exchanges_equal_one_process(world: int, tmp_path: Path):
     out = tmp_path / "results.pt"
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
     results = torch.load(out, weights_only=True)
     model = _model()
     single = _step(model, model, _batch(), "gather", None)

@@ -5,7 +5,6 @@ differ from one process normalising the whole batch."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from align_torch.model.config import align_tiny
 from align_torch.train.data import Batch
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
+from tests.helpers.ports import free_port
 
 # Rows per rank: equal halves, and an uneven split (what skipped unreadable images produce).
 SPLITS = ((4, 4), (5, 3))
@@ -79,15 +79,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_equals_one_process(tmp_path: Path):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     ddp_results = torch.load(out, weights_only=True)
 
     model = _model()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from align_torch.evaluate import retrieval_recall, zero_shot_accuracy
 from align_torch.train import TrainConfig, Trainer
 from align_torch.train.data import read_pairs
 from align_torch.train.skipped import SkippedLog, skipped_record
+from tests.helpers.ports import free_port
 from tests.helpers.train_data import write_shapes_classes, write_shapes_manifest
 
 
@@ -117,10 +117,6 @@ def test_skipped_log_names_each_file_once_across_a_torn_line(tmp_path: Path):
 
 
 # --- evaluation on every rank -----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, cfg: TrainConfig, port: int) -> None:
@@ -145,7 +141,7 @@ def test_two_gloo_ranks_both_evaluate_and_equal_one_process(tiny_native_dir: Pat
     # Batch size 1: the validation images and captions are embedded one at a time on either side, so the
     # embeddings do not depend on how the ranks share them and retrieval must match to the last digit.
     cfg = _cfg(tiny_native_dir, {**data, "train": train}, tmp_path / "run", epochs=1, batch_size=1)
-    mp.spawn(_rank_main, args=(cfg, _free_port()), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(cfg, free_port()), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in range(2)]
     final = tmp_path / "run" / "final"
     model, processor = AlignModel.from_pretrained(final), AlignProcessor.from_pretrained(final)

@@ -3,7 +3,6 @@ weights (fp32, plain SGD, so the weights carry the gradients), and each rank hol
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from align_torch.train.fsdp import average_replicated_grads, full_model_state, local_parameter_count, shard_model
 from align_torch.train.state import CHECKPOINT_FILE, load_checkpoint
 from align_torch.train.trainer import forward_loss
+from tests.helpers.ports import free_port
 from tests.train.test_train_ddp import _global_batch, _model, _rows
 
 
@@ -55,15 +55,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fsdp_step_equals_ddp_step_and_shards_parameters(tmp_path: Path):
     out = tmp_path / "fsdp.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     results = torch.load(out, weights_only=True)
     (ddp_loss, ddp_state), (fsdp_loss, fsdp_state) = results["ddp"], results["fsdp"]
     assert abs(ddp_loss - fsdp_loss) <= 1e-6
@@ -126,7 +120,7 @@ def test_fsdp_trainer_follows_ddp_and_resumes_exactly(tiny_native_dir: Path, tmp
     from tests.helpers.train_data import write_shapes_manifest
 
     manifest = write_shapes_manifest(tmp_path / "data", 16)
-    args = (_free_port(), str(tiny_native_dir), str(manifest), str(tmp_path))
+    args = (free_port(), str(tiny_native_dir), str(manifest), str(tmp_path))
     mp.spawn(_trainer_worker, args=args, nprocs=2, join=True)
     ddp, fsdp, cut = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("ddp", "fsdp", "cut"))
     start = load_file(tiny_native_dir / "model.safetensors")
@@ -159,7 +153,7 @@ def _seeded_worker(rank: int, port: int, out: str) -> None:
 def test_sharding_starts_every_rank_from_rank_0s_weights(tmp_path: Path):
     """A text projection initialised after seeding differs per rank; the sharded model is rank 0's, as DDP's."""
     out = tmp_path / "seeded.pt"
-    mp.spawn(_seeded_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_seeded_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     saved = torch.load(out, weights_only=True)
     assert saved["before"].keys() == saved["after"].keys()
     assert all(torch.equal(saved["before"][k], saved["after"][k]) for k in saved["before"])
