@@ -216,7 +216,7 @@ def _measure(
     try:
         with torch.no_grad():
             pixels = torch.zeros(1, model.config.vision.in_chans, image_size, image_size, device="meta")
-            model.project_image(vision(pixels))
+            model.project_image(vision(pixels).pooler_output)
             ids = torch.zeros(1, text_tokens, dtype=torch.long, device="meta")
             hidden = text(ids).last_hidden_state  # no mask: a transformers mask check reads values
             model.text_projection(model.pool_text(hidden))

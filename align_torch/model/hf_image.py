@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import Stage, VisionConfig
+from .efficientnet import VisionOutput
 from .hf_text import set_checkpointing, transformers_module
 from .indices import take_indices
 
@@ -51,7 +52,8 @@ class HFImageIntermediates:
 
 class HFImageTower(nn.Module):
     """A transformers vision AutoModel built from its config dict (random weights; from_pretrained or the trainer
-    fills them): `forward(pixel_values)` returns the pooled (B, num_features) features, as EfficientNet's does."""
+    fills them): `forward(pixel_values)` returns a VisionOutput whose pooler_output is (B, num_features), as
+    EfficientNet's does."""
 
     def __init__(self, hf_config: dict[str, Any], pooling: str = "pooler") -> None:
         super().__init__()
@@ -96,8 +98,12 @@ class HFImageTower(nn.Module):
         hidden = out.last_hidden_state
         return hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)  # (B, C, h, w) or (B, T, C)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.pool_output(self.encoder(pixel_values=pixel_values))  # (B, C)
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> VisionOutput:
+        """As EfficientNet's: the last hidden state, the pooled (B, C) features by this tower's pooling, and
+        with `output_hidden_states` the transformers hidden states."""
+        out = self.encoder(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        hidden = tuple(out.hidden_states) if output_hidden_states else None
+        return VisionOutput(out.last_hidden_state, self.pool_output(out), hidden)
 
     def intermediates(self, pixel_values: torch.Tensor, indices: list[int] | None = None) -> HFImageIntermediates:
         """Hidden states at `indices` (positions, as `num_positions`; None: all) and the pooled features."""
