@@ -30,3 +30,10 @@ def image_workers() -> int:
     """Image-loading DataLoader processes of the commands that read many images (embed, eval, zero-shot):
     up to 4, fewer on a machine with fewer cores."""
     return min(4, os.cpu_count() or 1)
+
+
+def backend() -> str:
+    """--backend of the commands that only infer (inference.backend): "torch", unless the environment variable
+    ALIGN_TORCH_BACKEND names another. Not yet "auto": at align-base size the graph of the fused image tower has
+    not been shown to pass its first-batch check on real photos (random weights there are too unstable to tell)."""
+    return os.environ.get("ALIGN_TORCH_BACKEND") or "torch"

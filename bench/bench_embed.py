@@ -3,6 +3,12 @@ the same images already preprocessed, and the decode rate of one core; random we
 
     python bench/bench_embed.py [--preset align-base|align-tiny] [--images 64] [--size 640x480]
                                 [--workers 2] [--batch-size 16] [--device cpu|cuda]
+    python bench/bench_embed.py --against-transformers [--images 64] [--batch-size 16]
+
+The second form is what a user sees on the CPU: `align-torch embed PHOTOS --out DIR` with its defaults
+(`--backend auto`), and with each backend, against transformers' `get_image_features` through its own image
+processor on the same real photos (skimage's, as JPEG), at align-base size with random weights, in one process;
+images/s as the command reports it (the model loaded, the ONNX graph already cached by a first run).
 
 End to end is `retrieval.embed_folder.embed_to_folder` writing a real embeddings folder (float16, one
 partition per `--batch-size * 4` images), so it includes the npy/parquet writes. On a GPU the model runs
@@ -48,6 +54,71 @@ def write_images(folder: Path, n: int, size: tuple[int, int]) -> None:
         PIL.Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
 
 
+def write_photos(folder: Path, n: int) -> None:
+    """n JPEGs (quality 90) of the 17 real photos (skimage), mirrored on every second round: each file different."""
+    from tests.helpers.export_data import photos
+
+    base = photos(17)
+    for i in range(n):
+        image = base[i % 17]
+        if (i // 17) % 2:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        image.save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def command_rate(argv: list[str]) -> float:
+    """`align-torch embed ARGV`, in this process: the images/s it reports (model loaded, files to folder)."""
+    import contextlib
+    import io
+    import re
+
+    from align_torch.cli import main as cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli(argv)
+    if status != 0:
+        raise SystemExit(f"embed failed: {err.getvalue()}")
+    return float(re.search(r"([0-9.]+) images/s", err.getvalue()).group(1))
+
+
+def transformers_rate(model_dir: Path, files: list[Path], batch_size: int) -> float:
+    """transformers' get_image_features on the same files through its own image processor: images/s."""
+    import transformers
+
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    model = transformers.AlignModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        model.get_image_features(**processor(images=[load_image(files[0])], return_tensors="pt"))  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(files), batch_size):
+            images = [PIL.Image.open(f).convert("RGB") for f in files[i : i + batch_size]]
+            model.get_image_features(**processor(images=images, return_tensors="pt"))
+    return len(files) / (time.perf_counter() - start)
+
+
+def command_against_transformers(args: argparse.Namespace, tmp: Path) -> dict:
+    """`embed` with its defaults (each backend, and auto) against transformers at align-base size, one process."""
+    from align_torch.inference.convert import convert
+    from align_torch.train.starter import write_starter_checkpoint
+
+    # The starter model (the paper's initialisation): tests.helpers' randomised BatchNorm statistics make real
+    # photos blow its activations up to 1e4, where any two float paths (fused eager, ONNX Runtime) part by 0.02 in
+    # cosine, and the ONNX backend's first-batch check rightly refuses the graph.
+    model_dir = convert(write_starter_checkpoint(tmp / "starter", "align-base"), tmp / "hf", to="hf")
+    (tmp / "photos").mkdir()
+    write_photos(tmp / "photos", args.images)
+    files = list_images(tmp / "photos")
+    os.environ["ALIGN_TORCH_CACHE"] = str(tmp / "cache")
+    common = ["embed", str(tmp / "photos"), "--model", str(model_dir), "--device", "cpu", "--quiet"]
+    rates = {"transformers get_image_features": transformers_rate(model_dir, files, args.batch_size)}
+    command_rate([*common, "--out", str(tmp / "warm"), "--backend", "onnxruntime"])  # exports and caches the graph
+    for backend in ("auto", "torch", "onnxruntime"):
+        rates[f"embed --backend {backend}"] = command_rate([*common, "--out", str(tmp / backend), "--backend", backend])
+    base = rates["transformers get_image_features"]
+    return {name: {"images_per_s": round(r, 2), "over_transformers": round(r / base, 2)} for name, r in rates.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="align-base")
@@ -56,7 +127,19 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--against-transformers",
+        action="store_true",
+        help="instead: `embed` as a user runs it (defaults, each backend) against transformers' get_image_features "
+        "on the same real photos, at align-base size on the CPU",
+    )
     args = p.parse_args()
+    if args.against_transformers:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = command_against_transformers(args, Path(tmp))
+        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        print(json.dumps({"machine": machine, "load_average": os.getloadavg()[0], **figures}, indent=2))
+        return
     device = torch.device(args.device)
     size = tuple(int(v) for v in args.size.split("x"))
 

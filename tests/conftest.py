@@ -3,6 +3,7 @@ costs seconds, running it costs more, so every parity test shares them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,22 @@ from tests.helpers.checkpoints import tiny_hf_checkpoint, write_hf_checkpoint  #
 from tests.helpers.hf_reference import hf_align_model  # noqa: E402
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+# The suite runs PyTorch unless a test names a backend, whatever the environment that runs it says; set here at
+# import so that environments copied by test modules for their subprocesses carry it too.
+os.environ["ALIGN_TORCH_BACKEND"] = "torch"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _backend_environment(tmp_path_factory):
+    """Exported ONNX graphs go to a cache folder of the session's own, not the user's."""
+    saved = {k: os.environ.get(k) for k in ("ALIGN_TORCH_CACHE",)}
+    os.environ["ALIGN_TORCH_CACHE"] = str(tmp_path_factory.mktemp("align_torch_cache"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

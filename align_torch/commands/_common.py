@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from .. import defaults
+from ..inference.backend import BACKENDS
 from ..util.device import DEVICES
 
 if TYPE_CHECKING:
@@ -41,11 +42,26 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         help="run the checkpoint's layers as loaded; by default BatchNorm and SiLU are folded into the convs "
         "(fuse_for_inference: the same embeddings to about 1e-5, faster)",
     )
+    add_model_class_argument(p)
+
+
+def add_model_class_argument(p: argparse.ArgumentParser, flag: str = "--model-class", of: str = "") -> None:
+    """--model-class MODULE:CLASS (or another `flag`, for the model `of` names)."""
     p.add_argument(
-        "--model-class",
+        flag,
         metavar="MODULE:CLASS",
-        help="build the model as this AlignModel subclass from your code (importable, e.g. my_variants:PreLNAlign) "
-        "with the checkpoint's config and weights (default: align_torch.AlignModel)",
+        help=f"build the model{of} as this AlignModel subclass from your code (importable, e.g. "
+        "my_variants:PreLNAlign) with the checkpoint's config and weights (default: the class the model folder or "
+        "the embeddings record, else align_torch.AlignModel; another one than recorded is refused)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend(),
+        help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
+        "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
+        "ONNX Runtime for images and torch for text when the export extra is installed (default: "
+        "$ALIGN_TORCH_BACKEND, else torch)",
     )
 
 
@@ -119,13 +135,17 @@ def resolve_model_option(args: argparse.Namespace) -> ModelSource:
 
 
 def load_model_and_processor(
-    model: str | ModelSource, device: str | torch.device, fuse: bool = True, model_class: str | None = None
+    model: str | ModelSource,
+    device: str | torch.device,
+    fuse: bool = True,
+    model_class: str | type[AlignModel] | None = None,
+    backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
-    """The command's --model, --device, --unfused and --model-class through the one loader
+    """The command's --model, --device, --unfused, --model-class and --backend through the one loader
     (inference.loader.load_for_inference)."""
     from ..inference.loader import load_for_inference
 
-    return load_for_inference(model, device, fuse=fuse, model_class=model_class)
+    return load_for_inference(model, device, fuse=fuse, model_class=model_class, backend=backend)
 
 
 def report_skipped(command: str, path: Path | str, reason: str) -> None:

@@ -86,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_file(args: argparse.Namespace) -> int:
     from ..data.images import ImageLoadError, list_images
+    from ..inference.backend import backend_of
     from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..util.class_record import class_record
 
     out = output_file(args.out)
     paths = list_images(args.images)
     source = resolve_model_option(args)
-    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
+    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
     try:
         result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
     except ImageLoadError as e:
@@ -109,6 +111,8 @@ def _run_file(args: argparse.Namespace) -> int:
         kind="image",
         model=source.reference,
         skipped=[{"item": os.path.abspath(p), "error": reason} for p, reason in result.failures],
+        backend=backend_of(model),
+        model_class=class_record(type(model)),
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
@@ -133,6 +137,7 @@ def _run_folder(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         fused=not args.unfused,
         model_class=args.model_class,
+        backend=args.backend,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet,

@@ -57,16 +57,25 @@ def read_lines(source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.backend import backend_of
     from ..inference.embed import embed_texts
     from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..util.class_record import class_record
 
     out = output_file(args.out)
     texts = read_lines(args.textfile)
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
     source = resolve_model_option(args)
-    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class)
+    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=source.reference).save(out)
+    EmbeddingIndex(
+        vectors=vectors,
+        items=texts,
+        kind="text",
+        model=source.reference,
+        backend=backend_of(model),
+        model_class=class_record(type(model)),
+    ).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

@@ -34,6 +34,7 @@ from ..defaults import IMAGE_BATCH, TEXT_BATCH
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
+from .backend import backend_of
 
 
 @contextlib.contextmanager
@@ -58,11 +59,12 @@ AUTOCAST = "bf16-autocast"
 
 def compute_mode(model: nn.Module) -> str:
     """How the mapper runs `model`: "bf16-autocast" for a float32 model on CUDA, else its weights' dtype
-    ("float32", "bfloat16", "float16"). The embeddings folder records it, so a resume cannot mix the two."""
+    ("float32", "bfloat16", "float16"), followed by the backend when a tower is not PyTorch ("float32, image
+    onnxruntime, text torch"). The embeddings folder records it, so a resume cannot mix two of them."""
     device, dtype = _model_device_dtype(model)
-    if device.type == "cuda" and dtype == torch.float32:
-        return AUTOCAST
-    return str(dtype).removeprefix("torch.")
+    mode = AUTOCAST if device.type == "cuda" and dtype == torch.float32 else str(dtype).removeprefix("torch.")
+    backend = backend_of(model)
+    return mode if backend == "torch" else f"{mode}, {backend}"
 
 
 def _precision(device: torch.device, compute: str) -> contextlib.AbstractContextManager:

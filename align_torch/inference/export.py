@@ -5,7 +5,8 @@
     image.onnx  image.json      pixel_values (batch, 3, H, W) -> image_embeds (batch, P); H, W fixed
     image_224.onnx  ...         one more graph per extra image size asked for
     text.onnx   text.json       input_ids, attention_mask[, token_type_ids] (batch, tokens) -> text_embeds
-    text.int8.onnx ...          with int8=True: ONNX Runtime's dynamic int8 quantization of each graph
+    image.int8.onnx ...         with int8=True: static int8 calibrated on real images (quantize.py), written
+    text.int8.onnx ...          only when its mean cosine to the fp32 graph is at least 0.99 (text: dynamic)
 
 Batch is dynamic in every graph and the token count in the text graph (1 to max_position_embeddings). Each
 JSON names the model, tower, inputs and outputs with their shapes, the opset, and the parity measured at export:
@@ -15,14 +16,11 @@ few inputs. The traced towers are inference/towers.py's: the plain padded text p
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from ..model.align import AlignModel
 from ..model.input_checks import min_image_size
 from ..preprocess.tokenizer import AlignTokenizer
 from ..util.fileio import atomic_dir, check_destination
+from .quantize import batches, calibration_at, mean_cosine, quantize_image_static, quiet, require_quality
 from .towers import TOWERS, tower, uses_token_types
 
 FORMATS = ("onnx", "pt2")
@@ -60,6 +59,8 @@ def export_towers(
     image_sizes: Sequence[tuple[int, int]] = (),
     normalize: bool = False,
     int8: bool = False,
+    calibration: torch.Tensor | None = None,
+    calibration_names: Sequence[str] = (),
     model_id: str = "",
     overwrite: bool = False,
     opset: int | None = None,
@@ -69,11 +70,13 @@ def export_towers(
 
     `image_sizes`: the (height, width) of each image graph, the first one named `image`, the others
     `image_{H}` (or `image_{H}x{W}`); empty: the model config's image size. `tokenizer` makes the held-out
-    captions of the text parity check (required for the text tower). `int8` (ONNX only) adds a dynamically
-    quantized copy of each graph. `overwrite` replaces an earlier export folder, nothing else. `progress`: a
-    bar on stderr, one step per graph.
+    captions of the text parity check (required for the text tower). `int8` (ONNX only) adds an int8 copy of
+    each graph (quantize.py), measured against fp32 and refused (Int8Refused, nothing written) below a mean
+    cosine of 0.99: the image graphs calibrated and measured on `calibration`, (N, 3, H, W) preprocessed real
+    images (`calibration_names` records which). `overwrite` replaces an earlier export folder, nothing else.
+    `progress`: a bar on stderr, one step per graph.
     """
-    plan = _export_plan(model, _check_towers(towers), fmt, image_sizes, int8, tokenizer)
+    plan = _export_plan(model, _check_towers(towers), fmt, image_sizes, int8, tokenizer, calibration)
     _check_opset(opset, fmt)
     check_destination(out, overwrite=overwrite, replaceable=is_export_dir, what=EXPORT_WHAT)  # before any work
     written: dict[str, dict[str, Any]] = {}
@@ -91,15 +94,8 @@ def export_towers(
                 _write_json(tmp / f"{name}.json", meta)
                 written[name] = meta
                 if int8:
-                    q_path = tmp / f"{name}.int8.onnx"
-                    quantize_int8(path, q_path)
-                    q_meta = {
-                        **meta,
-                        "file": q_path.name,
-                        "int8": True,
-                        "parity": parity(module, _onnx_runner(q_path), check),
-                    }
-                    _write_json(tmp / f"{name}.int8.json", q_meta)
+                    calib = None if calibration is None or hw is None else calibration_at(calibration, hw)
+                    q_meta = _write_int8(module, path, run, meta, check, calib, list(calibration_names))
                     written[f"{name}.int8"] = q_meta
     finally:
         model.train(was_training)
@@ -113,12 +109,15 @@ def _export_plan(
     image_sizes: Sequence[tuple[int, int]],
     int8: bool,
     tokenizer: AlignTokenizer | None,
+    calibration: torch.Tensor | None,
 ) -> list[tuple[str, str, tuple[int, int] | None]]:
     """The options checked, and the graphs to write: (name, tower, (height, width) or None for text)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if int8 and fmt != "onnx":
-        raise ValueError("int8 needs format 'onnx' (ONNX Runtime's dynamic quantization)")
+        raise ValueError("int8 needs format 'onnx' (ONNX Runtime's quantization)")
+    if int8 and "image" in towers and (calibration is None or len(calibration) == 0):
+        raise ValueError("int8 of the image tower needs calibration images (real photos: --calibration-images)")
     if "text" in towers and tokenizer is None:
         raise ValueError("exporting the text tower needs the model's tokenizer (for the parity check)")
     if fmt == "onnx" or int8:
@@ -130,6 +129,40 @@ def _export_plan(
     if "text" in towers:
         plan.append(("text", "text", None))
     return plan
+
+
+def _write_int8(
+    module: torch.nn.Module,
+    path: Path,
+    run: Callable[..., torch.Tensor],
+    meta: dict[str, Any],
+    check: list[tuple],
+    calibration: torch.Tensor | None,
+    calibration_names: list[str],
+) -> dict[str, Any]:
+    """NAME.int8.onnx beside the fp32 graph at `path`, measured against it (Int8Refused below 0.99 mean cosine);
+    returns its metadata. Images: static QDQ calibrated on `calibration`; text: dynamic, on the check captions."""
+    q_path = path.with_name(f"{path.stem}.int8.onnx")
+    if meta["tower"] == "image":
+        quantize_image_static(path, q_path, calibration)
+        measured_on: list[tuple] = list(batches(calibration))
+        what = {"calibration_images": calibration_names or len(calibration), "quantization": "static QDQ"}
+    else:
+        quantize_int8(path, q_path)
+        measured_on = check
+        what = {"measured_on": "held-out captions", "quantization": "dynamic"}
+    quality = mean_cosine(run, _onnx_runner(q_path), measured_on)
+    require_quality(quality, f"{meta['tower']} graph {q_path.name}")
+    q_meta = {
+        **meta,
+        "file": q_path.name,
+        "int8": True,
+        **what,
+        "quality": {"reference": "the fp32 graph", **quality},
+        "parity": parity(module, _onnx_runner(q_path), check),
+    }
+    _write_json(path.with_name(f"{path.stem}.int8.json"), q_meta)
+    return q_meta
 
 
 def is_export_dir(path: Path) -> bool:
@@ -276,18 +309,33 @@ def _require_onnx() -> None:
 
 
 def _export_onnx(module: torch.nn.Module, example: tuple, path: Path, which: str, opset: int | None) -> int:
-    """Trace `module` with torch.export and write it as ONNX (weights inside the file); returns the opset."""
+    """Trace a tower module with torch.export and write it as ONNX (weights inside the file); returns the opset."""
+    model = module.model
+    names, dims = _input_names(model, which), _dynamic_shapes(model, which)
+    return export_onnx(module, example, path, names, _output_name(which), dims, opset)
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple,
+    path: str | os.PathLike,
+    input_names: list[str],
+    output_name: str,
+    dynamic_shapes: dict[str, dict[int, Any]],
+    opset: int | None = None,
+) -> int:
+    """Trace `module` on `example` with torch's dynamo exporter and write one ONNX file (weights inside);
+    returns the opset. The inference backend (backend.py) exports its towers through this too."""
     import onnx
 
-    model = module.model
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(
             module,
             example,
             dynamo=True,
-            input_names=_input_names(model, which),
-            output_names=[_output_name(which)],
-            dynamic_shapes=_dynamic_shapes(model, which),
+            input_names=input_names,
+            output_names=[output_name],
+            dynamic_shapes=dynamic_shapes,
             opset_version=opset,
             verbose=False,
         )
@@ -312,25 +360,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and the quantizer's notes (torchvision ops absent, axis renames, "consider
-    pre-processing"): the parity check is what tells whether a graph is right."""
-    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            for lg in loggers:
-                lg.setLevel(logging.ERROR)
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
 
 
 # --- torch.export ---------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..util.class_record import check_record
+
 FORMAT = "align_torch.embeddings_folder"
 VERSION = 1
 INFO_FILE = "embeddings.json"
@@ -61,7 +63,7 @@ class FolderInfo:
     model: str  # resolved model folder (absolute) or Hugging Face Hub repo id
     model_fingerprint: str  # "sha256:" + hash of the names, sizes and bytes of the model's weights and config
     fused: bool  # fuse_for_inference (equal to about 1e-5, not bit-equal)
-    compute: str  # inference.embed.compute_mode: "bf16-autocast" (a float32 model on CUDA), else the weights dtype
+    compute: str  # inference.embed.compute_mode: "bf16-autocast" (float32 on CUDA) or the dtype; then any ONNX backend
     dim: int
     dtype: str  # "float16" or "float32"
     captions: bool  # text_emb/ is written
@@ -72,6 +74,9 @@ class FolderInfo:
     partition_unit: str  # "images" (partition_size images each), "shard" (one shard each) or "row groups"
     partition_size: int | None
     partitions: int
+    # util/class_record.py: {"class": "module:Class", "source": "sha256:..."}; None in folders written before
+    # classes were recorded
+    model_class: dict | None = None
     format: str = FORMAT
     version: int = VERSION
     created_with: dict = field(default_factory=dict, compare=False)
@@ -136,6 +141,10 @@ class FolderInfo:
             raise bad("inputs", "a list of paths")
         if not isinstance(self.created_with, dict):
             raise bad("created_with", "an object")
+        try:
+            check_record(self.model_class, repr(str(path)))
+        except ValueError as e:
+            raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {e}") from None
 
 
 def partition_name(index: int, info: FolderInfo) -> str:

@@ -39,7 +39,10 @@ RESUME_FIXED = (
     "image_column",
     "caption_column",
     "train_split",
+    "model_class",
 )
+# Fields `align-torch finetune --resume` may change: the run's length and how it is watched, not what it computes.
+RESUME_CHANGEABLE = ("epochs", "max_steps", "workers", "device", "log_every", "save_every", "progress")
 
 # Presets for `--recipe`: fields they set unless given explicitly. "finetune" is the dataclass defaults
 # (ALIGN's BN momentum and drop-path from the checkpoint, clipping at 1); "scratch" is what a randomly
@@ -64,6 +67,13 @@ class TrainConfig:
     model: str = opt(
         defaults.MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True
     )
+    model_class: str | None = opt(
+        None,
+        "fine-tune this AlignModel subclass from your code (importable), built from --model's config and weights",
+        kw_only=True,
+        metavar="MODULE:CLASS",
+        default_text="the class the --model folder records, else align_torch.AlignModel",
+    )
     train: str = opt(
         help="manifest (.csv/.tsv/.jsonl with image, caption), Parquet (.parquet file/folder/glob, images inside or "
         "a path column) or .tar shards (file/folder/glob)"
@@ -85,9 +95,15 @@ class TrainConfig:
         choices=tuple(sorted(TEMPLATE_SETS)),
     )
 
-    epochs: int = opt(1, "passes over the training data")
+    epochs: int = opt(
+        1,
+        "passes over the training data; a finished run resumed with more goes on as the longer run done in one go "
+        "(its schedule recomputed for the new length: under cosine or linear decay the rate rises again)",
+    )
     max_steps: int | None = opt(
-        None, "train exactly this many optimiser steps, over as many epochs as that takes (overrides --epochs)"
+        None,
+        "train exactly this many optimiser steps, over as many epochs as that takes (overrides --epochs); "
+        "resuming with more extends the run as --epochs does",
     )
     batch_size: int = opt(32, "pairs per rank per contrastive batch; the loss contrasts the batch of all ranks")
     grad_accum: int = opt(1, "contrastive batches per optimiser step (each its own contrastive batch)")

@@ -26,9 +26,11 @@ from ..data import PairList, is_parquet
 from ..data.transforms import crop_size
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..inference.loader import import_model_class, load_model
+from ..inference.model_class import follow_model_class
 from ..model.align import AlignModel
 from ..model.loss import global_loss
 from ..preprocess.processor import AlignProcessor
+from ..util.class_record import class_record
 from ..util.distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
@@ -118,7 +120,7 @@ def forward_loss(
 
 class Trainer:
     """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model` (the model
-    as `model_class`, an AlignModel subclass or 'module:Class', when given), resolved once.
+    as `model_class`, an AlignModel subclass or 'module:Class', when given, else `cfg.model_class`), resolved once.
 
     `callbacks` are called as `callback(trainer, record)` after every optimiser step. With `resume=True` the
     run continues from `cfg.out/checkpoint.safetensors` exactly where it stopped (same batches, RNG, schedule).
@@ -141,6 +143,7 @@ class Trainer:
         self.model = model
         self.processor = processor
         # A wrong class name is refused here, before the run folder is locked or anything loads.
+        model_class = model_class if model_class is not None else cfg.model_class
         self.model_class = import_model_class(model_class) if isinstance(model_class, str) else model_class
         self.callbacks = list(callbacks)
         self.out = Path(cfg.out)
@@ -209,6 +212,7 @@ class Trainer:
             source = resolve_model(cfg.model)
             self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
             self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
+        self.model_class = type(self.model)  # the class built, before FSDP wraps it: what checkpoints record
         self._prepare_model(log_start=not self.resume)
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
@@ -333,6 +337,7 @@ class Trainer:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
         path = self.checkpoint_path
+        follow_model_class(self.model_class, checkpoint.model_class, f"the run in {str(self.out)!r}")
         check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
         check_optimizer(path, checkpoint.optimizer, self.optimizer)
         check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
@@ -345,6 +350,7 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.progress = checkpoint.progress
         resume_schedule(self.scheduler, self.progress.step)
+        self._say_schedule(checkpoint)
         self._saved_step = self.progress.step
         rng = checkpoint.rng
         if len(rng) == self.dist.world:
@@ -354,6 +360,19 @@ class Trainer:
                 f"checkpoint has RNG states for {len(rng)} ranks, this run has {self.dist.world}: drop-path and "
                 "dropout masks are reseeded (the data order is unaffected)",
                 stacklevel=2,
+            )
+
+    def _say_schedule(self, checkpoint: Checkpoint) -> None:
+        """A run extended (more --epochs or --max-steps) goes on as the longer run done in one go: its schedule is
+        recomputed for the new length, so the rate changes from the one saved; say so (rank 0)."""
+        saved = [g.get("lr") for g in checkpoint.optimizer["param_groups"]]
+        now = [g["lr"] for g in self.optimizer.param_groups]
+        if self.dist.is_main and saved and saved[0] is not None and abs(saved[0] - now[0]) > 1e-12 * max(now[0], 1):
+            print(
+                f"align-torch finetune: note: the {self.cfg.schedule} schedule is recomputed for {self.total_steps} "
+                f"steps, so the learning rate at step {self.progress.step} is {now[0]:.3g} (the checkpoint saved "
+                f"{saved[0]:.3g}); the run goes on as if planned this long from the start",
+                file=sys.stderr,
             )
 
     # --- checkpoints ----------------------------------------------------------------------------------
@@ -376,6 +395,7 @@ class Trainer:
                     scheduler=self.scheduler,
                     progress=self.progress,
                     train_config=self.cfg.to_dict(),
+                    model_class=class_record(self.model_class),
                     rng_states=states,
                     **whole,
                 )
@@ -401,7 +421,7 @@ class Trainer:
             lora = has_lora(self.model)
             # A final/ from an earlier run on this --out is replaced; a folder that is not a checkpoint is refused.
             with checkpoint_dir(final, overwrite=True) as tmp:
-                write_native(merged_copy(self.model) if lora else model, tmp)
+                write_native(merged_copy(self.model) if lora else model, tmp, model_class=self.model_class)
                 self.processor.save_pretrained(tmp)
             if lora:
                 save_adapters(self.model, self.out / ADAPTERS_DIR)

@@ -89,7 +89,7 @@ def test_config_json_that_is_not_an_object_is_named(tmp_path, contents, words):
 @pytest.mark.parametrize(
     "hf,words",
     [
-        ({"model_type": "align", "text_config": {"num_attention_heads": 7}}, r"multiple of num_heads \(7\)"),
+        ({"model_type": "align", "text_config": {"num_attention_heads": 7}}, r"multiple of num_attention_heads \(7\)"),
         ({"model_type": "align", "vision_config": [1]}, "field 'vision_config' must be a JSON object"),
         ({"model_type": "align", "vision_config": {"strides": 2}}, r"'vision_config.strides' must be a list"),
         ({"model_type": "align", "text_config": {"vocab_size": -5}}, "vocab_size must be at least 1"),

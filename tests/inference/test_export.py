@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ def tiny(model_dir):
 def onnx_dir(tiny, tmp_path_factory):
     model, processor = tiny
     out = tmp_path_factory.mktemp("export") / "onnx"
-    export_towers(model, processor.tokenizer, out, fmt="onnx", int8=True, model_id="tiny")
+    export_towers(model, processor.tokenizer, out, fmt="onnx", model_id="tiny")
     return out
 
 
@@ -113,12 +114,8 @@ def test_pt2_text_program_matches_eager(tiny, pt2_dir, batch, length):
 def test_metadata_beside_each_graph_describes_it(tiny, onnx_dir, pt2_dir):
     model, _ = tiny
     assert sorted(p.name for p in onnx_dir.iterdir()) == [
-        "image.int8.json",
-        "image.int8.onnx",
         "image.json",
         "image.onnx",
-        "text.int8.json",
-        "text.int8.onnx",
         "text.json",
         "text.onnx",
     ]
@@ -222,3 +219,33 @@ def test_graphs_have_no_int64_argmax(onnx_dir):
     for name in ("image.onnx", "text.onnx"):
         ops = {node.op_type for node in onnx.load(str(onnx_dir / name)).graph.node}
         assert "ArgMax" not in ops and "NonZero" not in ops, name  # nothing shaped by values, either
+
+
+def test_cli_int8_image_graph_is_measured_on_the_named_photos_or_refused(model_dir, tmp_path):
+    """`export --int8 --tower image` writes a graph whose embeddings have mean cosine >= 0.99 to the fp32 graph's
+    on the calibration photos (recomputed here), or exits 2 with the measured figure and writes nothing."""
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i, image in enumerate(photos(17)):
+        image.save(folder / f"{i:02d}.jpg")
+    out = tmp_path / "int8"
+    argv = ["export", "--model", model_dir, "--tower", "image", "--int8", "--out", out]
+    status, stdout, stderr = run_cli(*argv, "--calibration-images", folder)
+    if status == 2:
+        figure = float(stderr.split("mean cosine to fp32 ")[1].split()[0])
+        assert figure < 0.99 and "nothing written" in stderr, stderr
+        assert not out.exists()
+        return
+    assert status == 0, stderr
+    meta = json.loads((out / "image.int8.json").read_text())
+    assert len(meta["calibration_images"]) == 17 and meta["quality"]["mean_cosine"] >= 0.99
+    assert "int8 against fp32 over 17 rows" in stdout
+    pixels = AlignProcessor.from_pretrained(model_dir)(images=[PIL.Image.open(f) for f in sorted(folder.iterdir())])
+    feeds = {"pixel_values": pixels["pixel_values"].numpy()}
+    fp32 = torch.from_numpy(_session(out / "image.onnx").run(None, feeds)[0])  # (17, P)
+    int8 = torch.from_numpy(_session(out / "image.int8.onnx").run(None, feeds)[0])  # (17, P)
+    assert float(F.cosine_similarity(int8, fp32, dim=-1).mean()) >= 0.99
+    unit = F.normalize(fp32, dim=-1)
+    assert float((unit @ unit.T).mean()) < 0.97  # the photos' embeddings differ: the check above means something
+    status, _, stderr = run_cli("export", "--model", model_dir, "--tower", "image", "--int8", "--out", tmp_path / "y")
+    assert status == 2 and "--calibration-images" in stderr

@@ -99,10 +99,15 @@ def test_edits_reach_every_job_in_python(edit, model_dir, photos, classes):
         assert any((plain[k] - ref[k]).abs().max() > 1e-3 for k in ("images", "texts"))
 
 
-def test_edits_reach_every_command(edit, model_dir, photos, classes, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_edits_reach_every_command(edit, backend, model_dir, photos, classes, tmp_path):
+    """Every command follows the edit, in PyTorch and in ONNX Runtime (the graph exported from the edited model)."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     name, spec = edit
     ref = _reference(model_dir, spec, photos, classes)
-    common = ["--model", model_dir, "--device", "cpu", "--quiet"] + (["--model-class", spec] if spec else [])
+    common = ["--model", model_dir, "--device", "cpu", "--quiet", "--backend", backend]
+    common += ["--model-class", spec] if spec else []
     images = ["--workers", "0"]
 
     status, _, err = run_cli("embed", *photos, "--out", tmp_path / "img.safetensors", *common, *images)

@@ -38,6 +38,11 @@ FLAGS = {
             "workers seed"
         ).split()
     },
+    "model_class": "--model-class",
+    "image_column": "--image-column",
+    "caption_column": "--caption-column",
+    "train_split": "--train-split",
+    "val_split": "--val-split",
     "zero_shot_dir": "--zero-shot-dir",
     "max_steps": "--max-steps",
     "batch_size": "--batch-size",
@@ -66,10 +71,6 @@ FLAGS = {
     "text_tower": "--text-tower",
     "image_tower": "--image-tower",
     "image_pooling": "--image-pooling",
-    "image_column": "--image-column",
-    "caption_column": "--caption-column",
-    "train_split": "--train-split",
-    "val_split": "--val-split",
     "fsdp": "--fsdp",
     "lora_alpha": "--lora-alpha",
     "lora_targets": "--lora-targets",
