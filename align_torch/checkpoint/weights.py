@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..model.config import AlignConfig
+from ..util.class_record import check_record, class_record, is_stock
 from ..util.fileio import atomic_dir, check_destination, unreadable_reason
 from .config_files import read_json_object
 from .hf_keys import config_from_hf, config_to_hf, hf_to_native, native_to_hf
@@ -164,6 +165,17 @@ def read_config(folder: str | os.PathLike) -> AlignConfig:
         raise CheckpointError(f"bad Hugging Face config in {str(folder / CONFIG_FILE)!r}: {e}") from e
 
 
+def recorded_model_class(folder: str | os.PathLike) -> dict | None:
+    """The model class a local model folder's config.json records (see write_native); None when it records none."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return check_record(_read_json(path).get("model_class"), repr(str(path)))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def read_checkpoint(folder: str | os.PathLike) -> tuple[AlignConfig, dict[str, torch.Tensor]]:
     """A local native or HF-layout folder -> (config, native state dict)."""
     folder = Path(folder)
@@ -261,10 +273,14 @@ def _copy_processor_files(src: Path | None, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def write_native(model: torch.nn.Module, folder: Path) -> None:
-    """config.json + model.safetensors (native names) into an existing folder, e.g. one from `checkpoint_dir`."""
+def write_native(model: torch.nn.Module, folder: Path, model_class: type | None = None) -> None:
+    """config.json + model.safetensors (native names) into an existing folder, e.g. one from `checkpoint_dir`.
+    config.json records the model's class (or `model_class`) when it is a user's subclass (util/class_record.py)."""
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "config": model.config.to_dict()}
+    record = class_record(model_class or type(model))
+    if not is_stock(record):  # a stock folder records nothing, so any class may load it
+        config["model_class"] = record
     save_file(sd, folder / WEIGHTS_FILE, metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 

@@ -42,12 +42,7 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         help="run the checkpoint's layers as loaded; by default BatchNorm and SiLU are folded into the convs "
         "(fuse_for_inference: the same embeddings to about 1e-5, faster)",
     )
-    p.add_argument(
-        "--model-class",
-        metavar="MODULE:CLASS",
-        help="build the model as this AlignModel subclass from your code (importable, e.g. my_variants:PreLNAlign) "
-        "with the checkpoint's config and weights (default: align_torch.AlignModel)",
-    )
+    add_model_class_argument(p)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -56,6 +51,17 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
         "ONNX Runtime for images and torch for text when the export extra is installed (default: "
         "$ALIGN_TORCH_BACKEND, else torch)",
+    )
+
+
+def add_model_class_argument(p: argparse.ArgumentParser, flag: str = "--model-class", of: str = "") -> None:
+    """--model-class MODULE:CLASS (or another `flag`, for the model `of` names)."""
+    p.add_argument(
+        flag,
+        metavar="MODULE:CLASS",
+        help=f"build the model{of} as this AlignModel subclass from your code (importable, e.g. "
+        "my_variants:PreLNAlign) with the checkpoint's config and weights (default: the class the model folder or "
+        "the embeddings record, else align_torch.AlignModel; another one than recorded is refused)",
     )
 
 
@@ -132,7 +138,7 @@ def load_model_and_processor(
     model: str | ModelSource,
     device: str | torch.device,
     fuse: bool = True,
-    model_class: str | None = None,
+    model_class: str | type[AlignModel] | None = None,
     backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
     """The command's --model, --device, --unfused, --model-class and --backend through the one loader

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..util.device import DEVICES
-from ._common import _positive_int, report_skipped
+from ._common import _positive_int, add_model_class_argument, report_skipped
 
 HELP = "CKA between every site of two models (image tower on --images, text tower on --texts): JSON and PNG"
 MARKER = "cka.json"  # an --out folder holding it is one of ours, and may be replaced with --overwrite
@@ -25,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--biased", action="store_true", help="biased HSIC instead of the debiased estimator")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per batch (default: 16)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the models (default: auto)")
+    add_model_class_argument(p, "--model-class-a", " MODEL_A")
+    add_model_class_argument(p, "--model-class-b", " MODEL_B")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -46,12 +49,7 @@ def _refuse_hf_text_tower(name: str, model) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.images import list_images
-    from ..inspect.compare import (
-        cka_matrix,
-        image_batches,
-        image_site_features,
-        text_site_features,
-    )
+    from ..inspect.compare import cka_matrix, image_batches, image_site_features, text_site_features
     from ..inspect.plots import draw_matrix
     from ..util.fileio import atomic_dir, atomic_file, check_destination
     from ._common import load_model_and_processor
@@ -64,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(args.texts) if args.texts else None
     results = {}
     features: dict[str, list] = {"image": [], "text": []}
-    for name in (args.model_a, args.model_b):
-        model, processor = load_model_and_processor(name, args.device, fuse=False)  # hooks need the layer modules
+    for name, model_class in ((args.model_a, args.model_class_a), (args.model_b, args.model_class_b)):
+        model, processor = load_model_and_processor(
+            name, args.device, fuse=False, model_class=model_class
+        )  # unfused: hooks
         if texts is not None:
             _refuse_hf_text_tower(name, model)
         batches = image_batches(
@@ -99,7 +99,19 @@ def run(args: argparse.Namespace) -> int:
             title = f"{tower} tower CKA ({m.num_inputs} inputs): rows {args.model_a}, columns {args.model_b}"
             draw_matrix(m, title).save(tmp / f"{tower}_cka.png")
     for tower, m in results.items():
-        diagonal = [m.values[i][i] for i in range(min(len(m.sites_a), len(m.sites_b)))]
-        print(f"{tower}: {m.num_inputs} inputs, diagonal CKA " + " ".join(f"{v:.3f}" for v in diagonal))
+        _say_constant_sites(tower, m, args)
+        diagonal = m.diagonal()
+        print(f"{tower}: {m.num_inputs} inputs, diagonal CKA " + " ".join(f"{v:.3f}" for v in diagonal.values()))
     print(f"wrote {args.out}")
     return 0
+
+
+def _say_constant_sites(tower: str, m, args: argparse.Namespace) -> None:
+    """One note per site left out of the matrix, naming it and its model."""
+    for which, model, sites in (("A", args.model_a, m.constant_a), ("B", args.model_b, m.constant_b)):
+        for site in sites:
+            print(
+                f"align-torch compare: note: {tower} site {site} of model {which} ({model}) is left out: its "
+                "features do not vary over the inputs, so it has no CKA",
+                file=sys.stderr,
+            )

@@ -88,6 +88,7 @@ def _run_file(args: argparse.Namespace) -> int:
     from ..data.images import ImageLoadError, list_images
     from ..inference.backend import backend_of
     from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..util.class_record import class_record
 
     out = output_file(args.out)
     paths = list_images(args.images)
@@ -111,6 +112,7 @@ def _run_file(args: argparse.Namespace) -> int:
         model=source.reference,
         skipped=[{"item": os.path.abspath(p), "error": reason} for p, reason in result.failures],
         backend=backend_of(model),
+        model_class=class_record(type(model)),
     )
     index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""

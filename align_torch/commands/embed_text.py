@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.backend import backend_of
     from ..inference.embed import embed_texts
     from ..retrieval.embeddings_file import EmbeddingIndex
+    from ..util.class_record import class_record
 
     out = output_file(args.out)
     texts = read_lines(args.textfile)
@@ -68,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_model_option(args)
     model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
-    backend = backend_of(model)
-    EmbeddingIndex(vectors=vectors, items=texts, kind="text", model=source.reference, backend=backend).save(out)
+    EmbeddingIndex(
+        vectors=vectors,
+        items=texts,
+        kind="text",
+        model=source.reference,
+        backend=backend_of(model),
+        model_class=class_record(type(model)),
+    ).save(out)
     print(f"embedded {len(texts)} texts -> {out}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import defaults
-from ._common import _positive_int
+from ._common import _positive_int, add_model_class_argument
 
 HELP = "export the image and/or text tower as ONNX or torch.export graphs, checked against the eager model"
 
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export folder")
+    add_model_class_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     processor = AlignProcessor.from_pretrained(source.folder)
     calibration, names = _calibration(args.calibration_images, processor) if args.int8 else (None, [])
     sizes = [(n, n) for n in args.image_size] if args.image_size else [crop_size(processor.image_processor)]
-    model = load_model(source, "cpu")
+    model = load_model(source, "cpu", model_class=args.model_class)
     written = export_towers(
         model,
         processor.tokenizer,

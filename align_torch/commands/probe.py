@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from ..util.device import DEVICES
-from ._common import _positive_int, report_skipped
+from ._common import _positive_int, add_model_class_argument, report_skipped
 
 HELP = "linear-probe top-1 at every image site (stem, each stage, the embedding): JSON and a PNG plot"
 MARKER = "probe.json"  # an --out folder holding it is one of ours, and may be replaced with --overwrite
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default: 16)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split for the L2 sweep (default: 0)")
+    add_model_class_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return (folder / MARKER).is_file()
 
     check_destination(args.out, overwrite=args.overwrite, replaceable=ours, what="probe output folder")
-    model, processor = load_model_and_processor(args.model, args.device, fuse=False)
+    model, processor = load_model_and_processor(args.model, args.device, fuse=False, model_class=args.model_class)
     results = probe_sites(
         model,
         processor.image_processor.preprocess_one,
@@ -45,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         on_failure=lambda path, reason: report_skipped("probe", path, reason),
+        on_constant=lambda site: print(
+            f"align-torch probe: note: site {site} is left out: its features do not vary over the images",
+            file=sys.stderr,
+        ),
         progress=not args.quiet,
     )
     with atomic_dir(args.out, overwrite=args.overwrite, replaceable=ours, what="probe output folder") as tmp:

@@ -1,7 +1,8 @@
 """align-torch search EMB_DIR_OR_FILE "query" [-k 10] [--image Q.jpg] [--queries FILE] [--json]: the rows of an
 embeddings folder (clip-retrieval layout) or file closest to text or image queries.
 
-Queries are embedded with the model that made the embeddings (recorded there) unless --model names another;
+Queries are embedded with the model that made the embeddings (recorded there) unless --model names another,
+and as the model class recorded there (a --model-class other than it is refused);
 scores are cosine similarities in [-1, 1]. A folder with an index (`align-torch index`) is searched through it,
 otherwise (or with --exact) exactly, a chunk at a time. --target text searches the caption embeddings.
 """
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     texts = _queries(args)
-    collection = Collection(args.embeddings, model=args.model, use_index=not args.exact)
+    collection = Collection(args.embeddings, model=args.model, use_index=not args.exact, model_class=args.model_class)
     rows = collection.searchable_rows(collection.resolve_target(args.target))  # before any model loads
     if args.k > rows:
         print(
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     model_name = collection.require_model_name()
+    model_class = collection.query_model_class()  # the recorded class, unless --model-class (refused if other)
     collection.use_model(
-        *load_model_and_processor(model_name, args.device, not args.unfused, args.model_class, args.backend)
+        *load_model_and_processor(model_name, args.device, not args.unfused, model_class, args.backend)
     )
     if texts is None:
         labels, results = [args.image], collection.search(image=args.image, k=args.k, target=args.target)

@@ -33,11 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
-    collection = Collection(args.embeddings, model=args.model, use_index=not args.exact)
+    collection = Collection(args.embeddings, model=args.model, use_index=not args.exact, model_class=args.model_class)
+    model_name, model_class = collection.require_model_name(), collection.query_model_class()
     collection.use_model(
-        *load_model_and_processor(
-            collection.require_model_name(), args.device, not args.unfused, args.model_class, args.backend
-        )
+        *load_model_and_processor(model_name, args.device, not args.unfused, model_class, args.backend)
     )
     for target in collection.targets:
         collection.index(target)  # a stale or broken index is refused now, not at the first query

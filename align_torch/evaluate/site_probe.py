@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..defaults import IMAGE_BATCH
+from ..inspect.cka import varies
 from ..inspect.compare import image_batches, image_site_features
 from .classification import read_class_folder
 from .linear_probe import linear_probe
@@ -37,10 +38,12 @@ def probe_sites(
     solver: str = "auto",
     seed: int = 0,
     on_failure: Callable[[Path, str], None] | None = None,
+    on_constant: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> list[SiteProbe]:
-    """Class-per-folder train and val images -> one probe result per image site, first site first. `progress`:
-    bars on stderr for each set's image batches and for the probes fitted."""
+    """Class-per-folder train and val images -> one probe result per image site, first site first. A site whose
+    train features do not vary over the images (inspect.cka.varies) has nothing to probe: it is passed to
+    `on_constant` and left out. `progress`: bars on stderr for each set's image batches and for the probes fitted."""
     train, val = read_class_folder(train_root), read_class_folder(val_root)
     if train.classes != val.classes:
         raise ValueError(f"{val_root}: its class folders {val.classes} differ from {train_root}'s {train.classes}")
@@ -60,6 +63,10 @@ def probe_sites(
     (train_features, train_labels), (val_features, val_labels) = sets
     results = []
     for site, x in tqdm(train_features.items(), "probe: fitting", disable=not progress, unit="site"):
+        if not varies(x):
+            if on_constant is not None:
+                on_constant(site)
+            continue
         r = linear_probe(x, train_labels, val_features[site], val_labels, len(train.classes), seed=seed, solver=solver)
         results.append(SiteProbe(site, r.top1, r.l2, x.shape[1]))
     return results

@@ -10,40 +10,20 @@ one snapshot call) and that folder is handed to the processor, the model and wha
 
 from __future__ import annotations
 
-import importlib
 import os
+from pathlib import Path
 
 import torch
 
 from ..checkpoint.hub import ModelSource, resolve_model
-from ..checkpoint.weights import read_config
+from ..checkpoint.weights import read_config, recorded_model_class
 from ..model.align import AlignModel
 from ..model.config import AlignConfig
 from ..preprocess.processor import AlignProcessor
 from ..util.device import resolve_device
 from .backend import BACKENDS, use_backend
 from .fast import fuse_for_inference
-
-
-def import_model_class(spec: str) -> type[AlignModel]:
-    """'package.module:ClassName' -> that class, which must be AlignModel or a subclass of it."""
-    module_name, sep, class_name = spec.partition(":")
-    if not sep or not module_name or not class_name:
-        raise ValueError(f"--model-class {spec!r}: expected module:Class, e.g. my_variants:PreLNAlign")
-    if module_name.startswith("."):  # relative to what? A command has no package to resolve it against
-        raise ValueError(
-            f"--model-class {spec!r}: give the module's full name (importable from PYTHONPATH), not a relative one"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"--model-class {spec!r}: cannot import {module_name!r} ({err})") from err
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ValueError(f"--model-class {spec!r}: module {module_name!r} has no {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, AlignModel)):
-        raise ValueError(f"--model-class {spec!r}: {class_name} is not a subclass of align_torch.AlignModel")
-    return cls
+from .model_class import follow_model_class, import_model_class, print_note
 
 
 def load_model(
@@ -52,10 +32,18 @@ def load_model(
     *,
     model_class: type[AlignModel] | str | None = None,
 ) -> AlignModel:
-    """The checkpoint's weights in `model_class` (default AlignModel; 'module:Class' is imported), eval mode."""
-    cls = import_model_class(model_class) if isinstance(model_class, str) else (model_class or AlignModel)
+    """The checkpoint's weights in `model_class` (default: the class the model folder records, else AlignModel;
+    'module:Class' is imported), eval mode. A class other than the recorded one is refused, naming both."""
+    source = resolve_model(model)
+    recorded = recorded_model_class(source.folder)
+    if recorded is not None and model_class is None and not Path(source.reference).is_dir():
+        raise ValueError(
+            f"model {source.reference!r} records the model class {recorded['class']}; a class named by a downloaded "
+            f"file is not imported on its own: give --model-class {recorded['class']} to build it"
+        )
+    cls = follow_model_class(model_class, recorded, f"model {source.reference!r}", print_note) or AlignModel
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    loaded = cls.from_pretrained(resolve_model(model).folder, device=where)
+    loaded = cls.from_pretrained(source.folder, device=where)
     check_finite_weights(loaded, model)
     return loaded
 

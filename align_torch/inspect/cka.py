@@ -14,6 +14,17 @@ from __future__ import annotations
 
 import torch
 
+# A site whose features change over the inputs by less than this fraction of their size is constant: what varies
+# is float rounding, whose CKA is noise (align-base's [CLS]-pooled text embeddings gave -1.0 against themselves).
+CONSTANT_SPREAD = 1e-4
+
+
+def varies(x: torch.Tensor, tol: float = CONSTANT_SPREAD) -> bool:
+    """Whether (n, p) features vary over the n inputs by more than `tol` of their norm (float64)."""
+    x = x.detach().double()
+    size = x.norm()
+    return bool(size > 0 and (x - x.mean(dim=0, keepdim=True)).norm() > tol * size)
+
 
 def cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float:
     """Linear CKA between (n, p) and (n, q) features of the same n inputs (rows), in float64."""
@@ -26,6 +37,8 @@ def cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float:
         raise ValueError(
             f"CKA needs at least {4 if debiased else 2} inputs{' (debiased)' if debiased else ''}, got {n}"
         )
+    if not (varies(x) and varies(y)):
+        raise ValueError("CKA is undefined for features that do not vary over the inputs (a constant site)")
     x, y = x.detach().double(), y.detach().double()
     k, l_ = x @ x.T, y @ y.T  # (n, n) linear kernels
     hsic = _hsic_unbiased if debiased else _hsic_biased

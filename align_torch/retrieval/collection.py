@@ -77,7 +77,8 @@ def exact_top_k(chunks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k
 
 class Collection:
     """An embeddings folder or file opened for search, with the model that embeds its queries loaded on first
-    use (as `model_class`, an AlignModel subclass or 'module:Class', if given; `use_model` for one in memory)."""
+    use (as `model_class`, an AlignModel subclass or 'module:Class', if given, else as the class the collection
+    records; `use_model` for one in memory)."""
 
     def __init__(
         self,
@@ -97,12 +98,14 @@ class Collection:
             self.folder: EmbeddingFolder | None = EmbeddingFolder(self.path)
             self.file = None
             recorded = self.folder.model
+            self.recorded_class = self.folder.model_class
         else:
             from .embeddings_file import EmbeddingIndex
 
             self.folder = None
             self.file = EmbeddingIndex.load(self.path)
             recorded = self.file.model
+            self.recorded_class = self.file.model_class
         self.model_name = model or recorded
 
     @property
@@ -222,6 +225,13 @@ class Collection:
             )
         return self.model_name
 
+    def query_model_class(self) -> Any:
+        """The class that embeds queries: `model_class` if given, else the one the collection records (its module
+        imported by name); a given class other than the recorded one is refused, naming both."""
+        from ..inference.model_class import follow_model_class, print_note
+
+        return follow_model_class(self.model_class, self.recorded_class, repr(str(self.path)), print_note)
+
     def use_model(self, model: Any, processor: Any) -> None:
         """Embed queries with this (AlignModel, AlignProcessor) instead of loading the collection's model."""
         self._model = (model, processor)
@@ -231,7 +241,7 @@ class Collection:
             self.require_model_name()
             from ..inference.loader import load_for_inference
 
-            model, processor = load_for_inference(self.model_name, self.device, model_class=self.model_class)
+            model, processor = load_for_inference(self.model_name, self.device, model_class=self.query_model_class())
             self._model = (model, processor)
         return self._model
 

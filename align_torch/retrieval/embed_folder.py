@@ -34,9 +34,10 @@ from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eva
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
+from ..util.class_record import class_record
 from ..util.distributed import rank_device, torchrun_env
 from ..util.fileio import path_to_text
-from .layout import DTYPES, FolderInfo, finished_partitions
+from .layout import DTYPES, INFO_FILE, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
 from .writer import PartitionResult, prepare_folder, write_partition
 
@@ -84,6 +85,7 @@ def folder_info(
         partition_unit={"shards": "shard", "parquet": "row groups"}.get(plan.kind, "images"),
         partition_size=plan.partition_size,
         partitions=plan.partitions,
+        model_class=class_record(type(model)),
         created_with={"package": _package, "version": version, "torch": torch.__version__},
     )
 
@@ -372,17 +374,20 @@ def embed_collection(
 ) -> EmbedSummary:
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs` (paths, or a sequence of
     mappings such as a `datasets.Dataset`; Parquet and rows columns found by name or named), load `model` (as
-    `model_class`, an AlignModel subclass or 'module:Class', if given; its towers on `backend`), and embed this
-    process's unfinished partitions into the folder `out`. Under torchrun each process takes its rank's partitions
-    and the GPU `cuda:LOCAL_RANK`. For a model already in memory, call `embed_to_folder`."""
-    from ..inference.loader import import_model_class, load_for_inference
+    `model_class`, an AlignModel subclass or 'module:Class', if given, else the class the folder `out` records;
+    its towers on `backend`), and embed this process's unfinished partitions into the folder `out`. Under torchrun
+    each process takes its rank's partitions and the GPU `cuda:LOCAL_RANK`. For a model already in memory, call
+    `embed_to_folder`."""
+    from ..inference.loader import load_for_inference
+    from ..inference.model_class import follow_model_class
     from .partitions import plan_input
 
     env = torchrun_env()
     where = rank_device(device, env)
     plan = plan_input(inputs, partition_size, image_column, caption_column)
-    if isinstance(model_class, str):
-        model_class = import_model_class(model_class)  # a wrong name fails before a download
+    # A rerun finishing a folder embeds with the class that began it, and refuses another before a download.
+    recorded = FolderInfo.load(out).model_class if (Path(out) / INFO_FILE).is_file() else None
+    model_class = follow_model_class(model_class, recorded, f"embeddings folder {str(out)!r}")
     source = resolve_model(model)
     loaded, processor = load_for_inference(source, where, fuse=fused, model_class=model_class, backend=backend)
     return embed_to_folder(

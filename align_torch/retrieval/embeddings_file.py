@@ -2,15 +2,22 @@
 
 Format: one safetensors file (readable without align_torch) holding
 - tensor "embeddings": (N, D) float32, each row L2-normalised, so a dot product is a cosine similarity;
-- string metadata: "format" = "align_torch.inference.embed", "version" = "2", "kind" = "image" or "text",
-  "model" = the model name or folder that produced them, "items" = a JSON list of the N items in row
-  order (image file paths as listed on the command line, or the texts), "skipped" = a JSON list of
-  {"item", "error"} for inputs that could not be embedded, "backend" = what ran the towers (inference.backend:
-  "torch", "onnxruntime" or "image onnxruntime, text torch"; absent in older files: torch).
+- string metadata: "format" = "align_torch.embeddings", "version" = "3", "kind" = "image" or "text",
+  "model" = the model name or folder that produced them, "model_class" = a JSON record of the model's class
+  ({"class": "module:Class", "source": "sha256:..."} of a user's AlignModel subclass, {"class":
+  "align_torch:AlignModel", "source": null} for the stock one; util/class_record.py), "items" = a JSON list of the N items in row order (image
+  file paths as listed on the command line, or the texts), "skipped" = a JSON list of {"item", "error"} for
+  inputs that could not be embedded, "backend" = what ran the towers
+  (inference.backend: "torch", "onnxruntime" or "image onnxruntime, text torch"; absent in older files: torch).
 
 Image paths are stored with `fileio.path_to_text`: a UTF-8 name as it is, any other name (bytes that are
 not UTF-8, or starting with "file:") as "file:" + percent-encoded bytes, so every name the OS gives comes
 back byte for byte (`fileio.text_to_path`).
+
+Every file align_torch has written reads (READABLE): version "1" (image paths stored as they are, so only UTF-8
+names), version "2" (paths as above) under the format names "align_torch.embeddings" and, written for a while,
+"align_torch.inference.embed", and version "3" (the model class recorded). Files before version 3 record no
+class (model_class None): their reader chooses it.
 
 Read it with `EmbeddingIndex.load(path)`, or with safetensors alone:
 `safe_open(path, "pt")` -> `.get_tensor("embeddings")`, `json.loads(.metadata()["items"])`.
@@ -22,15 +29,24 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..util.class_record import check_record
 from ..util.fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
 
-FORMAT = "align_torch.inference.embed"
-VERSION = "2"  # "1" stored image paths as they are; it never left development, and is refused
+FORMAT = "align_torch.embeddings"
+VERSION = "3"
+# (format, version) of every file align_torch has written -> whether its image paths went through path_to_text.
+READABLE = {
+    ("align_torch.embeddings", "1"): False,
+    ("align_torch.embeddings", "2"): True,
+    ("align_torch.inference.embed", "2"): True,  # the name while the format's home was inference/embed.py
+    (FORMAT, VERSION): True,
+}
 KINDS = ("image", "text")
 
 
@@ -58,6 +74,7 @@ class EmbeddingIndex:
     model: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"item", "error"}
     backend: str = "torch"  # inference.backend.backend_of: what ran the towers
+    model_class: dict[str, Any] | None = None  # util/class_record.py; None: not recorded (files before version 3)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -83,6 +100,8 @@ class EmbeddingIndex:
             "skipped": json.dumps([{**s, "item": encode(s["item"])} for s in self.skipped], ensure_ascii=False),
             "backend": self.backend,
         }
+        if self.model_class is not None:
+            metadata["model_class"] = json.dumps(self.model_class, ensure_ascii=False)
         path = Path(path)
         with atomic_file(path) as tmp:
             save_file({"embeddings": self.vectors.float().contiguous()}, tmp, metadata=metadata)
@@ -100,7 +119,7 @@ class EmbeddingIndex:
         try:
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
-                if metadata.get("format") != FORMAT:
+                if metadata.get("format") not in {name for name, _ in READABLE}:
                     raise EmbeddingsFileError(
                         f"{str(path)!r} is a safetensors file but not an align_torch embeddings file "
                         "(write one with `align-torch embed` or `align-torch embed-text`)"
@@ -120,15 +139,17 @@ class EmbeddingIndex:
             row = int((~finite).nonzero()[0, 0])
             raise EmbeddingsFileError(f"{str(path)!r}: 'embeddings' row {row} holds NaN or infinite values")
         version = metadata.get("version")
-        if version != VERSION:
+        if (metadata["format"], version) not in READABLE:
+            readable = ", ".join(sorted({repr(v) for _, v in READABLE}))
             raise EmbeddingsFileError(
-                f"{str(path)!r} has embeddings format version {version!r}; this align_torch reads version "
-                f"{VERSION!r} (write the file again with `align-torch embed` or `align-torch embed-text`)"
+                f"{str(path)!r} has embeddings format version {version!r}; this align_torch reads versions "
+                f"{readable} (a newer align_torch wrote it, or the file was edited)"
             )
         try:
             kind = metadata["kind"]
-            decode = text_to_path if kind == "image" else str
+            decode = text_to_path if kind == "image" and READABLE[metadata["format"], version] else str
             skipped = json.loads(metadata.get("skipped", "[]"))
+            record = json.loads(metadata["model_class"]) if "model_class" in metadata else None
             return cls(
                 vectors=vectors,
                 items=[decode(i) for i in json.loads(metadata["items"])],
@@ -136,6 +157,7 @@ class EmbeddingIndex:
                 model=metadata["model"],
                 skipped=[{**s, "item": decode(s["item"])} for s in skipped],
                 backend=metadata.get("backend", "torch"),
+                model_class=check_record(record, repr(str(path))),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError, ValueError) as e:
             raise EmbeddingsFileError(f"{str(path)!r} has broken metadata: {e}") from e

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..util.class_record import check_record
 from .layout import FORMAT as OURS
 
 MODALITIES = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
@@ -205,6 +206,14 @@ class EmbeddingFolder:
         """The model that made the embeddings, when the folder records it."""
         model = self.info.get("model")
         return model if isinstance(model, str) else None
+
+    @property
+    def model_class(self) -> dict | None:
+        """The model class that made the embeddings (util/class_record.py); None when the folder records none."""
+        try:
+            return check_record(self.info.get("model_class"), repr(str(self.root)))
+        except ValueError as e:
+            raise EmbeddingFolderError(str(e)) from None
 
     def parts(self, modality: str) -> list[Part]:
         if modality not in MODALITIES:

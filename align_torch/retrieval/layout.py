@@ -42,6 +42,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..util.class_record import check_record
+
 FORMAT = "align_torch.embeddings_folder"
 VERSION = 1
 INFO_FILE = "embeddings.json"
@@ -72,6 +74,9 @@ class FolderInfo:
     partition_unit: str  # "images" (partition_size images each), "shard" (one shard each) or "row groups"
     partition_size: int | None
     partitions: int
+    # util/class_record.py: {"class": "module:Class", "source": "sha256:..."}; None in folders written before
+    # classes were recorded
+    model_class: dict | None = None
     format: str = FORMAT
     version: int = VERSION
     created_with: dict = field(default_factory=dict, compare=False)
@@ -136,6 +141,10 @@ class FolderInfo:
             raise bad("inputs", "a list of paths")
         if not isinstance(self.created_with, dict):
             raise bad("created_with", "an object")
+        try:
+            check_record(self.model_class, repr(str(path)))
+        except ValueError as e:
+            raise EmbeddingsFolderError(f"{str(path)!r} is damaged: {e}") from None
 
 
 def partition_name(index: int, info: FolderInfo) -> str:

@@ -41,6 +41,8 @@ def prepare_folder(folder: str | os.PathLike, info: FolderInfo) -> Path:
         claimed = replace(info, created_with={**info.created_with, "claimed_by": claim})
         create_file(folder / INFO_FILE, claimed.to_json().encode("utf-8"))
     existing = FolderInfo.load(folder)
+    if existing.model_class is None:  # written before classes were recorded: the class cannot be compared
+        info = replace(info, model_class=None)
     if existing.identity() != info.identity():
         ours, theirs = info.identity(), existing.identity()
         changed = [k for k in ours if ours[k] != theirs.get(k)]

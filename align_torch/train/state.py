@@ -4,9 +4,11 @@ metadata, so reading a checkpoint never runs code: one received from someone els
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..util.class_record import check_record
 from ..util.fileio import atomic_file
 from .state_checks import TrainCheckpointError, check_progress, check_rng
 
@@ -51,6 +54,7 @@ class Checkpoint:
     progress: Progress
     train_config: dict[str, Any]
     rng: list[dict[str, Any]] = field(default_factory=list)  # one per rank, in rank order
+    model_class: dict[str, Any] | None = None  # util/class_record.py; None in checkpoints written before it
 
 
 def rng_state() -> dict[str, Any]:
@@ -81,10 +85,11 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
     model_state: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    model_class: dict[str, Any] | None = None,
 ) -> Path:
     """Write everything `--resume` needs into one file, replacing the previous one only once complete.
     `model_state`/`optimizer_state`, when given, replace the model's and optimiser's own (a sharded model's,
-    gathered whole)."""
+    gathered whole). `model_class` is the model class's record (util/class_record.py)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, value in (model.state_dict() if model_state is None else model_state).items():
         tensors[f"model.{name}"] = value.detach().cpu().contiguous()
@@ -119,6 +124,7 @@ def save_checkpoint(
         "progress": asdict(progress),
         "train_config": train_config,
         "rng": rng_plain,
+        "model_class": model_class,
     }
     metadata = {"format": FORMAT, "version": str(VERSION), "state": json.dumps(plain)}
     with atomic_file(path) as tmp:
@@ -145,18 +151,44 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         )
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path} to resume from")
-    try:
+    with _reading(path):
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise TrainCheckpointError(f"{path} is not an align_torch training checkpoint")
-            if metadata.get("version") != str(VERSION):
-                raise TrainCheckpointError(
-                    f"{path} is a training checkpoint of version {metadata.get('version')!r}; this align_torch "
-                    f"reads version {VERSION}"
-                )
+            plain = _state(path, f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-        return _unpack(path, tensors, json.loads(metadata["state"]))
+        return _unpack(path, tensors, plain)
+
+
+def read_run_record(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(train config, model class record) of a checkpoint, from its header alone: no tensor is read, so a resume
+    is checked against the recorded run before any weights load."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path} to resume from")
+    with _reading(path):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            plain = _state(path, f.metadata() or {})
+        if not isinstance(plain, dict) or not isinstance(plain.get("train_config"), dict):
+            raise TrainCheckpointError(f"{path}: train_config must be an object; the checkpoint cannot be resumed")
+        return plain["train_config"], check_record(plain.get("model_class"), str(path))
+
+
+def _state(path: Path, metadata: dict[str, str]) -> Any:
+    """The checkpoint's JSON state, once its format and version are ours."""
+    if metadata.get("format") != FORMAT:
+        raise TrainCheckpointError(f"{path} is not an align_torch training checkpoint")
+    if metadata.get("version") != str(VERSION):
+        raise TrainCheckpointError(
+            f"{path} is a training checkpoint of version {metadata.get('version')!r}; this align_torch "
+            f"reads version {VERSION}"
+        )
+    return json.loads(metadata["state"])
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A damaged checkpoint's errors as one TrainCheckpointError naming the file."""
+    try:
+        yield
     except TrainCheckpointError:
         raise
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -218,4 +250,5 @@ def _unpack(path: Path, tensors: dict[str, torch.Tensor], plain: dict[str, Any])
         progress=progress,
         train_config=plain["train_config"],
         rng=rng,
+        model_class=check_record(plain.get("model_class"), str(path)),
     )

@@ -26,9 +26,11 @@ from ..data import PairList, is_parquet
 from ..data.transforms import crop_size
 from ..evaluate import retrieval_recall, zero_shot_accuracy
 from ..inference.loader import import_model_class, load_model
+from ..inference.model_class import follow_model_class
 from ..model.align import AlignModel
 from ..model.loss import global_loss
 from ..preprocess.processor import AlignProcessor
+from ..util.class_record import class_record
 from ..util.distributed import all_reduce_, barrier, gather_objects, reduce_scalar, setup_distributed
 from .config import RESUME_FIXED, TrainConfig
 from .data import MANIFEST_SUFFIXES, Batch, Collate, EpochBatches, Pair, PairDataset, TrainTransform, read_pairs
@@ -42,7 +44,7 @@ from .fsdp import (
     local_parameter_count,
     shard_model,
 )
-from .gradcache import embed_pairs, gradcache_backward
+from .gradcache import caption_groups, embed_pairs, gradcache_backward
 from .guards import (
     EXAMPLES_SHOWN,
     Interrupted,
@@ -52,10 +54,11 @@ from .guards import (
     check_unreadable,
     ignore_sigint,
 )
+from .image_tower import swap_image_tower
 from .lock import RunLockedError, acquire_run_lock, release_run_lock
 from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
-from .modes import prepare_model
+from .modes import batch_prior_bias, prepare_model
 from .optim import build_optimizer, build_scheduler, resume_schedule
 from .skipped import SkippedLog, skipped_record
 from .state import (
@@ -105,18 +108,19 @@ def forward_loss(
     *,
     logit_bias: torch.Tensor | None = None,
     exchange: str = "gather",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's share of the loss over the global batch (see global_loss: ALIGN's, or SigLIP's with a
-    `logit_bias`). `model` may be DDP-wrapped; the loss itself is computed in float32 (or float64) outside
-    autocast."""
+    `logit_bias`; `groups`: the global batch's caption groups, see caption_groups). `model` may be DDP-wrapped;
+    the loss itself is computed in float32 (or float64) outside autocast."""
     text, image = embed_pairs(model, batch, precision)
     bias = None if logit_bias is None else logit_bias.to(text.dtype)
-    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange)
+    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange, groups)
 
 
 class Trainer:
     """Fine-tune an AlignModel as `cfg` says. `model`/`processor` default to loading `cfg.model` (the model
-    as `model_class`, an AlignModel subclass or 'module:Class', when given), resolved once.
+    as `model_class`, an AlignModel subclass or 'module:Class', when given, else `cfg.model_class`), resolved once.
 
     `callbacks` are called as `callback(trainer, record)` after every optimiser step. With `resume=True` the
     run continues from `cfg.out/checkpoint.safetensors` exactly where it stopped (same batches, RNG, schedule).
@@ -139,6 +143,7 @@ class Trainer:
         self.model = model
         self.processor = processor
         # A wrong class name is refused here, before the run folder is locked or anything loads.
+        model_class = model_class if model_class is not None else cfg.model_class
         self.model_class = import_model_class(model_class) if isinstance(model_class, str) else model_class
         self.callbacks = list(callbacks)
         self.out = Path(cfg.out)
@@ -201,25 +206,14 @@ class Trainer:
         return checkpoint
 
     def _setup_model(self) -> None:
-        """Model and processor (from cfg.model, resolved once, unless given), text tower, training modes, LoRA."""
+        """Model and processor (from cfg.model, resolved once, unless given), towers, training modes, LoRA."""
         cfg = self.cfg
         if self.model is None or self.processor is None:
             source = resolve_model(cfg.model)
             self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
             self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
-        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
-            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
-        self._hooks = prepare_model(
-            self.model,
-            bn_momentum=cfg.bn_momentum,
-            drop_path_rate=cfg.drop_path_rate,
-            label_smoothing=cfg.label_smoothing,
-            freeze_bn=cfg.freeze_bn,
-            lock_image=cfg.lock_image,
-            lock_text=cfg.lock_text,
-            grad_checkpointing=cfg.grad_checkpointing,
-            loss=cfg.loss,
-        )
+        self.model_class = type(self.model)  # the class built, before FSDP wraps it: what checkpoints record
+        self._prepare_model(log_start=not self.resume)
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_head)
         else:
@@ -273,6 +267,51 @@ class Trainer:
         )
         self._last_eval_step = None if last_eval < 0 else last_eval
 
+    def _prepare_model(self, log_start: bool) -> None:
+        """Swap in the run's towers, then apply its training semantics and logit start (prepare_model)."""
+        cfg = self.cfg
+        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
+            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
+        if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:
+            self.model, self.processor = swap_image_tower(
+                self.model, cfg.image_tower, self.processor, cfg.image_pooling
+            )
+        bias_start = self._logit_bias_start()
+        from_prior = cfg.logit_bias_init is None and cfg.loss == "sigmoid" and self.model.logit_bias is None
+        self._hooks = prepare_model(
+            self.model,
+            bn_momentum=cfg.bn_momentum,
+            drop_path_rate=cfg.drop_path_rate,
+            label_smoothing=cfg.label_smoothing,
+            freeze_bn=cfg.freeze_bn,
+            lock_image=cfg.lock_image,
+            lock_text=cfg.lock_text,
+            grad_checkpointing=cfg.grad_checkpointing,
+            loss=cfg.loss,
+            logit_bias_init=bias_start,
+            # The start is recorded in the model config (final/config.json) even where it is the model's own.
+            temperature_init=cfg.temperature_init or float(self.model.temperature.detach()),
+        )
+        if log_start and self.dist.is_main:
+            print(self._logit_start_line(from_prior), file=sys.stderr, flush=True)
+
+    def _logit_bias_start(self) -> float | None:
+        """--logit-bias-init, else for a model that gets its sigmoid bias now the batch prior log(1/(N-1)) of
+        the global contrastive batch N (SigLIP's -10 suits only N of ~22,000), else None: the model's own."""
+        cfg, bias = self.cfg, self.model.logit_bias
+        if cfg.logit_bias_init is not None or (bias is None and cfg.loss != "sigmoid"):
+            return cfg.logit_bias_init
+        return float(bias.detach()) if bias is not None else batch_prior_bias(cfg.batch_size * self.dist.world)
+
+    def _logit_start_line(self, prior: bool) -> str:
+        """Where the logits start, for the log (the model config, saved with every checkpoint, records it)."""
+        line = f"logits start at temperature {float(self.model.temperature.detach()):.4g}"
+        if self.model.logit_bias is not None:
+            line += f", logit bias {float(self.model.logit_bias.detach()):.4g}"
+            if prior:
+                line += f" (log 1/(N-1), global batch N = {self.cfg.batch_size * self.dist.world})"
+        return line + f"; duplicate captions: {self.cfg.duplicate_captions}"
+
     def _shard(self) -> None:
         """FSDP2 in place of DDP (TrainConfig refuses what it does not combine with yet); every rank prints how
         much of the model it holds."""
@@ -298,6 +337,7 @@ class Trainer:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"cannot resume {self.checkpoint_path} with a different {detail}")
         path = self.checkpoint_path
+        follow_model_class(self.model_class, checkpoint.model_class, f"the run in {str(self.out)!r}")
         check_run_position(path, checkpoint.progress, self.total_steps, self.cfg.grad_accum)
         check_optimizer(path, checkpoint.optimizer, self.optimizer)
         check_scheduler(path, checkpoint.scheduler, self.scheduler, checkpoint.progress.step)
@@ -310,6 +350,7 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.progress = checkpoint.progress
         resume_schedule(self.scheduler, self.progress.step)
+        self._say_schedule(checkpoint)
         self._saved_step = self.progress.step
         rng = checkpoint.rng
         if len(rng) == self.dist.world:
@@ -319,6 +360,19 @@ class Trainer:
                 f"checkpoint has RNG states for {len(rng)} ranks, this run has {self.dist.world}: drop-path and "
                 "dropout masks are reseeded (the data order is unaffected)",
                 stacklevel=2,
+            )
+
+    def _say_schedule(self, checkpoint: Checkpoint) -> None:
+        """A run extended (more --epochs or --max-steps) goes on as the longer run done in one go: its schedule is
+        recomputed for the new length, so the rate changes from the one saved; say so (rank 0)."""
+        saved = [g.get("lr") for g in checkpoint.optimizer["param_groups"]]
+        now = [g["lr"] for g in self.optimizer.param_groups]
+        if self.dist.is_main and saved and saved[0] is not None and abs(saved[0] - now[0]) > 1e-12 * max(now[0], 1):
+            print(
+                f"align-torch finetune: note: the {self.cfg.schedule} schedule is recomputed for {self.total_steps} "
+                f"steps, so the learning rate at step {self.progress.step} is {now[0]:.3g} (the checkpoint saved "
+                f"{saved[0]:.3g}); the run goes on as if planned this long from the start",
+                file=sys.stderr,
             )
 
     # --- checkpoints ----------------------------------------------------------------------------------
@@ -341,6 +395,7 @@ class Trainer:
                     scheduler=self.scheduler,
                     progress=self.progress,
                     train_config=self.cfg.to_dict(),
+                    model_class=class_record(self.model_class),
                     rng_states=states,
                     **whole,
                 )
@@ -366,7 +421,7 @@ class Trainer:
             lora = has_lora(self.model)
             # A final/ from an earlier run on this --out is replaced; a folder that is not a checkpoint is refused.
             with checkpoint_dir(final, overwrite=True) as tmp:
-                write_native(merged_copy(self.model) if lora else model, tmp)
+                write_native(merged_copy(self.model) if lora else model, tmp, model_class=self.model_class)
                 self.processor.save_pretrained(tmp)
             if lora:
                 save_adapters(self.model, self.out / ADAPTERS_DIR)
@@ -532,7 +587,8 @@ class Trainer:
         chunks with --micro-batch-size); DDP syncs gradients on the last micro-batch only. The loss, detached."""
         cfg, model = self.cfg, self.ddp or self.model
         temperature, smoothing = self.model.temperature, self.model.config.label_smoothing
-        loss_options = dict(logit_bias=self.model.logit_bias, exchange=cfg.sigmoid_exchange)
+        groups = caption_groups(batch, cfg.duplicate_captions)  # a collective: every rank, every micro-batch
+        loss_options = dict(logit_bias=self.model.logit_bias, exchange=cfg.sigmoid_exchange, groups=groups)
         if cfg.micro_batch_size is not None:
             return gradcache_backward(
                 model,

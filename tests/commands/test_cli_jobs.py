@@ -240,11 +240,11 @@ def test_search_errors_name_the_problem(tmp_path, model_dir):
     EmbeddingIndex(torch.ones(1, 5) / 5**0.5, ["x"], "image", str(model_dir)).save(tmp_path / "d5.safetensors")
     status, _, stderr = run_cli("search", tmp_path / "d5.safetensors", "q")
     assert status == 2 and "has 80 dimensions but the file's have 5" in stderr
-    # Version "1" (paths stored as they are) existed only before 0.1.0: refused by name, not misread.
-    meta = {"format": "align_torch.inference.embed", "version": "1", "kind": "image", "model": "m", "items": '["x"]'}
-    save_file({"embeddings": torch.ones(1, 5) / 5**0.5}, tmp_path / "v1.safetensors", metadata=meta)
-    status, _, stderr = run_cli("search", tmp_path / "v1.safetensors", "q")
-    assert status == 2 and "has embeddings format version '1'; this align_torch reads version '2'" in stderr
+    # A version no align_torch wrote (a newer one's, or an edited file): refused by name, not misread.
+    meta = {"format": "align_torch.embeddings", "version": "9", "kind": "image", "model": "m", "items": '["x"]'}
+    save_file({"embeddings": torch.ones(1, 5) / 5**0.5}, tmp_path / "v9.safetensors", metadata=meta)
+    status, _, stderr = run_cli("search", tmp_path / "v9.safetensors", "q")
+    assert status == 2 and "has embeddings format version '9'; this align_torch reads versions '1', '2', '3'" in stderr
 
 
 def test_missing_inputs_are_usage_errors(tmp_path, model_dir):

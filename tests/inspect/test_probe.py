@@ -47,3 +47,24 @@ def test_probe_every_image_site(model_dir, data, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["probe.json", "probe.png"]
     status, _, stderr = run_cli(*args)
     assert status == 2 and "--overwrite" in stderr
+
+
+def test_probe_leaves_out_a_constant_site_naming_it_and_takes_model_class(model_dir, data, tmp_path, monkeypatch):
+    import align_torch.evaluate.site_probe as site_probe
+
+    features = site_probe.image_site_features
+
+    def stem_constant(model, batches):
+        assert type(model).__name__ == "CustomBlock"  # --model-class builds the user's class
+        out = features(model, batches)
+        out["vision_model.stem"] = out["vision_model.stem"][:1].expand_as(out["vision_model.stem"])
+        return out
+
+    monkeypatch.setattr(site_probe, "image_site_features", stem_constant)
+    out = tmp_path / "probe"
+    args = ("probe", model_dir, "--train-dir", data / "train", "--val-dir", data / "val", "--out", out)
+    status, _, stderr = run_cli(*args, "--model-class", "tests.helpers.variants:CustomBlock")
+    assert status == 0, stderr
+    assert "site vision_model.stem is left out" in stderr
+    sites = [r["site"] for r in json.loads((out / "probe.json").read_text())["sites"]]
+    assert "vision_model.stem" not in sites and sites[-1] == "vision_model"
