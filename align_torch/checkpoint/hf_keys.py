@@ -229,6 +229,11 @@ def config_to_hf(cfg: AlignConfig) -> dict[str, Any]:
         raise ValueError(
             f"text tower {cfg.text_tower!r} has no Hugging Face ALIGN equivalent (ALIGN's text tower is BERT)"
         )
+    if cfg.image_tower is not None:
+        raise ValueError(
+            f"image tower {cfg.image_tower!r} has no Hugging Face ALIGN equivalent (ALIGN's image tower is "
+            "EfficientNet); the native folder loads with AlignModel.from_pretrained"
+        )
     if cfg.loss != "softmax":
         # transformers' AlignModel has no logit bias: the exported model would lose a trained parameter.
         raise ValueError(f"loss {cfg.loss!r} (with its logit_bias) has no Hugging Face ALIGN equivalent")

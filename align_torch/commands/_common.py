@@ -43,6 +43,15 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         "(fuse_for_inference: the same embeddings to about 1e-5, faster)",
     )
     add_model_class_argument(p)
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend(),
+        help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
+        "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
+        "ONNX Runtime for images and torch for text when the export extra is installed (default: "
+        "$ALIGN_TORCH_BACKEND, else torch)",
+    )
 
 
 def add_model_class_argument(p: argparse.ArgumentParser, flag: str = "--model-class", of: str = "") -> None:
@@ -53,15 +62,6 @@ def add_model_class_argument(p: argparse.ArgumentParser, flag: str = "--model-cl
         help=f"build the model{of} as this AlignModel subclass from your code (importable, e.g. "
         "my_variants:PreLNAlign) with the checkpoint's config and weights (default: the class the model folder or "
         "the embeddings record, else align_torch.AlignModel; another one than recorded is refused)",
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=defaults.backend(),
-        help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
-        "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
-        "ONNX Runtime for images and torch for text when the export extra is installed (default: "
-        "$ALIGN_TORCH_BACKEND, else torch)",
     )
 
 

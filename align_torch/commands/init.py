@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="align-tiny",
         help="architecture: align-tiny (a few MB, seconds per command), align-base (the real model's size, "
         "about 700 MB) or align-l2 (the paper's EfficientNet-L2 + BERT-large, about 3.2 GB; refused when the "
-        "memory to build it is not free) (default: align-tiny)",
+        "memory to build it is not free), or a cell of the paper's encoder grid, align-{b1..b7,l2}-bert-"
+        "{mini,small,medium,base,large} (default: align-tiny)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     p.add_argument(

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="align-base",
-        help="preset name (align-base, align-tiny, align-b0 .. align-b7, align-l2), model folder or Hub repo id "
+        help="preset name (align-base, align-tiny, align-b0 .. align-b7, align-l2, the paper's grid "
+        "align-{b1..b7,l2}-bert-{mini..large}), model folder or Hub repo id "
         "(only its config.json is read; default: the built-in align-base preset, the same architecture as "
         "kakaobrain/align-base, no download)",
     )

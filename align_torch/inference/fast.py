@@ -58,7 +58,7 @@ from torch import nn
 
 from ..model.align import AlignModel
 from ..model.bert import trim_padding
-from ..model.efficientnet import SqueezeExcite
+from ..model.efficientnet import EfficientNet, SqueezeExcite
 from ..model.input_checks import min_image_size
 
 __all__ = ["FusedConv2d", "InPlaceGate", "SlicedBatch", "fold_bn", "fuse_for_inference", "is_fused", "trim_padding"]
@@ -355,13 +355,17 @@ def _trim_hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 def is_fused(model: nn.Module) -> bool:
-    """True if `model` (or the tower passed) has been through `fuse_for_inference`."""
-    return any(isinstance(m, FusedConv2d) for m in model.modules())
+    """True if `model` (or the tower passed) has been through `fuse_for_inference` (its convs, or with a
+    transformers image tower its text trimming)."""
+    return any(isinstance(m, FusedConv2d) or _trim_hook in m._forward_pre_hooks.values() for m in model.modules())
 
 
 def _fold_vision(vision: nn.Module, chunk_bytes: int | None) -> tuple[list[Swap], list[list[Swap]]]:
     """BatchNorm and SiLU folded into the stem's and every block's convs, squeeze-excite gated in place, each
-    block run on slices of the batch; the swaps (stem, per block), so the check can undo what differs."""
+    block run on slices of the batch; the swaps (stem, per block), so the check can undo what differs. A
+    transformers image tower (`--image-tower hf:`) runs as it is: nothing to undo."""
+    if not isinstance(vision, EfficientNet):
+        return [], []
     stem_undo: list[Swap] = []
     _fold_pairs(vision.stem, _STEM_PAIRS, stem_undo)
     block_undo: list[list[Swap]] = []
@@ -397,7 +401,7 @@ def fuse_for_inference(
     if cpu_chunk_mb is not None and not cpu_chunk_mb > 0:
         raise ValueError(f"cpu_chunk_mb must be a positive number of MiB or None, got {cpu_chunk_mb!r}")
     vision = model.vision_model
-    if is_fused(vision):
+    if is_fused(model):
         return model.eval()
     model.eval()
     model.pack_text = False
@@ -411,7 +415,7 @@ def fuse_for_inference(
         for conv in convs:
             conv.onednn = False
     if channels_last is None:
-        channels_last = vision.stem.conv.weight.device.type == "cuda"
+        channels_last = next(vision.parameters()).device.type == "cuda"
     if channels_last:
         vision.to(memory_format=torch.channels_last)
     # Mean pooling reads the caller's full-length mask after the tower, so only [CLS] pooling may trim or pack;
@@ -473,7 +477,7 @@ class _Probe:
     def __init__(self, model: AlignModel):
         vision, cfg = model.vision_model, model.config
         param = next(model.parameters())
-        size = min_image_size(cfg.vision)
+        size = min_image_size(cfg.vision) if isinstance(vision, EfficientNet) else cfg.vision.image_size
         g = torch.Generator().manual_seed(0)
         # Smooth, photo-like pixels: on white noise a random tower's maps blow up and amplify rounding.
         coarse = torch.randn(1, cfg.vision.in_chans, 4, 4, generator=g)
@@ -485,7 +489,9 @@ class _Probe:
         self.mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], device=param.device)  # (2, 6)
         self.ids = ids.to(param.device).masked_fill(self.mask == 0, pad)  # (2, 6)
         self.seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        parts = {"stem": vision.stem} | {f"blocks.{i}": b for i, b in enumerate(vision.blocks)}
+        parts = {}
+        if isinstance(vision, EfficientNet):
+            parts = {"stem": vision.stem} | {f"blocks.{i}": b for i, b in enumerate(vision.blocks)}
         handles = [m.register_forward_hook(self._record(name)) for name, m in parts.items()]
         try:
             with torch.no_grad():
@@ -509,7 +515,7 @@ class _Probe:
         with torch.no_grad():
             # The whole tower first; only when it moved, block by block on the recorded inputs to find which.
             if _differs(lambda: model.encode_image(self.pixels), self.image) is not None:
-                parts = [("stem", vision.stem, stem_undo)]
+                parts = [("stem", getattr(vision, "stem", None), stem_undo)]
                 parts += [(f"blocks.{i}", vision.blocks[i], undo) for i, undo in enumerate(block_undo)]
                 for name, part, undo in parts:
                     if name not in self.seen or not undo:

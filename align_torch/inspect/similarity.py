@@ -10,15 +10,23 @@ and the map m_l = g_l . t / (h w |img|) sums to the cosine exactly: no gradient,
 "gradcam" (Selvaraju et al. 2017, any block or stage) and "gradient_x_input" (sum over channels of
 A * d cos / d A at any block) are the usual gradient maps, for comparison. Upsampling to the input for display
 is `upsample_map`.
+
+A transformers image tower (`--image-tower hf:`) pools its own way (a pooler, a layer norm after the mean), so
+the exact map's assumption fails: "exact" then gives Grad-CAM on its last hidden state, with a warning, and
+`block` / `stage` pick its hidden states as `forward_intermediates` counts them.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..model.align import AlignModel
+from ..model.hf_image import HFImageTower
 
 METHODS = ("exact", "gradcam", "gradient_x_input")
 
@@ -44,6 +52,17 @@ def similarity_map(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(model.vision_model, HFImageTower):
+        if method == "exact":
+            warnings.warn(
+                f"the exact map needs ALIGN's mean-pooled EfficientNet map; the image tower "
+                f"{model.config.image_tower} pools its own way, so this is Grad-CAM on its last hidden state",
+                stacklevel=2,
+            )
+            method = "gradcam"
+        position = block if stage is None else stage + 1
+        acts, grads = hidden_state_gradients(model, pixel_values, input_ids, attention_mask, token_type_ids, position)
+        return (gradcam(acts, grads) if method == "gradcam" else (acts * grads).sum(dim=1)).float()
     if method != "exact":
         acts, grads = block_gradients(
             model, pixel_values, input_ids, attention_mask, token_type_ids, block=block, stage=stage
@@ -158,6 +177,42 @@ def block_gradients(
         for m, training in modes.items():
             m.train(training)
     return captured[0].detach(), grads
+
+
+def hidden_state_gradients(
+    model: AlignModel,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    position: int = -1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a transformers image tower: its hidden state A at `position` (as forward_intermediates counts them)
+    as a (B, C, h, w) map, and d cos / d A. A ViT's (B, T, C) tokens become a square grid of the last h * w
+    tokens (the class and register tokens before them are left out). Modes are left as they were."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
+        with torch.enable_grad():
+            tower = model.vision_model
+            out = tower.encoder(pixel_values=pixel_values, output_hidden_states=True)
+            hidden = out.hidden_states[position]
+            image = model.project_image(tower.pool_output(out), normalize=True)  # (B, P)
+            (grads,) = torch.autograd.grad((image * text).sum(), hidden)
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    return _as_map(hidden.detach()), _as_map(grads)
+
+
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) as it is; (B, T, C) tokens -> (B, C, s, s) from the last s * s of them."""
+    if x.ndim == 4:
+        return x
+    side = math.isqrt(x.shape[1])
+    return x[:, x.shape[1] - side * side :].transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
 
 
 def _target_block(model: AlignModel, block: int, stage: int | None) -> nn.Module:

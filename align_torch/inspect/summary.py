@@ -3,7 +3,9 @@
 The model is built on PyTorch's "meta" device, so nothing is allocated or initialised and an align-base
 summary costs well under a second. FLOPs are 2 x multiply-adds of every convolution, linear layer and
 attention matmul (QK^T and PV), for one image at the config's resolution and one text of `text_tokens`;
-normalisation, activations, pooling and squeeze-excite gating are not counted.
+normalisation, activations, pooling and squeeze-excite gating are not counted. A transformers tower
+(`--image-tower` / `--text-tower hf:`) is listed by its top-level parts; its convolutions and linear layers are
+counted, its attention matmuls (run by functions, not modules) are not.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from torch import nn
 from ..defaults import TEXT_LENGTH
 from ..model.bert import Attention
 from ..model.config import AlignConfig
+from ..model.hf_image import HFImageTower
+from ..model.hf_text import HFTextTower
 
 
 @dataclass(frozen=True)
@@ -123,11 +127,16 @@ def summarize(config: AlignConfig, image_size: int | None = None, text_tokens: i
             output_shape=shapes[module],
         )
 
-    blocks = [row("vision", n, m) for n, m in vision_rows]
-    blocks += [row("text", n, m) for n, m in text_rows]
-    blocks += [row("joint", n, m) for n, m in joint_rows]
-    stages, blocks = _group_stages(blocks, model.vision_model.stage_ends, len(model.text_model.layers))
     vision, text = model.vision_model, model.text_model
+    vision_stages, vision_blocks = [row("vision", n, m) for n, m in vision_rows], []
+    if not isinstance(vision, HFImageTower):  # a transformers tower's rows are its own parts, not grouped
+        vision_stages, vision_blocks = _group_vision(vision_stages, vision.stage_ends)
+    text_stages, text_blocks = [row("text", n, m) for n, m in text_rows], []
+    if not isinstance(text, HFTextTower):
+        text_stages, text_blocks = _group_text(text_stages, len(text.layers))
+    joint = [row("joint", n, m) for n, m in joint_rows]
+    stages = vision_stages + text_stages + joint
+    blocks = (vision_blocks or vision_stages) + (text_blocks or text_stages) + joint
     return ModelSummary(
         image_size=image_size,
         text_tokens=text_tokens,
@@ -163,9 +172,15 @@ def _named_rows(model: nn.Module) -> tuple[Rows, Rows, Rows]:
     """(name, module) of each row: the vision stem and blocks; the text embeddings, layers and the pooler;
     the joint projections."""
     vision, text = model.vision_model, model.text_model
-    vision_rows = [("stem", vision.stem)] + [(f"block {i}", b) for i, b in enumerate(vision.blocks)]
-    text_rows = [("embeddings", text.embeddings)] + [(f"layer {i}", layer) for i, layer in enumerate(text.layers)]
-    text_rows.append(("pooler (unused by ALIGN)", text.pooler))
+    if isinstance(vision, HFImageTower):  # a transformers tower: its top-level parts (embeddings, encoder, ...)
+        vision_rows = list(vision.encoder.named_children())
+    else:
+        vision_rows = [("stem", vision.stem)] + [(f"block {i}", b) for i, b in enumerate(vision.blocks)]
+    if isinstance(text, HFTextTower):
+        text_rows = list(text.encoder.named_children())
+    else:
+        text_rows = [("embeddings", text.embeddings)] + [(f"layer {i}", m) for i, m in enumerate(text.layers)]
+        text_rows.append(("pooler (unused by ALIGN)", text.pooler))
     joint_rows = [("text_projection", model.text_projection)]
     if model.image_projection is not None:
         joint_rows.insert(0, ("image_projection", model.image_projection))
@@ -190,7 +205,8 @@ def _measure(
 
     def record_shape(m: nn.Module, args: tuple, out: Any) -> None:
         out = out[0] if isinstance(out, tuple) else out  # a BERT layer returns (hidden, probs)
-        shapes[m] = tuple(out.shape[1:])
+        out = getattr(out, "last_hidden_state", out)  # a transformers encoder returns a ModelOutput
+        shapes[m] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
 
     vision, text = model.vision_model, model.text_model
     handles = [
@@ -200,40 +216,37 @@ def _measure(
     try:
         with torch.no_grad():
             pixels = torch.zeros(1, model.config.vision.in_chans, image_size, image_size, device="meta")
-            fmap = vision.forward_features(pixels)
-            hidden = text.forward_features(torch.zeros(1, text_tokens, dtype=torch.long, device="meta"))
+            model.project_image(vision(pixels).pooler_output)
+            ids = torch.zeros(1, text_tokens, dtype=torch.long, device="meta")
+            hidden = text(ids).last_hidden_state  # no mask: a transformers mask check reads values
             model.text_projection(model.pool_text(hidden))
-            model.project_image(vision.pool(fmap))
     finally:
         for h in handles:
             h.remove()
-    shapes[text.pooler] = (text.pooler.out_features,)  # listed for its parameters; ALIGN never runs it
+    for m in row_modules:  # listed for their parameters though the forward never runs them (BERT's pooler)
+        shapes.setdefault(m, (m.out_features,) if isinstance(m, nn.Linear) else ())
     return flops, shapes
 
 
-def _group_stages(
-    blocks: list[SummaryRow], stage_ends: tuple[int, ...], n_layers: int
-) -> tuple[list[SummaryRow], list[SummaryRow]]:
-    """(stage rows, block rows each marked with its stage): the stem, each EfficientNet stage, the text
-    embeddings, the encoder, the pooler and the joint heads. `blocks` is stem, blocks, embeddings, layers,
-    pooler, heads in that order; vision block i is row i + 1."""
-    blocks = list(blocks)
-    stages = [blocks[0]]
-    start = 0
+def _group_vision(rows: list[SummaryRow], stage_ends: tuple[int, ...]) -> tuple[list[SummaryRow], list[SummaryRow]]:
+    """(stage rows, block rows each marked with its stage) of the EfficientNet: the stem, then each stage.
+    `rows` is the stem, then the blocks (block i is row i + 1)."""
+    stages, blocks, start = [rows[0]], [rows[0]], 0
     for s, end in enumerate(stage_ends):
         name = f"stage {s} (blocks {start}-{end})"
-        blocks[1 + start : 2 + end] = [replace(r, stage=name) for r in blocks[1 + start : 2 + end]]
-        stages.append(_group("vision", name, blocks[1 + start : 2 + end]))
+        members = [replace(r, stage=name) for r in rows[1 + start : 2 + end]]
+        stages.append(_group("vision", name, members))
+        blocks += members
         start = end + 1
-    vision_rows = 1 + stage_ends[-1] + 1  # the stem and the blocks
-    first_layer = vision_rows + 1  # after the text embeddings
-    name = f"encoder (layers 0-{n_layers - 1})"
-    layers = blocks[first_layer : first_layer + n_layers] = [
-        replace(r, stage=name) for r in blocks[first_layer : first_layer + n_layers]
-    ]
-    stages += [blocks[first_layer - 1], _group("text", name, layers)]
-    stages += blocks[first_layer + n_layers :]  # pooler and the joint heads stand alone
     return stages, blocks
+
+
+def _group_text(rows: list[SummaryRow], n_layers: int) -> tuple[list[SummaryRow], list[SummaryRow]]:
+    """(stage rows, layer rows marked with their stage) of the native BERT: the embeddings, the encoder and the
+    pooler. `rows` is the embeddings, the layers and the pooler."""
+    name = f"encoder (layers 0-{n_layers - 1})"
+    layers = [replace(r, stage=name) for r in rows[1 : 1 + n_layers]]
+    return [rows[0], _group("text", name, layers), *rows[1 + n_layers :]], [rows[0], *layers, *rows[1 + n_layers :]]
 
 
 def _group(tower: str, name: str, members: list[SummaryRow]) -> SummaryRow:

@@ -18,6 +18,7 @@ from ..checkpoint.weights import compare_state_dicts, load_state_dict, read_chec
 from .bert import Bert, TextOutput, init_linear_and_norms
 from .config import AlignConfig
 from .efficientnet import EfficientNet, VisionOutput
+from .hf_image import HFImageTower
 from .hf_text import HFTextTower
 from .input_checks import check_batches, check_kwargs, check_pixels, check_text
 from .intermediates import forward_intermediates
@@ -63,14 +64,20 @@ class AlignModel(nn.Module):
         super().__init__()
         config = config or AlignConfig()
         self.config = config
-        self.vision_model = EfficientNet(config.vision)
+        # ALIGN's EfficientNet, or a transformers vision encoder (`--image-tower hf:...`) recorded in the config.
+        self.vision_model = (
+            EfficientNet(config.vision)
+            if config.hf_image_config is None
+            else HFImageTower(config.hf_image_config, config.image_pooling)
+        )
         # The native BERT, or a transformers encoder (`--text-tower hf:...`) recorded in the config.
         self.text_model = Bert(config.text) if config.hf_text_config is None else HFTextTower(config.hf_text_config)
         # ALIGN has no image projection: the pooled map *is* the embedding. Only a config whose
-        # projection_dim differs from the tower's width gets one, so align-base keeps its checkpoint's keys.
+        # projection_dim differs from the tower's width gets one, so align-base keeps its checkpoint's keys; a
+        # swapped-in tower always gets one (its features were never trained to live in the text's space).
         self.image_projection = (
             nn.Linear(self.vision_model.num_features, config.projection_dim)
-            if self.vision_model.num_features != config.projection_dim
+            if self.vision_model.num_features != config.projection_dim or config.image_tower is not None
             else None
         )
         self.text_projection = nn.Linear(config.text.hidden_size, config.projection_dim)
@@ -306,8 +313,8 @@ class AlignModel(nn.Module):
             model = cls(config)
         own = model.state_dict()
         report = compare_state_dicts(own, sd)
-        # A transformers tower keeps non-persistent buffers (position ids) that no checkpoint holds: built for real.
-        adoptable = config.hf_text_config is None
+        # A transformers tower may keep non-persistent buffers (position ids) no checkpoint holds: built for real.
+        adoptable = config.hf_text_config is None and config.hf_image_config is None
         if adoptable and report.ok and all(sd[k].dtype == v.dtype for k, v in own.items()):
             model.load_state_dict(sd, assign=True)
         else:

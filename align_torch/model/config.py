@@ -221,6 +221,12 @@ class AlignConfig:
     # tower's sizes for the input checks and the pooling.
     text_tower: str | None = None
     hf_text_config: dict[str, Any] | None = field(default=None, hash=False)
+    # The same for the image tower (`--image-tower hf:PATH_OR_ID`), pooled by `image_pooling` ("pooler": the
+    # tower's own pooler_output; "mean": over its last hidden state) and always projected by `image_projection`.
+    # `vision` then mirrors the tower's input size and channels.
+    image_tower: str | None = None
+    hf_image_config: dict[str, Any] | None = field(default=None, hash=False)
+    image_pooling: str = "pooler"
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -232,12 +238,15 @@ class AlignConfig:
         check_knob("AlignConfig", "label_smoothing", self.label_smoothing)
         _check_str("AlignConfig", "loss", self.loss, LOSSES)
         _check_float("AlignConfig", "logit_bias_init", self.logit_bias_init, -_INF, _INF, True, True)
-        if (self.text_tower is None) != (self.hf_text_config is None):
-            raise ValueError("AlignConfig.text_tower and AlignConfig.hf_text_config are given together or not at all")
-        if self.hf_text_config is not None and not (
-            isinstance(self.hf_text_config, dict) and isinstance(self.hf_text_config.get("model_type"), str)
-        ):
-            raise ValueError("AlignConfig.hf_text_config must be a transformers config object with a model_type")
+        _check_str("AlignConfig", "image_pooling", self.image_pooling, ("pooler", "mean"))
+        for side in ("text", "image"):
+            tower, hf_config = getattr(self, f"{side}_tower"), getattr(self, f"hf_{side}_config")
+            if (tower is None) != (hf_config is None):
+                raise ValueError(f"AlignConfig.{side}_tower and AlignConfig.hf_{side}_config are given together or not")
+            if hf_config is not None and not (
+                isinstance(hf_config, dict) and isinstance(hf_config.get("model_type"), str)
+            ):
+                raise ValueError(f"AlignConfig.hf_{side}_config must be a transformers config object with a model_type")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -346,12 +355,39 @@ def align_l2() -> AlignConfig:
     return align_efficientnet("l2", text="large").replace(vision=efficientnet("l2", image_size=289))
 
 
+def align_grid(image: str, text: str) -> AlignConfig:
+    """One cell of the ALIGN paper's encoder grid (its ablation of EfficientNet B1-B7/L2 against BERT Mini to
+    Large): EfficientNet-`image` + BERT-`text`, embedding in the image tower's width; L2 at 289 px as `align-l2`."""
+    config = align_efficientnet(image, text=text)
+    return config.replace(vision=efficientnet("l2", image_size=289)) if image == "l2" else config
+
+
+GRID_IMAGE = ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "l2")
+GRID_TEXT = ("mini", "small", "medium", "base", "large")
+
 PRESETS = {
     "align-base": align_base,
     "align-tiny": align_tiny,
     **{f"align-{b}": functools.partial(align_efficientnet, b) for b in EFFICIENTNET_SCALING if b != "l2"},
     "align-l2": align_l2,
+    # The paper's grid by one name each, e.g. "align-b3-bert-mini".
+    **{f"align-{i}-bert-{t}": functools.partial(align_grid, i, t) for i in GRID_IMAGE for t in GRID_TEXT},
 }
+
+# Published sizes of each tower of the grid, as their papers count them: EfficientNet B1-B7 with their top conv
+# and 1000-class head (Tan & Le 2019, table 2: parameters, multiply-adds at their own resolution) and BERT with
+# its pooler (Turc et al. 2019; BERT-large: Devlin et al. 2019).
+_PUBLISHED_IMAGE = {
+    "b1": "7.8M parameters, 0.70B multiply-adds at 240 px",
+    "b2": "9.2M parameters, 1.0B multiply-adds at 260 px",
+    "b3": "12M parameters, 1.8B multiply-adds at 300 px",
+    "b4": "19M parameters, 4.2B multiply-adds at 380 px",
+    "b5": "30M parameters, 9.9B multiply-adds at 456 px",
+    "b6": "43M parameters, 19B multiply-adds at 528 px",
+    "b7": "66M parameters, 37B multiply-adds at 600 px",
+    "l2": "480M parameters (Noisy Student, Xie et al. 2020)",
+}
+_PUBLISHED_TEXT = {"mini": "11.3M", "small": "29.1M", "medium": "41.7M", "base": "110.1M", "large": "340M"}
 
 # Sizes published for the towers of a preset, printed beside `summary`'s own count. Ours leave out what ALIGN
 # does not use: EfficientNet's top 1x1 conv and classifier (ALIGN pools the last block), nothing of BERT.
@@ -360,6 +396,14 @@ PUBLISHED_SIZES: dict[str, tuple[str, ...]] = {
         "EfficientNet-L2: 480M parameters (Noisy Student, Xie et al. 2020; with its top conv and 1000-class head)",
         "BERT-large: 340M parameters (Devlin et al. 2019)",
     ),
+    **{
+        f"align-{i}-bert-{t}": (
+            f"EfficientNet-{i.upper()}: {_PUBLISHED_IMAGE[i]} (with its top conv and 1000-class head)",
+            f"BERT-{t}: {_PUBLISHED_TEXT[t]} parameters (with its pooler)",
+        )
+        for i in GRID_IMAGE
+        for t in GRID_TEXT
+    },
 }
 
 

@@ -32,7 +32,7 @@ def transformers_module() -> ModuleType:
 def tower_source(spec: str) -> str:
     """ "hf:PATH_OR_ID" -> PATH_OR_ID; anything else is refused, naming the form."""
     if not isinstance(spec, str) or not spec.startswith(HF_PREFIX) or len(spec) == len(HF_PREFIX):
-        raise ValueError(f"a text tower is named hf:PATH_OR_ID (a transformers encoder folder or Hub id), got {spec!r}")
+        raise ValueError(f"a tower is named hf:PATH_OR_ID (a transformers model folder or Hub id), got {spec!r}")
     return spec[len(HF_PREFIX) :]
 
 
@@ -101,15 +101,31 @@ class HFTextTower(nn.Module):
         output_attentions: bool = False,
     ) -> Any:
         extra = {"token_type_ids": token_type_ids} if self._takes_token_types else {}
+        # Only eager attention keeps its probabilities (SDPA's kernel never forms them).
+        output_attentions = output_attentions and self.encoder.config._attn_implementation == "eager"
         flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra, **flags)
 
+    @property
+    def num_positions(self) -> int:
+        """Entries of the tower's hidden states: the embeddings' output, then one per layer."""
+        return int(self.encoder.config.num_hidden_layers) + 1
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.
-        prefix = "activation" if hasattr(self.encoder, "activation_checkpointing_enable") else "gradient"
+        set_checkpointing(self.encoder, enable)
+
+
+def set_checkpointing(encoder: nn.Module, enable: bool) -> None:
+    """Turn a transformers model's activation checkpointing on or off (non-reentrant)."""
+    if not getattr(encoder, "supports_gradient_checkpointing", True):
         if enable:
-            getattr(self.encoder, f"{prefix}_checkpointing_enable")(
-                **{f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
-            )
-        else:
-            getattr(self.encoder, f"{prefix}_checkpointing_disable")()
+            raise ValueError(f"{type(encoder).__name__} does not support gradient checkpointing")
+        return
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; 4.x has only the former.
+    prefix = "activation" if hasattr(encoder, "activation_checkpointing_enable") else "gradient"
+    if enable:
+        getattr(encoder, f"{prefix}_checkpointing_enable")(
+            **{f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+        )
+    else:
+        getattr(encoder, f"{prefix}_checkpointing_disable")()

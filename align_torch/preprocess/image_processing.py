@@ -391,3 +391,43 @@ def _normalize(chw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> 
     mean_arr = np.asarray(mean, dtype=chw.dtype)[:, None, None]
     std_arr = np.asarray(std, dtype=chw.dtype)[:, None, None]
     return (chw - mean_arr) / std_arr
+
+
+# transformers' defaults where a vision tower's preprocessor_config.json leaves a step out (ImageNet's statistics).
+_TOWER_DEFAULTS = {"image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225), "resample": 2}
+
+
+def tower_image_processor(config: dict[str, Any]) -> AlignImageProcessor:
+    """The image processor of a transformers vision tower's preprocessor_config.json (ViT, ConvNeXt, Dinov2...):
+    its size, centre crop, rescaling and mean/std, with pixels in [0, 1] before normalising (no ALIGN offset).
+
+    A `shortest_edge` size resizes to a square of that side (before a crop of `crop_size`), and ConvNeXt's
+    `crop_pct` to shortest_edge / crop_pct before cropping shortest_edge, as its processor does below 384 px."""
+    if not isinstance(config, dict):
+        raise ValueError(f"an image processor config must be a JSON object, got {type(config).__name__}")
+    size = config.get("size", 224)
+    crop = config.get("crop_size")
+    do_crop = bool(config.get("do_center_crop", crop is not None))
+    if isinstance(size, dict) and "shortest_edge" in size:
+        edge = size["shortest_edge"]
+        pct = config.get("crop_pct")
+        if crop is None and pct and edge < 384:
+            crop, size, do_crop = edge, int(edge / pct), True
+        else:
+            size = edge
+    fields_ = dict(
+        do_resize=bool(config.get("do_resize", True)),
+        size=size,
+        resample=config.get("resample", _TOWER_DEFAULTS["resample"]),
+        do_center_crop=do_crop,
+        crop_size=crop if crop is not None else size,
+        do_rescale=bool(config.get("do_rescale", True)),
+        rescale_factor=config.get("rescale_factor", 1 / 255),
+        rescale_offset=False,
+        do_normalize=bool(config.get("do_normalize", True)),
+    )
+    for key in ("image_mean", "image_std"):
+        value = config.get(key, _TOWER_DEFAULTS[key])
+        fields_[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
+    extra = {k: v for k, v in config.items() if k not in ("size", "crop_size", "shortest_edge")}
+    return AlignImageProcessor(**fields_, extra={**extra, "image_processor_type": "EfficientNetImageProcessor"})

@@ -9,6 +9,7 @@ trainer writes the override into the model's config, which `final/config.json` r
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
 from ..model.config import KNOB_RANGES, LOSSES, check_knob
-from ..model.loss import EXCHANGES
+from ..model.hf_image import IMAGE_POOLINGS
+from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
 from .lora import DEFAULT_TARGETS
@@ -33,6 +35,7 @@ RESUME_FIXED = (
     "seed",
     "loss",
     "text_tower",
+    "image_tower",
     "image_column",
     "caption_column",
     "train_split",
@@ -144,9 +147,24 @@ class TrainConfig:
     loss: str | None = opt(
         None,
         "training loss: softmax (ALIGN's contrastive cross-entropy) or sigmoid (SigLIP: each pair a binary "
-        "decision; adds a learnable logit bias starting at -10, the temperature continues from the model)",
+        "decision; a model without a logit bias gets one starting at log(1/(N-1)) for the global batch N, the "
+        "temperature continues from the model)",
         choices=LOSSES,
         default_text="the model config's (align-base: softmax)",
+    )
+    logit_bias_init: float | None = opt(
+        None,
+        "start the sigmoid loss's logit bias here (SigLIP: -10)",
+        default_text="the model's bias, or log(1/(N-1)) for the global batch N when it has none",
+    )
+    temperature_init: float | None = opt(
+        None, "start the learned temperature here (SigLIP: 0.1)", default_text="the model's"
+    )
+    duplicate_captions: str = opt(
+        "positive",
+        "pairs of a global batch whose captions tokenise identically: positive (each other's matches, for both "
+        "losses) or negative (only a pair's own image and caption match, as ALIGN and SigLIP)",
+        choices=DUPLICATE_CAPTIONS,
     )
     sigmoid_exchange: str = opt(
         "gather",
@@ -170,6 +188,18 @@ class TrainConfig:
         "hf:PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config says, "
         "a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
         metavar="hf:PATH_OR_ID",
+    )
+    image_tower: str | None = opt(
+        None,
+        "hf:PATH_OR_ID: a transformers vision encoder (ConvNeXt, ViT, Dinov2...) as the image tower, a new image "
+        "projection; its folder's preprocessor_config.json if it has one; needs transformers (align-torch[hf-towers])",
+        metavar="hf:PATH_OR_ID",
+    )
+    image_pooling: str | None = opt(
+        None,
+        "how --image-tower pools: pooler (its own pooler_output) or mean (over its last hidden state)",
+        choices=IMAGE_POOLINGS,
+        default_text="pooler where the tower has one, else mean",
     )
     lock_image: bool = opt(False, "LiT: freeze the image tower")
     lock_text: bool = opt(False, "freeze the text tower and projection")
@@ -209,6 +239,7 @@ class TrainConfig:
             "precision": PRECISIONS,
             "device": DEVICES,
             "sigmoid_exchange": EXCHANGES,
+            "duplicate_captions": DUPLICATE_CAPTIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -239,12 +270,11 @@ class TrainConfig:
         for name in KNOB_RANGES:  # the model config's own ranges, checked before any model loads
             if getattr(self, name) is not None:
                 check_knob("TrainConfig", name, getattr(self, name))
+        self._check_towers_and_logits()
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        if self.text_tower is not None and not self.text_tower.startswith("hf:"):
-            raise ValueError(f"text_tower must be hf:PATH_OR_ID (a transformers encoder), got {self.text_tower!r}")
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train but the temperature")
         if not 0 <= self.max_unreadable_fraction <= 1:
@@ -259,6 +289,16 @@ class TrainConfig:
         given += ["--zero-shot-dir"] if self.zero_shot_dir is not None else []
         if self.fsdp and given:
             raise ValueError(f"--fsdp does not yet combine with {' or '.join(given)}")
+
+    def _check_towers_and_logits(self) -> None:
+        for side in ("text", "image"):
+            tower = getattr(self, f"{side}_tower")
+            if tower is not None and not tower.startswith("hf:"):
+                raise ValueError(f"{side}_tower must be hf:PATH_OR_ID (a transformers model), got {tower!r}")
+        if self.temperature_init is not None and not 0 < self.temperature_init < math.inf:
+            raise ValueError(f"temperature_init must be a finite number > 0, got {self.temperature_init}")
+        if self.logit_bias_init is not None and not math.isfinite(self.logit_bias_init):
+            raise ValueError(f"logit_bias_init must be a finite number, got {self.logit_bias_init}")
 
     @classmethod
     def from_recipe(cls, recipe: str, **fields: Any) -> TrainConfig:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..model.loss import global_loss
+from ..model.loss import DUPLICATE_CAPTIONS, duplicate_groups, global_loss
 from .data import Batch
 
 
@@ -58,6 +58,17 @@ def embed_pairs(model: nn.Module, batch: Batch, precision: str = "fp32") -> tupl
             token_type_ids=batch.token_type_ids,
         )
     return _widen(out.text_embeds), _widen(out.image_embeds)
+
+
+def caption_groups(batch: Batch, duplicate_captions: str) -> torch.Tensor | None:
+    """The (N,) caption groups of the global batch when pairs with identical captions are positives of each
+    other (`duplicate_captions="positive"`), None when each pair is the only positive of its row
+    ("negative"). A collective under DDP: every rank calls it for every contrastive batch."""
+    if duplicate_captions not in DUPLICATE_CAPTIONS:
+        raise ValueError(f"duplicate_captions must be one of {DUPLICATE_CAPTIONS}, got {duplicate_captions!r}")
+    if duplicate_captions == "negative":
+        return None
+    return duplicate_groups(batch.input_ids, batch.attention_mask)
 
 
 def _widen(x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +104,11 @@ def gradcache_backward(
     check_loss: Callable[[torch.Tensor], None] | None = None,
     logit_bias: nn.Parameter | None = None,
     exchange: str = "gather",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Accumulate into .grad `scale` times the gradient of the global loss over `batch` (this rank's share, as
-    global_loss: ALIGN's, or SigLIP's with a `logit_bias`), computed chunk by chunk; returns the loss (detached).
+    global_loss: ALIGN's, or SigLIP's with a `logit_bias`; `groups` as there), computed chunk by chunk; returns
+    the loss (detached).
 
     `model` may be DDP-wrapped: gradients are then averaged across ranks on the last chunk's backward, or
     on none with `sync=False` (for gradient accumulation). `check_loss` sees the loss before any backward."""
@@ -114,7 +127,7 @@ def gradcache_backward(
     image = torch.cat(images).requires_grad_()  # (B, P)
     temp = temperature.detach().to(text.dtype).requires_grad_()
     bias = None if logit_bias is None else logit_bias.detach().to(text.dtype).requires_grad_()
-    loss = global_loss(text, image, temp, bias, label_smoothing, exchange)
+    loss = global_loss(text, image, temp, bias, label_smoothing, exchange, groups)
     if check_loss is not None:
         check_loss(loss)
     loss.backward()  # under DDP this all-reduces the gathered rows' gradient: every rank's loss reads ours

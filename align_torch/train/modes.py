@@ -10,6 +10,7 @@ survives any number of `.train()` calls (the trainer's, an evaluation's, a user'
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -74,18 +75,42 @@ def set_training_knobs(
     model.vision_model.set_drop_path_rate(vision.drop_path_rate)
 
 
-def set_loss(model: AlignModel, loss: str) -> None:
+def batch_prior_bias(global_batch: int) -> float:
+    """log(1 / (N - 1)): the sigmoid loss's logit bias at which a pair's prior match probability is that of one
+    positive among the N - 1 other captions of a global batch of N (SigLIP's -10 is this for N of ~22,000)."""
+    if global_batch < 1:
+        raise ValueError(f"the global batch must hold at least one pair, got {global_batch}")
+    return -math.log(max(global_batch - 1, 1))
+
+
+def set_loss(model: AlignModel, loss: str, bias_init: float | None = None) -> None:
     """Train `model` with `loss` ("softmax" or "sigmoid"), recorded in its config. Switching an ALIGN model to
-    the sigmoid loss adds SigLIP's logit bias at the config's `logit_bias_init` (-10) and keeps the model's
-    temperature; switching back drops the bias."""
+    the sigmoid loss adds SigLIP's logit bias at `bias_init` (default: the config's `logit_bias_init`, -10;
+    the value used is recorded there) and keeps the model's temperature; switching back drops the bias."""
     if loss == model.config.loss:
         return
     model.config = model.config.replace(loss=loss)
     if loss == "sigmoid":
+        if bias_init is not None:
+            model.config = model.config.replace(logit_bias_init=float(bias_init))
         t = model.temperature
         model.logit_bias = nn.Parameter(torch.tensor(model.config.logit_bias_init, dtype=t.dtype, device=t.device))
     else:
         model.logit_bias = None
+
+
+@torch.no_grad()
+def set_logit_start(model: AlignModel, logit_bias: float | None = None, temperature: float | None = None) -> None:
+    """Start the learnable temperature and/or a sigmoid model's logit bias at the given values (None keeps the
+    model's), recorded in its config as `temperature_init` / `logit_bias_init`."""
+    if logit_bias is not None:
+        if model.logit_bias is None:
+            raise ValueError("a logit bias start needs the sigmoid loss (loss='sigmoid'): this model has no bias")
+        model.logit_bias.fill_(float(logit_bias))
+        model.config = model.config.replace(logit_bias_init=float(logit_bias))
+    if temperature is not None:
+        model.temperature.fill_(float(temperature))
+        model.config = model.config.replace(temperature_init=float(temperature))
 
 
 def prepare_model(
@@ -99,17 +124,23 @@ def prepare_model(
     lock_text: bool = False,
     grad_checkpointing: bool = False,
     loss: str | None = None,
+    logit_bias_init: float | None = None,
+    temperature_init: float | None = None,
 ) -> list[RemovableHandle]:
     """Apply a run's training semantics to a model in place; returns the hooks that hold modules in eval.
-    BN momentum, drop-path, label smoothing and the loss come from `model.config` unless given (then recorded
-    there)."""
+    BN momentum, drop-path, label smoothing, the loss and the logits' start (`set_logit_start`) come from
+    `model.config` unless given (then recorded there)."""
     set_training_knobs(model, bn_momentum=bn_momentum, drop_path_rate=drop_path_rate, label_smoothing=label_smoothing)
     if loss is not None:
-        set_loss(model, loss)
+        set_loss(model, loss, logit_bias_init)
+    set_logit_start(model, logit_bias_init, temperature_init)
     model.set_grad_checkpointing(grad_checkpointing)
     # ALIGN embeds text from the [CLS] state, never the BERT pooler: a parameter without a gradient would
     # stall DDP, so the pooler is frozen (it is still saved, so checkpoints round-trip).
     model.text_model.pooler.requires_grad_(False)
+    image_pooler = getattr(getattr(model.vision_model, "encoder", None), "pooler", None)
+    if model.config.image_tower is not None and model.config.image_pooling == "mean" and image_pooler is not None:
+        image_pooler.requires_grad_(False)  # a transformers image tower pooled by the mean never runs its pooler
     handles = freeze_batchnorm(model) if freeze_bn else []
     if lock_image:
         handles.append(lock_tower(model.vision_model))

@@ -24,12 +24,12 @@ from torch import nn
 from ..checkpoint.weights import save_native
 from ..defaults import TEXT_LENGTH
 from ..model.align import AlignModel
-from ..model.config import SIGLIP_BIAS_INIT, SIGLIP_TEMPERATURE_INIT, AlignConfig, preset
+from ..model.config import PRESETS, SIGLIP_BIAS_INIT, SIGLIP_TEMPERATURE_INIT, AlignConfig, preset
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.processor import AlignProcessor
 from ..preprocess.tokenizer import AlignTokenizer
 
-STARTER_PRESETS = ("align-tiny", "align-base", "align-l2")
+STARTER_PRESETS = ("align-tiny", "align-base", "align-l2", *(n for n in PRESETS if n.count("-") == 3))  # + the grid
 CALIBRATION_IMAGES = 16  # generated images the BatchNorm statistics are measured on, in batches of 8
 
 # A few whole words so that common captions are not all single characters.

@@ -44,7 +44,7 @@ from .fsdp import (
     local_parameter_count,
     shard_model,
 )
-from .gradcache import embed_pairs, gradcache_backward
+from .gradcache import caption_groups, embed_pairs, gradcache_backward
 from .guards import (
     EXAMPLES_SHOWN,
     Interrupted,
@@ -54,10 +54,11 @@ from .guards import (
     check_unreadable,
     ignore_sigint,
 )
+from .image_tower import swap_image_tower
 from .lock import RunLockedError, acquire_run_lock, release_run_lock
 from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapters
 from .metrics import MetricsLogger, drop_records_after
-from .modes import prepare_model
+from .modes import batch_prior_bias, prepare_model
 from .optim import build_optimizer, build_scheduler, resume_schedule
 from .skipped import SkippedLog, skipped_record
 from .state import (
@@ -107,13 +108,14 @@ def forward_loss(
     *,
     logit_bias: torch.Tensor | None = None,
     exchange: str = "gather",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's share of the loss over the global batch (see global_loss: ALIGN's, or SigLIP's with a
-    `logit_bias`). `model` may be DDP-wrapped; the loss itself is computed in float32 (or float64) outside
-    autocast."""
+    `logit_bias`; `groups`: the global batch's caption groups, see caption_groups). `model` may be DDP-wrapped;
+    the loss itself is computed in float32 (or float64) outside autocast."""
     text, image = embed_pairs(model, batch, precision)
     bias = None if logit_bias is None else logit_bias.to(text.dtype)
-    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange)
+    return global_loss(text, image, temperature.to(text.dtype), bias, label_smoothing, exchange, groups)
 
 
 class Trainer:
@@ -204,26 +206,14 @@ class Trainer:
         return checkpoint
 
     def _setup_model(self) -> None:
-        """Model and processor (from cfg.model, resolved once, unless given), text tower, training modes, LoRA."""
+        """Model and processor (from cfg.model, resolved once, unless given), towers, training modes, LoRA."""
         cfg = self.cfg
         if self.model is None or self.processor is None:
             source = resolve_model(cfg.model)
             self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
             self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
         self.model_class = type(self.model)  # the class built, before FSDP wraps it: what checkpoints record
-        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
-            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
-        self._hooks = prepare_model(
-            self.model,
-            bn_momentum=cfg.bn_momentum,
-            drop_path_rate=cfg.drop_path_rate,
-            label_smoothing=cfg.label_smoothing,
-            freeze_bn=cfg.freeze_bn,
-            lock_image=cfg.lock_image,
-            lock_text=cfg.lock_text,
-            grad_checkpointing=cfg.grad_checkpointing,
-            loss=cfg.loss,
-        )
+        self._prepare_model(log_start=not self.resume)
         if cfg.lora_rank is not None:
             self.trainable = add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_freeze_head)
         else:
@@ -276,6 +266,51 @@ class Trainer:
             all_reduce_(torch.tensor(-1 if last_eval is None else last_eval, device=self.device), "max").item()
         )
         self._last_eval_step = None if last_eval < 0 else last_eval
+
+    def _prepare_model(self, log_start: bool) -> None:
+        """Swap in the run's towers, then apply its training semantics and logit start (prepare_model)."""
+        cfg = self.cfg
+        if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
+            self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
+        if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:
+            self.model, self.processor = swap_image_tower(
+                self.model, cfg.image_tower, self.processor, cfg.image_pooling
+            )
+        bias_start = self._logit_bias_start()
+        from_prior = cfg.logit_bias_init is None and cfg.loss == "sigmoid" and self.model.logit_bias is None
+        self._hooks = prepare_model(
+            self.model,
+            bn_momentum=cfg.bn_momentum,
+            drop_path_rate=cfg.drop_path_rate,
+            label_smoothing=cfg.label_smoothing,
+            freeze_bn=cfg.freeze_bn,
+            lock_image=cfg.lock_image,
+            lock_text=cfg.lock_text,
+            grad_checkpointing=cfg.grad_checkpointing,
+            loss=cfg.loss,
+            logit_bias_init=bias_start,
+            # The start is recorded in the model config (final/config.json) even where it is the model's own.
+            temperature_init=cfg.temperature_init or float(self.model.temperature.detach()),
+        )
+        if log_start and self.dist.is_main:
+            print(self._logit_start_line(from_prior), file=sys.stderr, flush=True)
+
+    def _logit_bias_start(self) -> float | None:
+        """--logit-bias-init, else for a model that gets its sigmoid bias now the batch prior log(1/(N-1)) of
+        the global contrastive batch N (SigLIP's -10 suits only N of ~22,000), else None: the model's own."""
+        cfg, bias = self.cfg, self.model.logit_bias
+        if cfg.logit_bias_init is not None or (bias is None and cfg.loss != "sigmoid"):
+            return cfg.logit_bias_init
+        return float(bias.detach()) if bias is not None else batch_prior_bias(cfg.batch_size * self.dist.world)
+
+    def _logit_start_line(self, prior: bool) -> str:
+        """Where the logits start, for the log (the model config, saved with every checkpoint, records it)."""
+        line = f"logits start at temperature {float(self.model.temperature.detach()):.4g}"
+        if self.model.logit_bias is not None:
+            line += f", logit bias {float(self.model.logit_bias.detach()):.4g}"
+            if prior:
+                line += f" (log 1/(N-1), global batch N = {self.cfg.batch_size * self.dist.world})"
+        return line + f"; duplicate captions: {self.cfg.duplicate_captions}"
 
     def _shard(self) -> None:
         """FSDP2 in place of DDP (TrainConfig refuses what it does not combine with yet); every rank prints how
@@ -552,7 +587,8 @@ class Trainer:
         chunks with --micro-batch-size); DDP syncs gradients on the last micro-batch only. The loss, detached."""
         cfg, model = self.cfg, self.ddp or self.model
         temperature, smoothing = self.model.temperature, self.model.config.label_smoothing
-        loss_options = dict(logit_bias=self.model.logit_bias, exchange=cfg.sigmoid_exchange)
+        groups = caption_groups(batch, cfg.duplicate_captions)  # a collective: every rank, every micro-batch
+        loss_options = dict(logit_bias=self.model.logit_bias, exchange=cfg.sigmoid_exchange, groups=groups)
         if cfg.micro_batch_size is not None:
             return gradcache_backward(
                 model,

@@ -163,3 +163,28 @@ def test_strict_false_loads_what_matches_and_reports_the_rest(tiny_native_dir):
     assert report.missing == ["image_projection.bias", "image_projection.weight"]
     assert [m.split(":")[0] for m in report.mismatched] == ["text_projection.bias", "text_projection.weight"]
     assert torch.equal(reprojected.vision_model.blocks[3].dw_conv.weight, full.vision_model.blocks[3].dw_conv.weight)
+
+
+def test_the_papers_encoder_grid_by_name(tmp_path):
+    """EfficientNet B1-B7/L2 x BERT Mini..Large, one preset name each; summary prints the published sizes beside
+    its own count, and init writes a grid cell."""
+    from align_torch.inspect.summary import summarize
+    from align_torch.model.config import GRID_IMAGE, GRID_TEXT
+    from tests.helpers.cli import run_cli
+
+    for image in GRID_IMAGE:
+        for text in GRID_TEXT:
+            cfg = preset(f"align-{image}-bert-{text}")
+            layers, hidden = BERT_SIZES[text]
+            assert (cfg.text.num_layers, cfg.text.hidden_size) == (layers, hidden)
+            width, depth, _ = EFFICIENTNET_SCALING[image]
+            assert (cfg.vision.width_mult, cfg.vision.depth_mult) == (width, depth)
+            assert cfg.projection_dim == cfg.vision.num_features  # ALIGN's: no image projection
+    assert preset("align-l2-bert-large") == preset("align-l2")
+    mini = summarize(preset("align-b1-bert-mini"))
+    assert 10e6 < mini.text_params < 11.3e6  # BERT-mini's 11.3M with the pooler, less the MLM-free vocab rows
+    status, stdout, _ = run_cli("summary", "--model", "align-b3-bert-small", "--stages-only")
+    assert status == 0 and "published: EfficientNet-B3: 12M parameters" in stdout and "BERT-small: 29.1M" in stdout
+    status, _, stderr = run_cli("init", tmp_path / "m", "--preset", "align-b1-bert-mini")
+    assert status == 0, stderr
+    assert AlignModel.from_pretrained(tmp_path / "m").config == preset("align-b1-bert-mini")

@@ -201,3 +201,31 @@ def test_resume_refuses_another_loss(tiny_native_dir: Path, tmp_path: Path):
     Trainer(cfg.replace(max_steps=1, progress=False)).fit()
     with pytest.raises(ValueError, match="cannot resume .* loss: None -> 'sigmoid'"):
         Trainer(cfg.replace(max_steps=2, progress=False, loss="sigmoid"), resume=True).fit()
+
+
+def test_finetune_starts_a_new_bias_at_the_batch_prior(tiny_native_dir: Path, tmp_path: Path, capsys):
+    """A model that gets its bias now starts it at log(1/(N-1)) for the global batch N, not SigLIP's -10; the
+    flags set bias and temperature explicitly; the log says where they start and final/config.json records it."""
+    from align_torch.cli import main
+    from tests.helpers.train_data import write_shapes_manifest
+
+    manifest = write_shapes_manifest(tmp_path / "data", 8)
+    common = ["finetune", "--model", str(tiny_native_dir), "--train", str(manifest), "--batch-size", "4"]
+    common += ["--max-steps", "1", "--lr", "1e-9", "--loss", "sigmoid", "--workers", "0", "--quiet"]
+    for name, extra, bias, temperature in (
+        ("prior", [], -math.log(3), float(AlignModel.from_pretrained(tiny_native_dir).temperature.detach())),
+        ("given", ["--logit-bias-init", "-2.5", "--temperature-init", "0.3"], -2.5, 0.3),
+    ):
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0
+        log = capsys.readouterr().err
+        assert f"logit bias {bias:.4g}" in log and f"temperature {temperature:.4g}" in log, log
+        saved = json.loads((tmp_path / name / "final" / "config.json").read_text())["config"]
+        assert saved["logit_bias_init"] == pytest.approx(bias) and saved["temperature_init"] == pytest.approx(
+            temperature
+        )
+        final = AlignModel.from_pretrained(tmp_path / name / "final")
+        assert float(final.logit_bias) == pytest.approx(bias, abs=1e-4)  # one step of lr 1e-9 from the start
+        assert ("(log 1/(N-1), global batch N = 4)" in log) == (name == "prior")
+    softmax = [a for a in common if a not in ("--loss", "sigmoid")]
+    assert main([*softmax, "--out", str(tmp_path / "softmax"), "--logit-bias-init", "-2"]) == 2
+    assert "a logit bias start needs the sigmoid loss" in capsys.readouterr().err
