@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,9 @@ import numpy as np
 
 from ..util.fileio import path_to_text
 from .folder import EmbeddingFolder, EmbeddingFolderError, unit_rows
+from .hit import Hit
 
 TARGETS = ("image", "text")
-
-
-@dataclass
-class Hit:
-    """One result: its rank, collection row id, cosine similarity, and what the collection knows of the row."""
-
-    rank: int
-    id: int
-    score: float
-    image_path: str | None = None
-    caption: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # WebDataset key and url, when present
-    target: str = "image"  # which embeddings matched: the row's image or its caption
-
-    @property
-    def item(self) -> str:
-        """What a person reads for the row: the matched image's path or caption, else the other, else the id."""
-        first, second = (self.caption, self.image_path) if self.target == "text" else (self.image_path, self.caption)
-        return first if first is not None else second if second is not None else str(self.id)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"rank": self.rank, "id": self.id, "score": self.score, "item": self.item, "target": self.target}
-        out.update({"image_path": self.image_path, "caption": self.caption, **self.extra})
-        return out
 
 
 def exact_top_k(chunks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from ..util.class_record import check_record
 from ..util.fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
-from .collection import Hit
+from .hit import Hit
 
 FORMAT = "align_torch.embeddings"
 VERSION = "3"

@@ -139,9 +139,8 @@ def _write(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str
 
 
 # --- reading ------------------------------------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint; TrainCheckpointError, naming the file, for anything else.
-    No code from the file runs: a pickled `checkpoint.pt` beside it is refused without being opened."""
+def _existing_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` if it is a checkpoint file; a pickled `checkpoint.pt` beside it is refused without being opened."""
     path = Path(path)
     legacy = path.with_name(LEGACY_CHECKPOINT_FILE)
     if not path.is_file() and legacy.is_file():
@@ -151,6 +150,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         )
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path} to resume from")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; TrainCheckpointError, naming the file, for anything else.
+    No code from the file runs: a pickled `checkpoint.pt` beside it is refused without being opened."""
+    path = _existing_checkpoint(path)
     with _reading(path):
         with safe_open(str(path), framework="pt", device="cpu") as f:
             plain = _state(path, f.metadata() or {})
@@ -161,9 +167,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def read_run_record(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(train config, model class record) of a checkpoint, from its header alone: no tensor is read, so a resume
     is checked against the recorded run before any weights load."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no training checkpoint at {path} to resume from")
+    path = _existing_checkpoint(path)
     with _reading(path):
         with safe_open(str(path), framework="pt", device="cpu") as f:
             plain = _state(path, f.metadata() or {})

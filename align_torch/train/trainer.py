@@ -292,7 +292,7 @@ class Trainer:
             # The start is recorded in the model config (final/config.json) even where it is the model's own.
             temperature_init=cfg.temperature_init or float(self.model.temperature.detach()),
         )
-        if log_start and self.dist.is_main:
+        if log_start and self.dist.is_main and self.cfg.progress:
             print(self._logit_start_line(from_prior), file=sys.stderr, flush=True)
 
     def _logit_bias_start(self) -> float | None:
