@@ -211,7 +211,7 @@ def test_finetune_starts_a_new_bias_at_the_batch_prior(tiny_native_dir: Path, tm
 
     manifest = write_shapes_manifest(tmp_path / "data", 8)
     common = ["finetune", "--model", str(tiny_native_dir), "--train", str(manifest), "--batch-size", "4"]
-    common += ["--max-steps", "1", "--lr", "1e-9", "--loss", "sigmoid", "--workers", "0", "--quiet"]
+    common += ["--max-steps", "1", "--lr", "1e-9", "--loss", "sigmoid", "--workers", "0"]  # the start line: not --quiet
     for name, extra, bias, temperature in (
         ("prior", [], -math.log(3), float(AlignModel.from_pretrained(tiny_native_dir).temperature.detach())),
         ("given", ["--logit-bias-init", "-2.5", "--temperature-init", "0.3"], -2.5, 0.3),
