@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
 import pytest
 import torch
+import torch.distributed as dist
 
 
 @pytest.fixture
@@ -13,3 +17,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_gloo_rank(
+    rank: int,
+    world: int,
+    port: int,
+    out: str,
+    splits: Mapping[int, Sequence[int]],
+    batch: Any,
+    steps: Callable[[Any], Iterator[tuple[str, dict]]],
+) -> None:
+    """One rank of a `world`-rank gloo test: its rows of `batch` (`splits[world]` rows per rank), each named result
+    of `steps(local rows)` with its "loss" averaged over the ranks; rank 0 saves them to `out`."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        split = splits[world]
+        start = sum(split[:rank])
+        results = {}
+        for name, result in steps(batch.rows(start, start + split[rank])):
+            dist.all_reduce(result["loss"])
+            result["loss"] = float(result["loss"]) / world
+            results[name] = result
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()

@@ -25,7 +25,7 @@ from align_torch.train.gradcache import caption_groups, gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
-from tests.helpers.ranks import one_thread
+from tests.helpers.ranks import one_thread, run_gloo_rank
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -139,22 +139,12 @@ def _step(loss: str, exchange: str, micro: int | None, batch: Batch, duplicates:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        split = SPLITS[world]
-        start = sum(split[:rank])
-        local = _batch().rows(start, start + split[rank])
-        results = {}
-        for variant in VARIANTS:
-            result = _step(*variant, local)
-            dist.all_reduce(result["loss"])
-            result["loss"] = float(result["loss"]) / world
-            results["-".join(map(str, variant))] = result
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+    run_gloo_rank(rank, world, port, out, SPLITS, _batch(), _variants)
+
+
+def _variants(local: Batch):
+    for variant in VARIANTS:
+        yield "-".join(map(str, variant)), _step(*variant, local)
 
 
 def _single() -> dict[str, dict]:

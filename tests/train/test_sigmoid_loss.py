@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -25,6 +24,7 @@ from align_torch.train.gradcache import gradcache_backward
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
+from tests.helpers.ranks import run_gloo_rank
 
 SPLITS = {2: (5, 3), 3: (3, 1, 4)}  # rows per rank; 8 pairs in all
 MICRO = 2
@@ -112,24 +112,14 @@ def _step(model: AlignModel, net: torch.nn.Module, batch: Batch, exchange: str, 
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        split = SPLITS[world]
-        start = sum(split[:rank])
-        local = _batch().rows(start, start + split[rank])
-        results = {}
-        for exchange in ("gather", "ring"):
-            for micro in (None, MICRO):
-                model = _model()
-                result = _step(model, DistributedDataParallel(model), local, exchange, micro)
-                dist.all_reduce(result["loss"])
-                result["loss"] = float(result["loss"]) / world
-                results[f"{exchange}-{micro}"] = result
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+    run_gloo_rank(rank, world, port, out, SPLITS, _batch(), _exchanges)
+
+
+def _exchanges(local: Batch):
+    for exchange in ("gather", "ring"):
+        for micro in (None, MICRO):
+            model = _model()
+            yield f"{exchange}-{micro}", _step(model, DistributedDataParallel(model), local, exchange, micro)
 
 
 @pytest.mark.parametrize("world", [2, 3])
