@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,9 @@ def test_ci_run_says_when_it_installs_system_packages_and_can_be_told_not_to(tmp
     (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "apt.log"}\n')
     for tool in ("id", "apt-get"):
         (bin_dir / tool).chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **({"ALIGN_TORCH_CI_NO_APT": "1"} if skip else {})}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", _apt_block()], env=env, capture_output=True, text=True)
+    # PATH holds the stand-ins alone: a chromium the machine already has (CI installs it) must not be seen.
+    env = {"PATH": str(bin_dir), **({"ALIGN_TORCH_CI_NO_APT": "1"} if skip else {})}
+    done = subprocess.run([shutil.which("bash"), "-euo", "pipefail", "-c", _apt_block()], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "apt.log").read_text() if (tmp_path / "apt.log").exists() else ""
     if skip:
