@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference.loader import load_config
     from ..inspect.summary import summarize
-    from ..model.config import PRESETS, PUBLISHED_SIZES, preset
+    from ..model.config import PRESETS, PUBLISHED_SIZES, preset, published_sizes
 
     if args.model in PRESETS:
         config = preset(args.model)
@@ -39,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.model)
     summary = summarize(config, image_size=args.image_size, text_tokens=args.tokens)
+    # Beside our count, what the towers' papers publish, for a grid preset or any model whose tower is one.
+    published = PUBLISHED_SIZES.get(args.model) or published_sizes(config)
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps({**summary.to_dict(), "published": list(published)}, indent=2))
     else:
         print(summary.table(blocks=not args.stages_only))
-        for line in PUBLISHED_SIZES.get(args.model, ()):
+        for line in published:
             print(f"published: {line}")
     return 0

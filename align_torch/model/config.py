@@ -359,11 +359,20 @@ def align_grid(image: str, text: str) -> AlignConfig:
     """One cell of the ALIGN paper's encoder grid (its ablation of EfficientNet B1-B7/L2 against BERT Mini to
     Large): EfficientNet-`image` + BERT-`text`, embedding in the image tower's width; L2 at 289 px as `align-l2`."""
     config = align_efficientnet(image, text=text)
-    return config.replace(vision=efficientnet("l2", image_size=289)) if image == "l2" else config
+    return config.replace(vision=grid_image_tower(image))
+
+
+def grid_image_tower(name: str) -> VisionConfig:
+    """The grid's EfficientNet-`name` image tower: the paper's resolution, but L2 at 289 px as `align-l2`."""
+    return efficientnet(name, image_size=289) if name == "l2" else efficientnet(name)
 
 
 GRID_IMAGE = ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "l2")
 GRID_TEXT = ("mini", "small", "medium", "base", "large")
+# One tower of the grid by name, for `finetune --image-preset/--text-preset` (B0 and BERT-tiny beside it, small
+# towers to try a run on): "efficientnet-b3" -> "b3", "bert-mini" -> "mini".
+IMAGE_PRESETS = {f"efficientnet-{name}": name for name in ("b0", *GRID_IMAGE)}
+TEXT_PRESETS = {f"bert-{name}": name for name in ("tiny", *GRID_TEXT)}
 
 PRESETS = {
     "align-base": align_base,
@@ -405,6 +414,21 @@ PUBLISHED_SIZES: dict[str, tuple[str, ...]] = {
         for t in GRID_TEXT
     },
 }
+
+
+def published_sizes(config: AlignConfig) -> tuple[str, ...]:
+    """The published sizes of whichever of `config`'s towers is a grid tower (its architecture, whatever the
+    model folder or run that holds it: `finetune --image-preset` keeps another text tower)."""
+    lines = []
+    image = next((i for i in GRID_IMAGE if config.image_tower is None and config.vision == grid_image_tower(i)), None)
+    if image is not None:
+        lines.append(PUBLISHED_SIZES[f"align-{image}-bert-base"][0])
+    shape = (config.text.num_layers, config.text.hidden_size, config.text.num_heads, config.text.intermediate_size)
+    for name in GRID_TEXT if config.text_tower is None else ():
+        grid = bert(name)
+        if shape == (grid.num_layers, grid.hidden_size, grid.num_heads, grid.intermediate_size):
+            lines.append(PUBLISHED_SIZES[f"align-b1-bert-{name}"][1])
+    return tuple(lines)
 
 
 def preset(name: str) -> AlignConfig:

@@ -16,7 +16,7 @@ from typing import Any
 from .. import defaults
 from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
-from ..model.config import KNOB_RANGES, LOSSES, check_knob
+from ..model.config import IMAGE_PRESETS, KNOB_RANGES, LOSSES, PRESETS, TEXT_PRESETS, check_knob
 from ..model.hf_image import IMAGE_POOLINGS
 from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
@@ -36,6 +36,9 @@ RESUME_FIXED = (
     "loss",
     "text_tower",
     "image_tower",
+    "preset",
+    "image_preset",
+    "text_preset",
     "image_column",
     "caption_column",
     "train_split",
@@ -74,6 +77,26 @@ class TrainConfig:
 
     model: str = opt(
         defaults.MODEL, "model folder (native or Hugging Face layout) or Hub repo id to start from", kw_only=True
+    )
+    preset: str | None = opt(
+        None,
+        "train this preset from scratch instead of loading --model: random weights as `align-torch init --preset` "
+        "writes (seeded by --seed), e.g. a cell of the paper's encoder grid, align-{b1..b7,l2}-bert-{mini..large}",
+        kw_only=True,
+        choices=tuple(PRESETS),
+        metavar="NAME",
+    )
+    image_preset: str | None = opt(
+        None,
+        "a random image tower of the paper's grid in place of --model's, with ALIGN's preprocessing at its size",
+        kw_only=True,
+        choices=tuple(IMAGE_PRESETS),
+    )
+    text_preset: str | None = opt(
+        None,
+        "a random BERT of the paper's grid in place of --model's text tower, for --model's tokenizer",
+        kw_only=True,
+        choices=tuple(TEXT_PRESETS),
     )
     model_class: str | None = opt(
         None,
@@ -271,6 +294,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_knob("TrainConfig", name, getattr(self, name))
         self._check_towers_and_logits()
+        self._check_presets()
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
@@ -289,6 +313,27 @@ class TrainConfig:
         given += ["--zero-shot-dir"] if self.zero_shot_dir is not None else []
         if self.fsdp and given:
             raise ValueError(f"--fsdp does not yet combine with {' or '.join(given)}")
+
+    def _check_presets(self) -> None:
+        """A preset names an architecture; the options that name another for the same tower are refused."""
+        named = {"preset": PRESETS, "image_preset": IMAGE_PRESETS, "text_preset": TEXT_PRESETS}
+        for name, allowed in named.items():
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        clashes = {
+            "preset": ("model", ("model", "model_class", "image_preset", "text_preset", "image_tower", "text_tower")),
+            "image_preset": ("image tower", ("image_tower",)),
+            "text_preset": ("text tower", ("text_tower",)),
+        }
+        for name, (what, others) in clashes.items():
+            if getattr(self, name) is None:
+                continue
+            given = [o for o in others if getattr(self, o) not in (None, defaults.MODEL if o == "model" else None)]
+            if given:
+                flags = " or ".join("--" + o.replace("_", "-") for o in given)
+                raise ValueError(
+                    f"--{name.replace('_', '-')} does not combine with {flags}: each says which {what} to train"
+                )
 
     def _check_towers_and_logits(self) -> None:
         for side in ("text", "image"):

@@ -60,6 +60,7 @@ from .lora import add_lora, count_trainable, has_lora, merged_copy, save_adapter
 from .metrics import MetricsLogger, drop_records_after
 from .modes import batch_prior_bias, prepare_model
 from .optim import build_optimizer, build_scheduler, resume_schedule
+from .presets import preset_model, swap_image_preset, swap_text_preset
 from .skipped import SkippedLog, skipped_record
 from .state import (
     CHECKPOINT_FILE,
@@ -206,9 +207,12 @@ class Trainer:
         return checkpoint
 
     def _setup_model(self) -> None:
-        """Model and processor (from cfg.model, resolved once, unless given), towers, training modes, LoRA."""
+        """Model and processor (cfg.preset built, else cfg.model resolved once, unless given), towers, training
+        modes, LoRA."""
         cfg = self.cfg
-        if self.model is None or self.processor is None:
+        if cfg.preset is not None and (self.model is None or self.processor is None):
+            self.model, self.processor = preset_model(cfg.preset, cfg.seed)
+        elif self.model is None or self.processor is None:
             source = resolve_model(cfg.model)
             self.model = self.model or load_model(source, "cpu", model_class=self.model_class)
             self.processor = self.processor or AlignProcessor.from_pretrained(source.folder)
@@ -272,6 +276,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.text_tower is not None and self.model.config.text_tower != cfg.text_tower:
             self.model, self.processor = swap_text_tower(self.model, cfg.text_tower, self.processor)
+        if cfg.image_preset is not None:
+            self.model, self.processor = swap_image_preset(self.model, cfg.image_preset, self.processor)
+        if cfg.text_preset is not None:
+            self.model, self.processor = swap_text_preset(self.model, cfg.text_preset, self.processor)
         if cfg.image_tower is not None and self.model.config.image_tower != cfg.image_tower:
             self.model, self.processor = swap_image_tower(
                 self.model, cfg.image_tower, self.processor, cfg.image_pooling

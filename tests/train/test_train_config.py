@@ -38,6 +38,9 @@ FLAGS = {
             "workers seed"
         ).split()
     },
+    "preset": "--preset",
+    "image_preset": "--image-preset",
+    "text_preset": "--text-preset",
     "model_class": "--model-class",
     "image_column": "--image-column",
     "caption_column": "--caption-column",
