@@ -19,32 +19,10 @@ from align_torch.train import TrainConfig, Trainer
 from align_torch.train.guards import Interrupted
 from align_torch.train.starter import starter_vocab
 from tests.helpers.cli import run_cli
+from tests.helpers.hf_towers import VIT_SIZE, convnext_folder, vit_folder
 from tests.helpers.train_data import write_shapes_classes, write_shapes_manifest
 
 transformers = pytest.importorskip("transformers")
-
-VIT_SIZE = 32  # the ViT folder's own preprocessing: not the starting model's 64 px
-
-
-def _convnext(folder: Path) -> Path:
-    config = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
-    transformers.ConvNextModel(config).save_pretrained(folder)
-    return folder
-
-
-def _vit(folder: Path) -> Path:
-    config = transformers.ViTConfig(
-        image_size=VIT_SIZE,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    transformers.ViTModel(config).save_pretrained(folder)
-    processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": VIT_SIZE, "width": VIT_SIZE}}
-    (folder / "preprocessor_config.json").write_text(json.dumps({**processor, "image_mean": [0.5] * 3}))
-    return folder
 
 
 def _bert(folder: Path) -> Path:
@@ -68,7 +46,7 @@ def test_hf_image_tower_trains_resumes_loads_and_runs_every_command(
     image: str, text: str | None, model_dir: Path, tmp_path: Path
 ):
     torch.set_num_threads(1)
-    image_tower = (_convnext if image == "convnext" else _vit)(tmp_path / image)
+    image_tower = (convnext_folder if image == "convnext" else vit_folder)(tmp_path / image)
     fields = dict(model=str(model_dir), train=str(write_shapes_manifest(tmp_path / "data", 8)), batch_size=4)
     fields |= dict(max_steps=3, lr=1e-3, progress=False, save_every=1, workers=0, image_tower=f"hf:{image_tower}")
     if text is not None:
@@ -147,7 +125,7 @@ def _check_commands(final_dir: Path, tmp_path: Path) -> None:
 def test_a_tower_folder_asking_for_remote_code_never_runs_it(model_type: str, side: str, model_dir: Path, tmp_path):
     """A folder whose config maps AutoModel to its own file: an unknown model type is refused, a known one loads
     transformers' own class; the folder's code never runs (it would leave a marker file)."""
-    folder = _vit(tmp_path / "tower") if model_type == "vit" else tmp_path / "tower"
+    folder = vit_folder(tmp_path / "tower") if model_type == "vit" else tmp_path / "tower"
     folder.mkdir(exist_ok=True)
     config = json.loads((folder / "config.json").read_text()) if model_type == "vit" else {"model_type": "evil"}
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
