@@ -107,7 +107,9 @@ def _trainer_worker(rank: int, port: int, model_dir: str, manifest: str, root: s
         else:  # without the stop the cut run would finish, and the resume below would train zero steps
             raise AssertionError("the stop after step 1 never fired")
         assert load_checkpoint(Path(root) / "cut" / CHECKPOINT_FILE).progress.step == 1
-        _run(model_dir, manifest, f"{root}/cut", fsdp=True, resume=True)
+        resumed = _run(model_dir, manifest, f"{root}/cut", fsdp=True, resume=True)
+        # The resume must train the one step left, not find the run already finished.
+        assert len(resumed.losses) == 1 and resumed.progress.step == 2, (len(resumed.losses), resumed.progress.step)
     finally:
         dist.destroy_process_group()
 
