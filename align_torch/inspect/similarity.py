@@ -27,6 +27,7 @@ from torch import nn
 
 from ..model.align import AlignModel
 from ..model.hf_image import HFImageTower
+from .hooks import eval_then_restore
 
 METHODS = ("exact", "gradcam", "gradient_x_input")
 
@@ -75,6 +76,17 @@ def similarity_map(
     return exact_map(model, pixel_values, input_ids, attention_mask, token_type_ids)
 
 
+def check_images_and_texts(pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """The inputs every map and curve takes: (B, 3, H, W) images and B texts, or one text for all images."""
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+    if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
+        raise ValueError(
+            f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
+            f"got {tuple(input_ids.shape)}"
+        )
+
+
 def exact_map(
     model: AlignModel,
     pixel_values: torch.Tensor,
@@ -88,22 +100,10 @@ def exact_map(
             f"the exact map needs mean pooling (the embedding is then a sum over locations); this model's "
             f"VisionConfig.pooling is {model.vision_model.cfg.pooling!r}"
         )
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-    if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
-        raise ValueError(
-            f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
-            f"got {tuple(input_ids.shape)}"
-        )
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # batch statistics would make one location's value depend on the whole batch
-    try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True).float()  # (1|B, P)
-            fmap = model.vision_model.forward_features(pixel_values).float()  # (B, C, h, w)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    check_images_and_texts(pixel_values, input_ids)
+    with eval_then_restore(model), torch.no_grad():
+        text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True).float()  # (1|B, P)
+        fmap = model.vision_model.forward_features(pixel_values).float()  # (B, C, h, w)
     B, C, h, w = fmap.shape
     feats = fmap.flatten(2).transpose(1, 2)  # (B, hw, C)
     proj = model.image_projection
@@ -145,13 +145,7 @@ def block_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output A (B, C, h, w) of image block `block` (or of the last block of `stage`) and d cos / d A, where
     cos is each image's cosine with its text (or with the one text). Modes and gradients are left as they were."""
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-    if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
-        raise ValueError(
-            f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
-            f"got {tuple(input_ids.shape)}"
-        )
+    check_images_and_texts(pixel_values, input_ids)
     target = _target_block(model, block, stage)
     captured: list[torch.Tensor] = []
 
@@ -162,20 +156,17 @@ def block_gradients(
         captured.append(a)
         return a
 
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     handle = target.register_forward_hook(capture)
     try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
-        with torch.enable_grad():
-            image = model.encode_image(pixel_values, normalize=True)  # (B, P)
-            cosine = (image * text).sum(dim=-1)  # (B,)
-            (grads,) = torch.autograd.grad(cosine.sum(), captured[0])  # samples are independent in eval mode
+        with eval_then_restore(model):
+            with torch.no_grad():
+                text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
+            with torch.enable_grad():
+                image = model.encode_image(pixel_values, normalize=True)  # (B, P)
+                cosine = (image * text).sum(dim=-1)  # (B,)
+                (grads,) = torch.autograd.grad(cosine.sum(), captured[0])  # samples are independent in eval mode
     finally:
         handle.remove()
-        for m, training in modes.items():
-            m.train(training)
     return captured[0].detach(), grads
 
 
@@ -190,9 +181,8 @@ def hidden_state_gradients(
     """For a transformers image tower: its hidden state A at `position` (as forward_intermediates counts them)
     as a (B, C, h, w) map, and d cos / d A. A ViT's (B, T, C) tokens become a square grid of the last h * w
     tokens (the class and register tokens before them are left out). Modes are left as they were."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    check_images_and_texts(pixel_values, input_ids)
+    with eval_then_restore(model):
         with torch.no_grad():
             text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
         with torch.enable_grad():
@@ -201,9 +191,6 @@ def hidden_state_gradients(
             hidden = out.hidden_states[position]
             image = model.project_image(tower.pool_output(out), normalize=True)  # (B, P)
             (grads,) = torch.autograd.grad((image * text).sum(), hidden)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
     return _as_map(hidden.detach()), _as_map(grads)
 
 
