@@ -68,6 +68,12 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", kw_only: bool = Fals
     return field(default=default, kw_only=kw_only, metadata={"help": help, **cli})
 
 
+def model_knob(what: str) -> Any:
+    """A TrainConfig field that overrides a knob of the model config (checked against the model config's own
+    range); None keeps the model's value."""
+    return opt(None, f"override the model config's {what}", default_text="the model config's")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A fine-tuning run. Defaults follow the original ALIGN where it made a choice (see docs/differences.md)."""
@@ -141,9 +147,7 @@ class TrainConfig:
     clip_grad: float | None = opt(1.0, "max global gradient norm; 0 disables clipping")
     temperature_min: float | None = opt(None, "clamp the learned temperature from below after each step")
 
-    label_smoothing: float | None = opt(
-        None, "override the model config's label smoothing (align-base: 0.1)", default_text="the model config's"
-    )
+    label_smoothing: float | None = model_knob("label smoothing (align-base: 0.1)")
     loss: str | None = opt(
         None,
         "training loss: softmax (ALIGN's contrastive cross-entropy) or sigmoid (SigLIP: each pair a binary "
@@ -172,14 +176,8 @@ class TrainConfig:
         "exchange: each rank passes its text chunk to the next, world size - 1 times); both exact",
         choices=EXCHANGES,
     )
-    bn_momentum: float | None = opt(
-        None,
-        "override the model config's BN momentum, PyTorch convention (ALIGN: 0.01)",
-        default_text="the model config's",
-    )
-    drop_path_rate: float | None = opt(
-        None, "override the model config's stochastic depth rate (ALIGN: 0.2)", default_text="the model config's"
-    )
+    bn_momentum: float | None = model_knob("BN momentum, PyTorch convention (ALIGN: 0.01)")
+    drop_path_rate: float | None = model_knob("stochastic depth rate (ALIGN: 0.2)")
     freeze_bn: bool = opt(
         False, "BatchNorm normalises with and keeps its running statistics (exact with micro-batches)"
     )
