@@ -37,11 +37,14 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         help="where to run the model; auto picks cuda, then mps, then cpu (default: auto)",
     )
     p.add_argument(
-        "--unfused",
-        action="store_true",
+        "--no-fuse",
+        dest="fuse",
+        action="store_false",
         help="run the checkpoint's layers as loaded; by default BatchNorm and SiLU are folded into the convs "
         "(fuse_for_inference: the same embeddings to about 1e-5, faster)",
     )
+    # The flag's first spelling, still accepted from scripts written before --no-fuse.
+    p.add_argument("--unfused", dest="fuse", action="store_false", help=argparse.SUPPRESS)
     add_model_class_argument(p)
     p.add_argument(
         "--backend",
@@ -141,7 +144,7 @@ def load_model_and_processor(
     model_class: str | type[AlignModel] | None = None,
     backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
-    """The command's --model, --device, --unfused, --model-class and --backend through the one loader
+    """The command's --model, --device, --no-fuse, --model-class and --backend through the one loader
     (inference.loader.load_for_inference)."""
     from ..inference.loader import load_for_inference
 

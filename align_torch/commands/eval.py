@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace):
     from ..util.distributed import setup_distributed
 
     env, device = setup_distributed(args.device)  # under torchrun: joins the group, one GPU per rank
-    loaded = load_model_and_processor(args.model, device, not args.unfused, args.model_class, args.backend)
+    loaded = load_model_and_processor(args.model, device, args.fuse, args.model_class, args.backend)
     return (*loaded, env.distributed)
 
 
