@@ -68,6 +68,16 @@ def add_model_class_argument(p: argparse.ArgumentParser, flag: str = "--model-cl
     )
 
 
+def add_class_folder_arguments(p: argparse.ArgumentParser, train: str, val: str) -> None:
+    """--train-classes DIR and --val-classes DIR: class-per-folder images (one sub-folder per class), named apart
+    from finetune's --train/--val (caption manifests). Their first spellings, --train-dir/--val-dir and
+    --knn-train/--knn-val, are still read from older scripts; --help no longer shows them."""
+    p.add_argument("--train-classes", metavar="DIR", help=f"class-per-folder images (a sub-folder per class) {train}")
+    p.add_argument("--val-classes", metavar="DIR", help=f"class-per-folder images (a sub-folder per class) {val}")
+    p.add_argument("--train-dir", "--knn-train", dest="train_classes", help=argparse.SUPPRESS)
+    p.add_argument("--val-dir", "--knn-val", dest="val_classes", help=argparse.SUPPRESS)
+
+
 def add_batch_arguments(p: argparse.ArgumentParser, batch_size: int, images: bool) -> None:
     """--batch-size, --quiet and, for image jobs, --workers and --strict."""
     p.add_argument(
