@@ -64,11 +64,13 @@ def _commands(data: dict[str, Path], out: Path) -> dict[str, list]:
             *model,
         ],
         "summary": ["summary", "--model", REPO, "--stages-only"],
+        "probe": ["probe", "--train-classes", data["classes"], "--val-classes", data["classes"], "--out", out / "probe"]
+        + ["--quiet", *model],
     }
 
 
 @pytest.mark.parametrize(
-    "command", ["zero-shot", "embed file", "embed folder", "embed-text", "eval", "finetune", "summary"]
+    "command", ["zero-shot", "embed file", "embed folder", "embed-text", "eval", "finetune", "summary", "probe"]
 )
 def test_a_hub_id_is_resolved_once_per_command(command, hub_calls, data, tmp_path):
     status, _, err = run_cli(*_commands(data, tmp_path)[command])
