@@ -7,8 +7,8 @@ edge to the module `pkg.name` when that is a file, otherwise to `pkg`'s __init__
 
 Two places import by string through importlib and are not edges here: align_torch/__init__.py's lazy map of
 public names (the public entrance: it imports the whole package on demand and nothing imports it back for
-code), and cli.py's table of subcommand modules (the dispatcher at the top). align_torch/__init__.py's own
-`TYPE_CHECKING` imports repeat that lazy map for type checkers, so that file contributes no edges at all.
+code), and cli.py's table of subcommand modules (the dispatcher at the top). align_torch/__init__.py's
+`TYPE_CHECKING` imports are that lazy map (it is read from them), so that file contributes no edges at all.
 """
 
 from __future__ import annotations
