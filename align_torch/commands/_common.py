@@ -148,7 +148,7 @@ def resolve_model_option(args: argparse.Namespace) -> ModelSource:
 
 
 def load_model_and_processor(
-    model: str | ModelSource,
+    source: str | ModelSource,
     device: str | torch.device,
     fuse: bool = True,
     model_class: str | type[AlignModel] | None = None,
@@ -158,7 +158,7 @@ def load_model_and_processor(
     (inference.loader.load_for_inference)."""
     from ..inference.loader import load_for_inference
 
-    return load_for_inference(model, device, fuse=fuse, model_class=model_class, backend=backend)
+    return load_for_inference(source, device, fuse=fuse, model_class=model_class, backend=backend)
 
 
 def report_skipped(command: str, path: Path | str, reason: str) -> None:

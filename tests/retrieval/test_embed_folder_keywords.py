@@ -1,7 +1,7 @@
-"""One name per concept in embed_folder's Python API: `source` is a model reference (folder or Hub id), `model` a
-loaded AlignModel, `fuse` whether it runs fused. The keywords these had before (`model=` and `fused=` of
-embed_collection, `model_name=` and `fused=` of embed_to_folder) still work, with a DeprecationWarning; an old and
-a new spelling of one keyword together are refused, naming both."""
+"""One name per concept in the Python API of embed_folder and the loaders: `source` is a model reference (folder
+or Hub id), `model` a loaded AlignModel, `fuse` whether it runs fused. The keywords these had before (`model=` and
+`fused=` of embed_collection, `model_name=` and `fused=` of embed_to_folder, `model=` of the loaders) still work,
+with a DeprecationWarning; an old and a new spelling of one keyword together are refused, naming both."""
 
 from __future__ import annotations
 
@@ -65,3 +65,19 @@ def test_embed_to_folder_takes_source_and_fuse_and_still_model_name_and_fused(st
     assert old == new and len(warned) == 2
     with pytest.raises(TypeError, match=r"both fused= and fuse="):
         embed_folder.embed_to_folder(*args, source="some/repo", fused=True, fuse=True)
+
+
+def test_the_loaders_take_the_reference_as_source_and_still_as_model(model_dir):
+    """resolve_model, load_config, load_model and load_for_inference: `source` is the reference; the keyword
+    `model=` they had before still works, with a warning."""
+    from align_torch.checkpoint.hub import resolve_model
+    from align_torch.inference.loader import load_config, load_for_inference
+
+    assert resolve_model(source=str(model_dir)).folder == resolve_model(str(model_dir)).folder
+    with pytest.warns(DeprecationWarning, match=r"resolve_model\(model=...\) is now resolve_model\(source=...\)"):
+        assert resolve_model(model=str(model_dir)).folder == resolve_model(str(model_dir)).folder
+    with pytest.warns(DeprecationWarning, match=r"load_config\(model="):
+        assert load_config(model=str(model_dir)) == load_config(source=str(model_dir))
+    with pytest.warns(DeprecationWarning, match=r"load_for_inference\(model="):
+        loaded, _ = load_for_inference(model=str(model_dir), device="cpu", fuse=False)
+    assert not loaded.training
