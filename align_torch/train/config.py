@@ -18,6 +18,7 @@ from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
 from ..model.config import KNOB_RANGES, LOSSES, check_knob
 from ..model.hf_image import IMAGE_POOLINGS
+from ..model.hf_text import HF_PREFIX
 from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
@@ -183,15 +184,16 @@ class TrainConfig:
     )
     text_tower: str | None = opt(
         None,
-        "hf:PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config says, "
-        "a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
-        metavar="hf:PATH_OR_ID",
+        f"{HF_PREFIX}PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config "
+        "says, a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
+        metavar=f"{HF_PREFIX}PATH_OR_ID",
     )
     image_tower: str | None = opt(
         None,
-        "hf:PATH_OR_ID: a transformers vision encoder (ConvNeXt, ViT, Dinov2...) as the image tower, a new image "
-        "projection; its folder's preprocessor_config.json if it has one; needs transformers (align-torch[hf-towers])",
-        metavar="hf:PATH_OR_ID",
+        f"{HF_PREFIX}PATH_OR_ID: a transformers vision encoder (ConvNeXt, ViT, Dinov2...) as the image tower, a new "
+        "image projection; its folder's preprocessor_config.json if it has one; needs transformers "
+        "(align-torch[hf-towers])",
+        metavar=f"{HF_PREFIX}PATH_OR_ID",
     )
     image_pooling: str | None = opt(
         None,
@@ -291,8 +293,8 @@ class TrainConfig:
     def _check_towers_and_logits(self) -> None:
         for side in ("text", "image"):
             tower = getattr(self, f"{side}_tower")
-            if tower is not None and not tower.startswith("hf:"):
-                raise ValueError(f"{side}_tower must be hf:PATH_OR_ID (a transformers model), got {tower!r}")
+            if tower is not None and not tower.startswith(HF_PREFIX):
+                raise ValueError(f"{side}_tower must be {HF_PREFIX}PATH_OR_ID (a transformers model), got {tower!r}")
         if self.temperature_init is not None and not 0 < self.temperature_init < math.inf:
             raise ValueError(f"temperature_init must be a finite number > 0, got {self.temperature_init}")
         if self.logit_bias_init is not None and not math.isfinite(self.logit_bias_init):

@@ -200,3 +200,15 @@ def test_a_run_recorded_under_the_old_lora_head_key_resumes_with_its_head_settin
     args = _parser().parse_args(["--train", "t.csv", "--out", "run"])
     config, notes = resumed_config(args, recorded, "run")
     assert config.lora_freeze_head is frozen and notes == []
+
+
+@pytest.mark.parametrize("side", ["text", "image"])
+def test_a_tower_is_named_with_the_one_hf_prefix(side):
+    """TrainConfig checks --text-tower/--image-tower with model/hf_text.HF_PREFIX, the prefix tower_source strips."""
+    from align_torch.model.hf_text import HF_PREFIX, tower_source
+
+    spec = f"{HF_PREFIX}some/encoder"
+    assert getattr(TrainConfig(train="t.csv", out="o", **{f"{side}_tower": spec}), f"{side}_tower") == spec
+    assert tower_source(spec) == "some/encoder"
+    with pytest.raises(ValueError, match=rf"{side}_tower must be {HF_PREFIX}PATH_OR_ID .*'some/encoder'"):
+        TrainConfig(train="t.csv", out="o", **{f"{side}_tower": "some/encoder"})
