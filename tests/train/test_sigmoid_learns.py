@@ -21,13 +21,13 @@ from align_torch.evaluate import zero_shot_accuracy
 from align_torch.train import TrainConfig, Trainer
 from tests.helpers.train_data import write_shapes_classes, write_shapes_manifest
 
-STEPS, BATCH, SIDE, LR = 60, 64, 32, 2e-3
+STEPS, BATCH, SIDE, LR = 120, 64, 32, 2e-3
 LOSSES = ("softmax", "sigmoid")
-MARGIN = 0.10  # "a few points": 5 of the 54 held-out shapes
-# Zero-shot top-1 of this test's runs (chance 0.11; a shared 2-core x86_64 CPU): softmax 0.370, sigmoid with its
-# defaults 0.296. With the old defaults (bias at -10, duplicates negative for both losses) the same runs gave
-# softmax 0.389, sigmoid 0.167, and the test fails. The margin over the bound is 2.6 points (one or two shapes).
-FIGURES = {"softmax": 0.370, "sigmoid": 0.296, "old defaults: softmax": 0.389, "old defaults: sigmoid": 0.167}
+MARGIN = 0.12  # "a few points": 6 of the 54 held-out shapes; the old start trails by 39
+# Zero-shot top-1 of this test's runs (chance 0.11; a shared 2-core x86_64 CPU, one thread): softmax 0.741, sigmoid
+# with its defaults 0.667. With the old defaults (bias at -10, duplicates negative for both losses) the same runs
+# gave softmax 0.741, sigmoid 0.352, and the test fails. About 30 s a run on one thread.
+FIGURES = {"softmax": 0.741, "sigmoid": 0.667, "old defaults: softmax": 0.741, "old defaults: sigmoid": 0.352}
 
 
 def _top1(loss: str, model_dir: Path, processor: AlignProcessor, train: Path, held_out: Path, out: Path) -> float:
@@ -57,11 +57,12 @@ def _top1(loss: str, model_dir: Path, processor: AlignProcessor, train: Path, he
 
 @pytest.mark.slow
 def test_sigmoid_with_its_defaults_learns_within_a_few_points_of_softmax(tiny_native_dir: Path, tmp_path: Path):
+    torch.set_num_threads(1)  # two threads on two busy cores ran each step ten times slower
     processor = AlignProcessor.from_pretrained(tiny_native_dir)
     images = dataclasses.replace(processor.image_processor, size=(SIDE * 346 // 289,) * 2, crop_size=(SIDE, SIDE))
     processor = AlignProcessor(images, processor.tokenizer)
     train = write_shapes_manifest(tmp_path / "train", 180)  # 9 captions, each about 7 times in a batch of 64
     held_out = write_shapes_classes(tmp_path / "held_out", per_class=6)
     scores = {loss: _top1(loss, tiny_native_dir, processor, train, held_out, tmp_path / loss) for loss in LOSSES}
-    assert scores["softmax"] > 0.25, scores  # the task is learnt at all (chance 0.11)
+    assert scores["softmax"] > 0.5, scores  # the task is learnt at all (chance 0.11)
     assert scores["sigmoid"] >= scores["softmax"] - MARGIN, scores
