@@ -160,6 +160,7 @@ def embed_image_files(
     paths: list[Path],
     args: argparse.Namespace,
     progress: bool,
+    draft_decode: bool = False,
 ) -> ImageEmbeddings:
     """`embed_images` with the command's --batch-size, --workers and --strict, reporting each skipped file."""
     from ..inference.embed import embed_images
@@ -173,4 +174,5 @@ def embed_image_files(
         strict=args.strict,
         on_failure=lambda path, reason: report_skipped(command, path, reason),
         progress=progress,
+        draft_decode=draft_decode,
     )
