@@ -6,9 +6,11 @@ PyTorch module to CHECK_MAX_ABS of each row's largest value and cosine CHECK_MIN
 random align-base image tower is not: on some real photos PyTorch's own float32 output has cosine 0.58 to the
 same module in float64, and fused against unfused eager 0.59. Requiring the graph to match one float32 rounding
 of such a row would refuse a graph that is nearer the exact answer than PyTorch. So a row that fails the plain
-test is judged against a float64 run of the same module (made only then: it costs a copy of the tower and a
-slow forward): the graph's error to float64 may be at most FLOAT32_FACTOR times PyTorch float32's own. A wrong
-graph (a changed weight, a dropped layer) is refused either way: its error to float64 is far beyond rounding.
+test is judged against a float64 run of the same module (made only then, and only for the CHECK_FLOAT64_ROWS
+failing rows of lowest cosine: it costs a copy of the tower and a slow forward): the graph's error to float64
+may be at most FLOAT32_FACTOR times PyTorch float32's own. A wrong graph (a changed weight, a dropped layer) is
+refused either way: its error to float64 is far beyond rounding. On align-base's starter model (random weights)
+and 34 real photos the graph of the fused image tower fails the plain test and passes this one.
 
 Cosines are computed in float64 without an eps, so rows of pooled values near 1e-12 are judged like any other.
 """
@@ -27,6 +29,7 @@ CHECK_MAX_ABS = 1e-4  # relative to the largest value of the row of the PyTorch 
 # two float32 programs of the same sums (other conv algorithms, other summation orders) land at comparable
 # distances from the exact answer; a real error lands orders of magnitude further.
 FLOAT32_FACTOR = 4.0
+CHECK_FLOAT64_ROWS = 2  # at most this many failing rows (the lowest cosines) are run in float64
 
 
 @dataclass
@@ -72,12 +75,16 @@ def check_graph(got: torch.Tensor, module: nn.Module, inputs: tuple[torch.Tensor
     agreement = GraphAgreement(cosine=float(cos.min()), max_rel=float(rel.max()))
     if bool(plain.all()):
         return agreement
-    exact = float64_output(module, inputs)
-    graph = _relative_rows(got.double() - exact, exact, 2)  # (B,)
-    own = _relative_rows(ref.double() - exact, exact, 2)  # (B,)
-    ratio = torch.where(plain, torch.zeros_like(graph), graph / own.clamp(min=torch.finfo(torch.float64).tiny))
-    agreement.graph_error = float(ratio.max())
-    agreement.ok = bool((plain | (graph <= FLOAT32_FACTOR * own)).all())
+    # The worst failing rows only run in float64: PyTorch's float64 convolutions are slow (align-base on a 2-core
+    # CPU: seconds per image quiet, and a batch of 32 took 20 minutes on a loaded machine); a wrong graph is wrong
+    # on every row, and most so where it parts most from float32.
+    failing = torch.nonzero(~plain).flatten()
+    failing = failing[cos[failing].argsort()[:CHECK_FLOAT64_ROWS]]  # (F,)
+    exact = float64_output(module, tuple(x[failing] for x in inputs))  # (F, ...)
+    graph = _relative_rows(got[failing].double() - exact, exact, 2)  # (F,)
+    own = _relative_rows(ref[failing].double() - exact, exact, 2)  # (F,)
+    agreement.graph_error = float((graph / own.clamp(min=torch.finfo(torch.float64).tiny)).max())
+    agreement.ok = bool((graph <= FLOAT32_FACTOR * own).all())
     return agreement
 
 
