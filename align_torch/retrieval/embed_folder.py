@@ -30,7 +30,7 @@ from ..data.images import ImageBatch, ImageItem, collate_images, read_item
 from ..data.pairs import image_name
 from ..data.parquet import row_group_sizes
 from ..defaults import IMAGE_BATCH, PARTITION_SIZE, TEXT_BATCH
-from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode, image_reader
+from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode, image_reader, loader_options
 from ..inference.stages import StageClock
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
@@ -178,7 +178,7 @@ def embed_to_folder(
         return summary
     pairs = _PartitionPairs(plan)
     device = next(model.parameters()).device
-    loader = _image_loader(image_processor, draft_decode, todo, pairs, batch_size, workers, device.type == "cuda")
+    loader = _image_loader(image_processor, draft_decode, todo, pairs, batch_size, workers, device)
     batches = summary.stages.timed_batches(loader)
     bar = tqdm(
         total=_images_in(plan, todo),
@@ -238,7 +238,7 @@ def _image_loader(
     pairs: Callable[[int], list[Pair]],
     batch_size: int,
     workers: int,
-    pin_memory: bool,
+    device: torch.device,
 ) -> DataLoader:
     """Decoded, preprocessed image batches of the partitions `todo`, in order, never crossing a partition."""
     return DataLoader(
@@ -246,8 +246,8 @@ def _image_loader(
         batch_sampler=_PartitionBatches(todo, pairs, batch_size),
         num_workers=workers,
         collate_fn=collate_images,
-        pin_memory=pin_memory,
         persistent_workers=False,
+        **loader_options(device, workers),
     )
 
 

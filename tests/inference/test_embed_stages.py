@@ -4,6 +4,7 @@ the folder records it; --profile names every stage."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import PIL.Image
@@ -75,3 +76,22 @@ def test_profile_prints_the_seconds_of_every_stage(model_dir, large_jpegs, tmp_p
         assert f" {stage} " in err, err
         assert f" {stage} " not in quiet
     assert "2 images" in err
+
+
+class _Niceness(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> int:
+        return os.nice(0)
+
+
+def test_loading_workers_yield_to_the_model_on_the_cpu_only():
+    from align_torch.inference.embed import loader_options
+
+    def worker_niceness(device: str) -> int:
+        loader = torch.utils.data.DataLoader(_Niceness(), num_workers=1, **loader_options(torch.device(device), 1))
+        return int(next(iter(loader)))
+
+    assert worker_niceness("cpu") > os.nice(0)
+    assert "worker_init_fn" not in loader_options(torch.device("cuda"), 1)
