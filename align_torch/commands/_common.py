@@ -50,7 +50,7 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
         "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
         "ONNX Runtime for images and torch for text when the export extra is installed (default: "
-        "$ALIGN_TORCH_BACKEND, else torch)",
+        "$ALIGN_TORCH_BACKEND, else auto)",
     )
 
 

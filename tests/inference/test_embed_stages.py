@@ -95,3 +95,12 @@ def test_loading_workers_yield_to_the_model_on_the_cpu_only():
 
     assert worker_niceness("cpu") > os.nice(0)
     assert "worker_init_fn" not in loader_options(torch.device("cuda"), 1)
+
+
+def test_commands_default_to_auto_unless_the_environment_names_a_backend(monkeypatch):
+    from align_torch import defaults
+
+    monkeypatch.delenv("ALIGN_TORCH_BACKEND")
+    assert defaults.backend() == "auto"
+    monkeypatch.setenv("ALIGN_TORCH_BACKEND", "torch")
+    assert defaults.backend() == "torch"
