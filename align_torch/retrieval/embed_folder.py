@@ -166,10 +166,7 @@ def embed_to_folder(
     The steps: describe the run (folder_info) and prepare the folder; find this rank's unfinished partitions;
     then for each, embed its images and captions (_embed_partition) and write it (write_partition).
     `draft_decode` (inference.embed.image_reader) is recorded with the compute mode: a rerun cannot mix them."""
-    if batch_size < 1 or text_batch_size < 1:
-        raise ValueError(f"batch sizes must be at least 1, got {batch_size} and {text_batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {workers}")
+    _check_sizes(batch_size, text_batch_size, workers)
     compute = compute_mode(model) + (", draft JPEG decode" if draft_decode else "")
     info = folder_info(plan, model_name, model, dtype, fused, compute)
     prepare_folder(out, info)
@@ -202,6 +199,13 @@ def embed_to_folder(
             summary.skipped += len(result.skipped)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _check_sizes(batch_size: int, text_batch_size: int, workers: int) -> None:
+    if batch_size < 1 or text_batch_size < 1:
+        raise ValueError(f"batch sizes must be at least 1, got {batch_size} and {text_batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
 
 
 def _unfinished_partitions(out: str | Path, info: FolderInfo, rank: int, world: int) -> tuple[EmbedSummary, list[int]]:
