@@ -1,11 +1,13 @@
 """align_torch: ALIGN (EfficientNet + BERT, contrastive image-text) in native PyTorch."""
 
+# ruff: noqa: F401 - the TYPE_CHECKING imports are the public names; __all__ is derived from them at run time
+
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the public names, listed once: `_EXPORTS` and `__all__` below are read from these imports
     from .checkpoint.weights import CheckpointError, LoadReport
     from .evaluate.open_clip import create_model_and_transforms, get_tokenizer
     from .inference.convert import convert
@@ -23,74 +25,22 @@ if TYPE_CHECKING:
     from .model.loss import contrastive_loss, sigmoid_loss
     from .preprocess.processor import AlignProcessor
 
+
+def _public_names() -> dict[str, str]:
+    """Public name -> its module (relative to the package): the imports of the TYPE_CHECKING block above, the one
+    list of the package's names. Type checkers read those imports; at run time they are read from this file."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    (block,) = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    return {alias.asname or alias.name: node.module for node in block.body for alias in node.names}
+
+
 # Imported on first use, so that the parts that need no model (reading an embeddings folder, building a FAISS
 # index) start without loading PyTorch: about 190 MB of resident memory and seconds of start-up.
-_EXPORTS = {
-    "AlignConfig": "model.config",
-    "Stage": "model.config",
-    "TextConfig": "model.config",
-    "VisionConfig": "model.config",
-    "preset": "model.config",
-    "contrastive_loss": "model.loss",
-    "sigmoid_loss": "model.loss",
-    "AlignModel": "model.align",
-    "AlignOutput": "model.align",
-    "AlignProcessor": "preprocess.processor",
-    "CheckpointError": "checkpoint.weights",
-    "LoadReport": "checkpoint.weights",
-    "convert": "inference.convert",
-    "fuse_for_inference": "inference.fast",
-    "embed_images": "inference.embed",
-    "embed_texts": "inference.embed",
-    "similarity_heatmap": "inspect.heatmap",
-    "summarize": "inspect.summary",
-    "similarity_map": "inspect.similarity",
-    "token_attributions": "inspect.attributions",
-    "TokenAttributions": "inspect.attributions",
-    "capture": "inspect.hooks",
-    "patch": "inspect.hooks",
-    "ablate_heads": "inspect.hooks",
-    "ablate_channels": "inspect.hooks",
-    "patch_from": "inspect.hooks",
-    "cka": "inspect.cka",
-    "deletion_auc": "inspect.faithfulness",
-    "insertion_auc": "inspect.faithfulness",
-    "create_model_and_transforms": "evaluate.open_clip",
-    "get_tokenizer": "evaluate.open_clip",
-}
-__all__ = [
-    "AlignConfig",
-    "AlignModel",
-    "AlignOutput",
-    "AlignProcessor",
-    "CheckpointError",
-    "LoadReport",
-    "Stage",
-    "TextConfig",
-    "TokenAttributions",
-    "VisionConfig",
-    "ablate_channels",
-    "ablate_heads",
-    "capture",
-    "cka",
-    "contrastive_loss",
-    "convert",
-    "create_model_and_transforms",
-    "deletion_auc",
-    "embed_images",
-    "embed_texts",
-    "fuse_for_inference",
-    "get_tokenizer",
-    "insertion_auc",
-    "patch",
-    "patch_from",
-    "preset",
-    "sigmoid_loss",
-    "similarity_heatmap",
-    "similarity_map",
-    "summarize",
-    "token_attributions",
-]
+_EXPORTS = _public_names()
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 

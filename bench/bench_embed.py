@@ -199,7 +199,7 @@ def main() -> None:
             processor.tokenizer,
             plan,
             tmp / "out",
-            model_name=str(model_dir),
+            source=str(model_dir),
             batch_size=args.batch_size,
             workers=args.workers,
         )

@@ -89,16 +89,20 @@ def _convert_key(key: str, table: dict[str, str]) -> str:
     return table[template] if m is None else table[template].format(m.group(1))
 
 
-def hf_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an HF AlignModel state dict to native names. Unknown keys raise, naming all of them."""
+def _rename(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Each key renamed by `table`, and the keys it has no name for."""
     out, unknown = {}, []
     for k, v in state_dict.items():
-        if k in DROPPED_HF_KEYS:
-            continue
         try:
-            out[_convert_key(k, _HF_TO_NATIVE)] = v
+            out[_convert_key(k, table)] = v
         except KeyMapError:
             unknown.append(k)
+    return out, unknown
+
+
+def hf_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an HF AlignModel state dict to native names. Unknown keys raise, naming all of them."""
+    out, unknown = _rename({k: v for k, v in state_dict.items() if k not in DROPPED_HF_KEYS}, _HF_TO_NATIVE)
     if unknown:
         raise KeyMapError(f"{len(unknown)} checkpoint keys are not part of an ALIGN model: {_names(unknown)}")
     return out
@@ -106,12 +110,7 @@ def hf_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def native_to_hf(state_dict: dict[str, torch.Tensor], max_positions: int | None = None) -> dict[str, torch.Tensor]:
     """Rename a native state dict to HF names (and add back `position_ids` when `max_positions` is given)."""
-    out, unknown = {}, []
-    for k, v in state_dict.items():
-        try:
-            out[_convert_key(k, _NATIVE_TO_HF)] = v
-        except KeyMapError:
-            unknown.append(k)
+    out, unknown = _rename(state_dict, _NATIVE_TO_HF)
     if unknown:
         raise KeyMapError(f"{len(unknown)} keys have no Hugging Face name: {_names(unknown)}")
     if max_positions is not None:

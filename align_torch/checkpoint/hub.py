@@ -9,6 +9,8 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+from ..util.renamed import renamed_keywords
+
 # What a model folder may need: configs, vocab, and one weight format. Safetensors first; the `.bin`
 # is fetched only when the repo has no safetensors (kakaobrain/align-base ships only the `.bin`).
 METADATA_PATTERNS = ["*.json", "*.txt"]
@@ -84,19 +86,20 @@ class ModelSource:
     reference: str
 
 
+@renamed_keywords(model="source")
 def resolve_model(
-    model: str | os.PathLike | ModelSource,
+    source: str | os.PathLike | ModelSource,
     *,
     weights: bool = True,
     revision: str | None = None,
     cache_dir: str | None = None,
 ) -> ModelSource:
-    """`model` (a folder, a Hub repo id, or an already resolved ModelSource, returned as is) -> ModelSource.
+    """`source` (a folder, a Hub repo id, or an already resolved ModelSource, returned as is) -> ModelSource.
     With `weights=False` only configs and vocab are fetched."""
-    if isinstance(model, ModelSource):
-        return model
-    folder = resolve_model_dir(model, weights=weights, revision=revision, cache_dir=cache_dir)
-    return ModelSource(folder=folder, reference=model_reference(model))
+    if isinstance(source, ModelSource):
+        return source
+    folder = resolve_model_dir(source, weights=weights, revision=revision, cache_dir=cache_dir)
+    return ModelSource(folder=folder, reference=model_reference(source))
 
 
 def model_reference(name_or_path: str | os.PathLike) -> str:

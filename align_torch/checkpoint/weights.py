@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..model.config import AlignConfig
 from ..util.class_record import check_record, class_record, is_stock
-from ..util.fileio import atomic_dir, check_destination, unreadable_reason
+from ..util.fileio import atomic_dir, check_destination, check_readable
 from .config_files import read_json_object
 from .hf_keys import config_from_hf, config_to_hf, hf_to_native, native_to_hf
 
@@ -70,12 +70,7 @@ class LoadReport:
 def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """One `.safetensors` or `.bin` file -> {name: tensor} on the CPU. `.bin` is unpickled with
     `weights_only=True` only: a pickle holding anything but tensors is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
-    reason = unreadable_reason(path)
-    if reason is not None:
-        raise CheckpointError(f"cannot read weights file {str(path)!r}: {reason}")
+    path = check_readable(path, "weights file", CheckpointError)
     if path.suffix == ".safetensors":
         try:
             sd = load_file(path, device="cpu")

@@ -37,11 +37,14 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         help="where to run the model; auto picks cuda, then mps, then cpu (default: auto)",
     )
     p.add_argument(
-        "--unfused",
-        action="store_true",
+        "--no-fuse",
+        dest="fuse",
+        action="store_false",
         help="run the checkpoint's layers as loaded; by default BatchNorm and SiLU are folded into the convs "
         "(fuse_for_inference: the same embeddings to about 1e-5, faster)",
     )
+    # The flag's first spelling, still accepted from scripts written before --no-fuse.
+    p.add_argument("--unfused", dest="fuse", action="store_false", help=argparse.SUPPRESS)
     add_model_class_argument(p)
     p.add_argument(
         "--backend",
@@ -63,6 +66,16 @@ def add_model_class_argument(p: argparse.ArgumentParser, flag: str = "--model-cl
         "my_variants:PreLNAlign) with the checkpoint's config and weights (default: the class the model folder or "
         "the embeddings record, else align_torch.AlignModel; another one than recorded is refused)",
     )
+
+
+def add_class_folder_arguments(p: argparse.ArgumentParser, train: str, val: str) -> None:
+    """--train-classes DIR and --val-classes DIR: class-per-folder images (one sub-folder per class), named apart
+    from finetune's --train/--val (caption manifests). Their first spellings, --train-dir/--val-dir and
+    --knn-train/--knn-val, are still read from older scripts; --help no longer shows them."""
+    p.add_argument("--train-classes", metavar="DIR", help=f"class-per-folder images (a sub-folder per class) {train}")
+    p.add_argument("--val-classes", metavar="DIR", help=f"class-per-folder images (a sub-folder per class) {val}")
+    p.add_argument("--train-dir", "--knn-train", dest="train_classes", help=argparse.SUPPRESS)
+    p.add_argument("--val-dir", "--knn-val", dest="val_classes", help=argparse.SUPPRESS)
 
 
 def add_batch_arguments(p: argparse.ArgumentParser, batch_size: int, images: bool) -> None:
@@ -135,17 +148,17 @@ def resolve_model_option(args: argparse.Namespace) -> ModelSource:
 
 
 def load_model_and_processor(
-    model: str | ModelSource,
+    source: str | ModelSource,
     device: str | torch.device,
     fuse: bool = True,
     model_class: str | type[AlignModel] | None = None,
     backend: str = "torch",
 ) -> tuple[AlignModel, AlignProcessor]:
-    """The command's --model, --device, --unfused, --model-class and --backend through the one loader
+    """The command's --model, --device, --no-fuse, --model-class and --backend through the one loader
     (inference.loader.load_for_inference)."""
     from ..inference.loader import load_for_inference
 
-    return load_for_inference(model, device, fuse=fuse, model_class=model_class, backend=backend)
+    return load_for_inference(source, device, fuse=fuse, model_class=model_class, backend=backend)
 
 
 def report_skipped(command: str, path: Path | str, reason: str) -> None:

@@ -101,7 +101,7 @@ def _run_file(args: argparse.Namespace) -> int:
     out = output_file(args.out)
     paths = list_images(args.images)
     source = resolve_model_option(args)
-    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
+    model, processor = load_model_and_processor(source, args.device, args.fuse, args.model_class, args.backend)
     try:
         result = embed_image_files("embed", model, processor, paths, args, not args.quiet, args.draft_decode)
     except ImageLoadError as e:
@@ -140,13 +140,13 @@ def _run_folder(args: argparse.Namespace) -> int:
     summary = embed_collection(
         args.images,
         args.out,
-        model=args.model,
+        source=args.model,
         image_column=args.image_column,
         caption_column=args.caption_column,
         device=args.device,
         partition_size=args.partition_size,
         dtype=args.dtype,
-        fused=not args.unfused,
+        fuse=args.fuse,
         model_class=args.model_class,
         backend=args.backend,
         batch_size=args.batch_size,

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise ValueError(f"{args.textfile!r} has no non-blank lines to embed")
     source = resolve_model_option(args)
-    model, processor = load_model_and_processor(source, args.device, not args.unfused, args.model_class, args.backend)
+    model, processor = load_model_and_processor(source, args.device, args.fuse, args.model_class, args.backend)
     vectors = embed_texts(model, processor.tokenizer, texts, batch_size=args.batch_size, progress=not args.quiet)
     EmbeddingFile(
         vectors=vectors,

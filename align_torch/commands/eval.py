@@ -1,4 +1,4 @@
-"""align-torch eval --model M [--zero-shot-dir DIR] [--retrieval FILE] [--train-dir DIR --val-dir DIR]
+"""align-torch eval --model M [--zero-shot-dir DIR] [--retrieval FILE] [--train-classes DIR --val-classes DIR]
 
 Figures to cite, in percent: zero-shot top-1/top-5 on a class-per-folder dataset (folder names are the class
 names, underscores read as spaces; the 80 templates by default), image<->text recall@1/5/10 on a Karpathy-split
@@ -22,6 +22,7 @@ from ..evaluate.retrieval import KARPATHY_SPLITS
 from ..preprocess.templates import TEMPLATE_SETS
 from ._common import (
     add_batch_arguments,
+    add_class_folder_arguments,
     add_column_arguments,
     add_model_arguments,
     load_model_and_processor,
@@ -56,14 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(.parquet, a glob, a folder; images inside or a path column) for recall@1/5/10",
     )
     _add_retrieval_arguments(p)
-    p.add_argument("--train-dir", "--knn-train", dest="train_dir", metavar="DIR", help="class-per-folder train images")
-    p.add_argument("--val-dir", "--knn-val", dest="val_dir", metavar="DIR", help="class-per-folder val images")
+    add_class_folder_arguments(p, "for the k-NN gallery and the probe's fit", "scored by k-NN and the probe")
     p.add_argument(
         "--knn-k",
         type=int,
         nargs="+",
         default=list(KNN_KS),
-        help=f"neighbours for k-NN on --train-dir (default: {' '.join(map(str, KNN_KS))})",
+        help=f"neighbours for k-NN on --train-classes (default: {' '.join(map(str, KNN_KS))})",
     )
     p.add_argument(
         "--knn-temperature",
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=KNN_TEMPERATURE,
         help=f"k-NN vote temperature (default: {KNN_TEMPERATURE})",
     )
-    p.add_argument("--linear-probe", action="store_true", help="also fit a linear probe on --train-dir features")
+    p.add_argument("--linear-probe", action="store_true", help="also fit a linear probe on --train-classes features")
     p.add_argument(
         "--probe-l2",
         type=float,
@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace):
     from ..util.distributed import setup_distributed
 
     env, device = setup_distributed(args.device)  # under torchrun: joins the group, one GPU per rank
-    loaded = load_model_and_processor(args.model, device, not args.unfused, args.model_class, args.backend)
+    loaded = load_model_and_processor(args.model, device, args.fuse, args.model_class, args.backend)
     return (*loaded, env.distributed)
 
 
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         results["zero_shot"] = _zero_shot(model, processor, args, common, skipped)
     if pairs is not None:
         results["retrieval"] = _retrieval(model, processor, pairs, args, retrieval_info, common, skipped)
-    if args.train_dir:
+    if args.train_classes:
         results.update(_knn_and_probe(model, processor, args, common, skipped))
     if rank == 0:
         _print_results(results, skipped, args)
@@ -168,10 +168,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse, before any model loads, options that cannot run: nothing to evaluate, half a k-NN, bad numbers."""
-    if not (args.zero_shot_dir or args.retrieval or args.train_dir or args.val_dir):
-        raise ValueError("nothing to evaluate: pass --zero-shot-dir, --retrieval, or --train-dir with --val-dir")
-    if bool(args.train_dir) != bool(args.val_dir):
-        raise ValueError("k-NN and the linear probe need both --train-dir and --val-dir")
+    if not (args.zero_shot_dir or args.retrieval or args.train_classes or args.val_classes):
+        raise ValueError(
+            "nothing to evaluate: pass --zero-shot-dir, --retrieval, or --train-classes with --val-classes"
+        )
+    if bool(args.train_classes) != bool(args.val_classes):
+        raise ValueError("k-NN and the linear probe need both --train-classes and --val-classes")
     if any(k < 1 for k in args.knn_k):
         raise ValueError(f"--knn-k values must be at least 1, got {args.knn_k}")
     if any(l2 <= 0 for l2 in args.probe_l2):
@@ -227,17 +229,17 @@ def _retrieval(
 def _knn_and_probe(
     model: AlignModel, processor: AlignProcessor, args: argparse.Namespace, common: dict, skipped: list
 ) -> dict[str, Any]:
-    """k-NN top-1 of --val-dir against --train-dir and, with --linear-probe, a probe on the same features."""
+    """k-NN top-1 of --val-classes against --train-classes and, with --linear-probe, a probe on the same features."""
     from ..evaluate import knn_scores, linear_probe_scores, train_val_features
 
-    train, val = train_val_features(model, processor, args.train_dir, args.val_dir, **common)
+    train, val = train_val_features(model, processor, args.train_classes, args.val_classes, **common)
     knn = knn_scores(train, val, args.knn_k, args.knn_temperature)
     skipped += knn.skipped
     out: dict[str, Any] = {
         "knn": {
             "protocol": "k-NN by cosine, train images as the gallery; k>1 votes weighted exp(cos/T)",
-            "train": str(args.train_dir),
-            "val": str(args.val_dir),
+            "train": str(args.train_classes),
+            "val": str(args.val_classes),
             "k": list(args.knn_k),
             "temperature": knn.temperature,
             "top1": {str(k): v for k, v in knn.top1.items()},

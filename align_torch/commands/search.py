@@ -75,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         )
     model_name = collection.require_model_name()
     model_class = collection.query_model_class()  # the recorded class, unless --model-class (refused if other)
-    collection.use_model(
-        *load_model_and_processor(model_name, args.device, not args.unfused, model_class, args.backend)
-    )
+    collection.use_model(*load_model_and_processor(model_name, args.device, args.fuse, model_class, args.backend))
     if texts is None:
         labels, results = [args.image], collection.search(image=args.image, k=args.k, target=args.target)
     else:

@@ -35,9 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     collection = Collection(args.embeddings, model=args.model, use_index=not args.exact, model_class=args.model_class)
     model_name, model_class = collection.require_model_name(), collection.query_model_class()
-    collection.use_model(
-        *load_model_and_processor(model_name, args.device, not args.unfused, model_class, args.backend)
-    )
+    collection.use_model(*load_model_and_processor(model_name, args.device, args.fuse, model_class, args.backend))
     for target in collection.targets:
         collection.index(target)  # a stale or broken index is refused now, not at the first query
     server = serve(collection, args.host, args.port)

@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     paths = list_images(args.images)
-    model, processor = load_model_and_processor(
-        args.model, args.device, not args.unfused, args.model_class, args.backend
-    )
+    model, processor = load_model_and_processor(args.model, args.device, args.fuse, args.model_class, args.backend)
     classifier = build_classifier(model, processor, args.labels, args.templates, progress=not args.quiet)  # (C, P)
     try:
         images = embed_image_files(

@@ -198,22 +198,11 @@ def knn_accuracy(
     ks: Sequence[int] = KNN_KS,
     *,
     temperature: float = KNN_TEMPERATURE,
-    batch_size: int = IMAGE_BATCH,
-    workers: int = 0,
-    progress: bool = False,
-    distributed: bool = False,
+    **embed: Any,
 ) -> KnnResult:
-    """k-NN top-1 of a val folder against a train folder (Kakao Brain's protocol at k=1)."""
-    train, val = train_val_features(
-        model,
-        processor,
-        train_root,
-        val_root,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        distributed=distributed,
-    )
+    """k-NN top-1 of a val folder against a train folder (Kakao Brain's protocol at k=1). `embed`: how the
+    folders are embedded (batch_size, workers, progress, distributed: as embed_class_folder)."""
+    train, val = train_val_features(model, processor, train_root, val_root, **embed)
     return knn_scores(train, val, ks, temperature)
 
 
@@ -252,20 +241,9 @@ def linear_probe_accuracy(
     val_fraction: float = 0.2,
     solver: str = "auto",
     seed: int = 0,
-    batch_size: int = IMAGE_BATCH,
-    workers: int = 0,
-    progress: bool = False,
-    distributed: bool = False,
+    **embed: Any,
 ) -> LinearProbeResult:
-    """Linear-probe top-1 of a val folder, the probe fitted on a train folder's frozen features."""
-    train, val = train_val_features(
-        model,
-        processor,
-        train_root,
-        val_root,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        distributed=distributed,
-    )
+    """Linear-probe top-1 of a val folder, the probe fitted on a train folder's frozen features (`embed`: as
+    knn_accuracy's)."""
+    train, val = train_val_features(model, processor, train_root, val_root, **embed)
     return linear_probe_scores(train, val, l2_grid=l2_grid, val_fraction=val_fraction, solver=solver, seed=seed)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.align import AlignModel
+from .hooks import eval_then_restore
 
 METHODS = ("integrated_gradients", "rollout")
 
@@ -67,17 +68,12 @@ def token_attributions(
         attention_mask = (input_ids != model.config.text.pad_token_id).long()  # as encode_text
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_then_restore(model):
         with torch.no_grad():
             image = model.encode_image(pixel_values, normalize=True).float()  # (1 or B, P)
         if method == "rollout":
             return _rollout(model, image, input_ids, attention_mask, token_type_ids)
         return _integrated_gradients(model, image, input_ids, attention_mask, token_type_ids, steps)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
 
 
 def _text_cosine(

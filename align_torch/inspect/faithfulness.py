@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.align import AlignModel
-from .similarity import similarity_map
+from .hooks import eval_then_restore
+from .similarity import check_images_and_texts, similarity_map
 
 
 @dataclass
@@ -90,6 +91,7 @@ def _curve(
 ) -> FaithfulnessCurve:
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_images_and_texts(pixel_values, input_ids)
     if isinstance(maps, str):
         if maps == "random":
             with torch.no_grad():  # the last feature map's grid, as the maps have
@@ -103,18 +105,12 @@ def _curve(
     cells = maps.shape[1] * maps.shape[2]
     steps = min(steps, cells)
     counts = [round(k * cells / steps) for k in range(steps + 1)]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
-            cosines = []
-            for count in counts:
-                images = masked_inputs(pixel_values, maps.to(pixel_values.device), count, insert, baseline)
-                cosines.append((model.encode_image(images, normalize=True) * text).sum(dim=-1).float().cpu())
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    with eval_then_restore(model), torch.no_grad():
+        text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
+        cosines = []
+        for count in counts:
+            images = masked_inputs(pixel_values, maps.to(pixel_values.device), count, insert, baseline)
+            cosines.append((model.encode_image(images, normalize=True) * text).sum(dim=-1).float().cpu())
     curve = torch.stack(cosines, dim=1)  # (B, S + 1)
     fractions = torch.tensor(counts, dtype=torch.float32) / cells  # (S + 1,)
     return FaithfulnessCurve(fractions, curve, torch.trapezoid(curve, fractions, dim=1))

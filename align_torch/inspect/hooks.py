@@ -84,6 +84,19 @@ def _hooked(model: nn.Module, hooks: Mapping[str, Callable[[nn.Module, tuple, An
             handle.remove()
 
 
+@contextlib.contextmanager
+def eval_then_restore(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode, then give each module back its own mode (a BatchNorm frozen in a training model stays
+    frozen): batch statistics would make one image's value depend on the others in its batch."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
 class SiteCache(dict):
     """site -> the value seen at the last forward pass (a KeyError names a site that did not run)."""
 
@@ -207,21 +220,15 @@ def patch_from(
     with those values put in. Inputs are the model's keywords (pixel_values, input_ids, attention_mask, ...);
     source and target must give the sites the same shapes (same image size, same text length)."""
     sites = list(sites)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            with capture(model, sites) as cache:
-                source = _cosine(model, source_inputs)
-            missing = [s for s in sites if s not in cache]
-            if missing:
-                raise ValueError(f"sites {missing} did not run on the source inputs")
-            with patch(model, {s: _put(s, cache[s]) for s in sites}):
-                patched = _cosine(model, target_inputs)
-            clean = _cosine(model, target_inputs)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    with eval_then_restore(model), torch.no_grad():
+        with capture(model, sites) as cache:
+            source = _cosine(model, source_inputs)
+        missing = [s for s in sites if s not in cache]
+        if missing:
+            raise ValueError(f"sites {missing} did not run on the source inputs")
+        with patch(model, {s: _put(s, cache[s]) for s in sites}):
+            patched = _cosine(model, target_inputs)
+        clean = _cosine(model, target_inputs)
     return PatchEffect(clean=clean, patched=patched, source=source)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..model.align import AlignModel
 from ..model.hf_image import HFImageTower
+from .hooks import eval_then_restore
 
 METHODS = ("exact", "gradcam", "gradient_x_input")
 
@@ -52,42 +53,30 @@ def similarity_map(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(model.vision_model, HFImageTower):
-        if method == "exact":
-            warnings.warn(
-                f"the exact map needs ALIGN's mean-pooled EfficientNet map; the image tower "
-                f"{model.config.image_tower} pools its own way, so this is Grad-CAM on its last hidden state",
-                stacklevel=2,
-            )
-            method = "gradcam"
-        position = block if stage is None else stage + 1
-        acts, grads = hidden_state_gradients(model, pixel_values, input_ids, attention_mask, token_type_ids, position)
-        return (gradcam(acts, grads) if method == "gradcam" else (acts * grads).sum(dim=1)).float()
-    if method != "exact":
-        acts, grads = block_gradients(
-            model, pixel_values, input_ids, attention_mask, token_type_ids, block=block, stage=stage
+    hf_tower = isinstance(model.vision_model, HFImageTower)
+    if hf_tower and method == "exact":
+        warnings.warn(
+            f"the exact map needs ALIGN's mean-pooled EfficientNet map; the image tower "
+            f"{model.config.image_tower} pools its own way, so this is Grad-CAM on its last hidden state",
+            stacklevel=2,
         )
-        if method == "gradcam":
-            return gradcam(acts, grads).float()
-        return (acts * grads).sum(dim=1).float()  # (B, h, w)
-    if (block, stage) != (-1, None):
+        method = "gradcam"
+    if method == "exact" and (block, stage) != (-1, None):
         raise ValueError("the exact map is defined on the last feature map only: leave block and stage unset")
-    return exact_map(model, pixel_values, input_ids, attention_mask, token_type_ids)
+    check_images_and_texts(pixel_values, input_ids)
+    with eval_then_restore(model), torch.no_grad():
+        text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
+    if method == "exact":
+        return exact_map(model, pixel_values, text)
+    if hf_tower:
+        acts, grads = hidden_state_gradients(model, pixel_values, text, block if stage is None else stage + 1)
+    else:
+        acts, grads = block_gradients(model, pixel_values, text, block=block, stage=stage)
+    return (gradcam(acts, grads) if method == "gradcam" else (acts * grads).sum(dim=1)).float()  # (B, h, w)
 
 
-def exact_map(
-    model: AlignModel,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The "exact" method of `similarity_map`: (B, h, w) contributions summing to the cosine (float32)."""
-    if model.vision_model.cfg.pooling != "mean":
-        raise ValueError(
-            f"the exact map needs mean pooling (the embedding is then a sum over locations); this model's "
-            f"VisionConfig.pooling is {model.vision_model.cfg.pooling!r}"
-        )
+def check_images_and_texts(pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """The inputs every map and curve takes: (B, 3, H, W) images and B texts, or one text for all images."""
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
     if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
@@ -95,15 +84,19 @@ def exact_map(
             f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
             f"got {tuple(input_ids.shape)}"
         )
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # batch statistics would make one location's value depend on the whole batch
-    try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True).float()  # (1|B, P)
-            fmap = model.vision_model.forward_features(pixel_values).float()  # (B, C, h, w)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+
+
+def exact_map(model: AlignModel, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The "exact" method of `similarity_map`: (B, h, w) contributions summing to each image's cosine with its row
+    of the unit text embeddings `text` (1 or B, P) (float32)."""
+    if model.vision_model.cfg.pooling != "mean":
+        raise ValueError(
+            f"the exact map needs mean pooling (the embedding is then a sum over locations); this model's "
+            f"VisionConfig.pooling is {model.vision_model.cfg.pooling!r}"
+        )
+    text = text.float()
+    with eval_then_restore(model), torch.no_grad():
+        fmap = model.vision_model.forward_features(pixel_values).float()  # (B, C, h, w)
     B, C, h, w = fmap.shape
     feats = fmap.flatten(2).transpose(1, 2)  # (B, hw, C)
     proj = model.image_projection
@@ -134,24 +127,11 @@ def upsample_map(maps: torch.Tensor, size: tuple[int, int] | torch.Size, normali
 
 
 def block_gradients(
-    model: AlignModel,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-    *,
-    block: int = -1,
-    stage: int | None = None,
+    model: AlignModel, pixel_values: torch.Tensor, text: torch.Tensor, *, block: int = -1, stage: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output A (B, C, h, w) of image block `block` (or of the last block of `stage`) and d cos / d A, where
-    cos is each image's cosine with its text (or with the one text). Modes and gradients are left as they were."""
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-    if input_ids.ndim != 2 or input_ids.shape[0] not in (1, pixel_values.shape[0]):
-        raise ValueError(
-            f"input_ids must be (1 or {pixel_values.shape[0]} texts, tokens) for {pixel_values.shape[0]} images, "
-            f"got {tuple(input_ids.shape)}"
-        )
+    cos is each image's cosine with its row of the unit text embeddings `text` (1 or B, P). Modes and gradients
+    are left as they were."""
     target = _target_block(model, block, stage)
     captured: list[torch.Tensor] = []
 
@@ -162,48 +142,30 @@ def block_gradients(
         captured.append(a)
         return a
 
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     handle = target.register_forward_hook(capture)
     try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
-        with torch.enable_grad():
+        with eval_then_restore(model), torch.enable_grad():
             image = model.encode_image(pixel_values, normalize=True)  # (B, P)
             cosine = (image * text).sum(dim=-1)  # (B,)
             (grads,) = torch.autograd.grad(cosine.sum(), captured[0])  # samples are independent in eval mode
     finally:
         handle.remove()
-        for m, training in modes.items():
-            m.train(training)
     return captured[0].detach(), grads
 
 
 def hidden_state_gradients(
-    model: AlignModel,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-    position: int = -1,
+    model: AlignModel, pixel_values: torch.Tensor, text: torch.Tensor, position: int = -1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For a transformers image tower: its hidden state A at `position` (as forward_intermediates counts them)
-    as a (B, C, h, w) map, and d cos / d A. A ViT's (B, T, C) tokens become a square grid of the last h * w
-    tokens (the class and register tokens before them are left out). Modes are left as they were."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            text = model.encode_text(input_ids, attention_mask, token_type_ids, normalize=True)  # (1 or B, P)
-        with torch.enable_grad():
-            tower = model.vision_model
-            out = tower.encoder(pixel_values=pixel_values, output_hidden_states=True)
-            hidden = out.hidden_states[position]
-            image = model.project_image(tower.pool_output(out), normalize=True)  # (B, P)
-            (grads,) = torch.autograd.grad((image * text).sum(), hidden)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    as a (B, C, h, w) map, and d cos / d A (cos with the unit text embeddings `text`, (1 or B, P)). A ViT's
+    (B, T, C) tokens become a square grid of the last h * w tokens (the class and register tokens before them
+    are left out). Modes are left as they were."""
+    with eval_then_restore(model), torch.enable_grad():
+        tower = model.vision_model
+        out = tower.encoder(pixel_values=pixel_values, output_hidden_states=True)
+        hidden = out.hidden_states[position]
+        image = model.project_image(tower.pool_output(out), normalize=True)  # (B, P)
+        (grads,) = torch.autograd.grad((image * text).sum(), hidden)
     return _as_map(hidden.detach()), _as_map(grads)
 
 

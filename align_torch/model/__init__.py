@@ -1,4 +1,6 @@
 """The paper's recipe and nothing else: configs, EfficientNet, BERT, the joint model, the loss, input checks.
-Two imports leave this folder: the joint model's loading and saving call down into align_torch.checkpoint (files
--> config and tensors), and the loss gathers rows over ranks through align_torch.util.distributed (torch only).
-Start reading at align.py."""
+Two files import from outside this folder, and only downward: align.py, whose loading and saving call into
+align_torch.checkpoint (hub.py resolves a folder or Hub id, weights.py reads, loads, compares and saves: files <->
+config and tensors; checkpoint/ reads into model/config.py and never imports the model class), and loss.py, which
+gathers rows over ranks through align_torch.util.distributed (torch only). tests/project/test_imports.py holds
+this list. Start reading at align.py."""

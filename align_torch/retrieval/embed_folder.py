@@ -38,6 +38,7 @@ from ..preprocess.tokenizer import AlignTokenizer
 from ..util.class_record import class_record
 from ..util.distributed import rank_device, torchrun_env
 from ..util.fileio import path_to_text
+from ..util.renamed import renamed_keywords
 from .layout import DTYPES, INFO_FILE, FolderInfo, finished_partitions
 from .partitions import InputPlan, rank_partitions
 from .writer import PartitionResult, prepare_folder, write_partition
@@ -59,14 +60,15 @@ def model_fingerprint(name_or_path: str | os.PathLike | ModelSource) -> str:
 
 
 def folder_info(
-    plan: InputPlan, model_name: str | ModelSource, model: AlignModel, dtype: str, fused: bool, compute: str
+    plan: InputPlan, source: str | ModelSource, model: AlignModel, dtype: str, fuse: bool, compute: str
 ) -> FolderInfo:
-    """The FolderInfo a run with these inputs, model and options writes (and must find)."""
+    """The FolderInfo a run with these inputs, model (`model` loaded from the reference `source`) and options
+    writes (and must find)."""
     import importlib.metadata
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    source = resolve_model(model_name)
+    source = resolve_model(source)
     try:
         version = importlib.metadata.version("align-torch")
     except importlib.metadata.PackageNotFoundError:
@@ -74,7 +76,7 @@ def folder_info(
     return FolderInfo(
         model=source.reference,
         model_fingerprint=model_fingerprint(source),
-        fused=fused,
+        fused=fuse,
         compute=compute,
         dim=model.config.projection_dim,
         dtype=dtype,
@@ -140,6 +142,7 @@ class EmbedSummary:
 
 
 @torch.no_grad()
+@renamed_keywords(model_name="source", fused="fuse")
 def embed_to_folder(
     model: AlignModel,
     image_processor: AlignImageProcessor,
@@ -147,9 +150,9 @@ def embed_to_folder(
     plan: InputPlan,
     out: str | Path,
     *,
-    model_name: str | ModelSource,
+    source: str | ModelSource,
     dtype: str = "float16",
-    fused: bool = True,
+    fuse: bool = True,
     batch_size: int = IMAGE_BATCH,
     text_batch_size: int = TEXT_BATCH,
     workers: int = 0,
@@ -161,14 +164,16 @@ def embed_to_folder(
     draft_decode: bool = False,
 ) -> EmbedSummary:
     """Embed `plan`'s unfinished partitions that belong to `rank` into the folder `out` (created, or checked to
-    have been made with the same model and arguments). Rows are L2-normalised and stored as `dtype`.
+    have been made with the same model and arguments). `model` is the loaded model; `source` the folder or Hub
+    repo id it was loaded from and `fuse` whether it went through fuse_for_inference (both recorded in the
+    folder). Rows are L2-normalised and stored as `dtype`.
 
     The steps: describe the run (folder_info) and prepare the folder; find this rank's unfinished partitions;
     then for each, embed its images and captions (_embed_partition) and write it (write_partition).
     `draft_decode` (inference.embed.image_reader) is recorded with the compute mode: a rerun cannot mix them."""
     _check_sizes(batch_size, text_batch_size, workers)
     compute = compute_mode(model) + (", draft JPEG decode" if draft_decode else "")
-    info = folder_info(plan, model_name, model, dtype, fused, compute)
+    info = folder_info(plan, source, model, dtype, fuse, compute)
     prepare_folder(out, info)
     summary, todo = _unfinished_partitions(out, info, rank, world)
     if not todo:
@@ -362,17 +367,18 @@ def _store(vectors: torch.Tensor, dtype: str) -> np.ndarray:
     return vectors.numpy().astype(dtype)
 
 
+@renamed_keywords(model="source", fused="fuse")
 def embed_collection(
     inputs: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping],
     out: str | os.PathLike,
     *,
-    model: str = defaults.MODEL,
+    source: str | os.PathLike | ModelSource = defaults.MODEL,
     image_column: str | None = None,
     caption_column: str | None = None,
     device: str = "auto",
     partition_size: int = PARTITION_SIZE,
     dtype: str = "float16",
-    fused: bool = True,
+    fuse: bool = True,
     model_class: type[AlignModel] | str | None = None,
     backend: str = "torch",
     batch_size: int = IMAGE_BATCH,
@@ -382,7 +388,8 @@ def embed_collection(
     draft_decode: bool = False,
 ) -> EmbedSummary:
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs` (paths, or a sequence of
-    mappings such as a `datasets.Dataset`; Parquet and rows columns found by name or named), load `model` (as
+    mappings such as a `datasets.Dataset`; Parquet and rows columns found by name or named), load the model that
+    `source` names (a folder or Hub repo id; fused unless `fuse` is False; as
     `model_class`, an AlignModel subclass or 'module:Class', if given, else the class the folder `out` records;
     its towers on `backend`), and embed this process's unfinished partitions into the folder `out`. Under torchrun
     each process takes its rank's partitions and the GPU `cuda:LOCAL_RANK`. For a model already in memory, call
@@ -397,17 +404,17 @@ def embed_collection(
     # A rerun finishing a folder embeds with the class that began it, and refuses another before a download.
     recorded = FolderInfo.load(out).model_class if (Path(out) / INFO_FILE).is_file() else None
     model_class = follow_model_class(model_class, recorded, f"embeddings folder {str(out)!r}")
-    source = resolve_model(model)
-    loaded, processor = load_for_inference(source, where, fuse=fused, model_class=model_class, backend=backend)
+    source = resolve_model(source)
+    loaded, processor = load_for_inference(source, where, fuse=fuse, model_class=model_class, backend=backend)
     return embed_to_folder(
         loaded,
         processor.image_processor,
         processor.tokenizer,
         plan,
         out,
-        model_name=source,
+        source=source,
         dtype=dtype,
-        fused=fused,
+        fuse=fuse,
         batch_size=batch_size,
         workers=workers,
         rank=env.rank,

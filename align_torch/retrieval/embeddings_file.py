@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..util.class_record import check_record
-from ..util.fileio import atomic_file, path_to_text, text_to_path, unreadable_reason
+from ..util.fileio import atomic_file, check_readable, path_to_text, text_to_path
 from .hit import Hit
 
 FORMAT = "align_torch.embeddings"
@@ -101,12 +101,7 @@ class EmbeddingFile:
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingFile:
         """Read a file written by `save`; raises EmbeddingFileError naming what is wrong."""
-        path = Path(path)
-        if not path.is_file():
-            raise EmbeddingFileError(f"embeddings file {str(path)!r} does not exist")
-        reason = unreadable_reason(path)
-        if reason is not None:
-            raise EmbeddingFileError(f"cannot read embeddings file {str(path)!r}: {reason}")
+        path = check_readable(path, "embeddings file", EmbeddingFileError)
         try:
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}

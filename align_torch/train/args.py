@@ -34,7 +34,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, optional: tuple[str, .
         help_text = f.metadata["help"]
         if kind is bool:
             help_text += " (default: off)"
-        elif not required:
+        elif f.default is not dataclasses.MISSING:  # a field `optional` frees has no default to show
             help_text += f" (default: {f.metadata.get('default_text', _show(f.default))})"
         if kind is bool:
             kwargs["action"] = "store_false" if f.default else "store_true"

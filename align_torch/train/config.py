@@ -18,6 +18,7 @@ from ..data.transforms import CROP_RATIO, CROP_SCALE, HFLIP
 from ..defaults import TEMPLATES, TEXT_LENGTH
 from ..model.config import KNOB_RANGES, LOSSES, check_knob
 from ..model.hf_image import IMAGE_POOLINGS
+from ..model.hf_text import HF_PREFIX
 from ..model.loss import DUPLICATE_CAPTIONS, EXCHANGES
 from ..preprocess.templates import TEMPLATE_SETS
 from ..util.device import DEVICES
@@ -66,6 +67,12 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", kw_only: bool = Fals
     """A TrainConfig field: its default, its help text and options for its command-line flag. `kw_only` lets a
     field with a default come before fields without one."""
     return field(default=default, kw_only=kw_only, metadata={"help": help, **cli})
+
+
+def model_knob(what: str) -> Any:
+    """A TrainConfig field that overrides a knob of the model config (checked against the model config's own
+    range); None keeps the model's value."""
+    return opt(None, f"override the model config's {what}", default_text="the model config's")
 
 
 @dataclass(frozen=True)
@@ -141,9 +148,7 @@ class TrainConfig:
     clip_grad: float | None = opt(1.0, "max global gradient norm; 0 disables clipping")
     temperature_min: float | None = opt(None, "clamp the learned temperature from below after each step")
 
-    label_smoothing: float | None = opt(
-        None, "override the model config's label smoothing (align-base: 0.1)", default_text="the model config's"
-    )
+    label_smoothing: float | None = model_knob("label smoothing (align-base: 0.1)")
     loss: str | None = opt(
         None,
         "training loss: softmax (ALIGN's contrastive cross-entropy) or sigmoid (SigLIP: each pair a binary "
@@ -172,28 +177,23 @@ class TrainConfig:
         "exchange: each rank passes its text chunk to the next, world size - 1 times); both exact",
         choices=EXCHANGES,
     )
-    bn_momentum: float | None = opt(
-        None,
-        "override the model config's BN momentum, PyTorch convention (ALIGN: 0.01)",
-        default_text="the model config's",
-    )
-    drop_path_rate: float | None = opt(
-        None, "override the model config's stochastic depth rate (ALIGN: 0.2)", default_text="the model config's"
-    )
+    bn_momentum: float | None = model_knob("BN momentum, PyTorch convention (ALIGN: 0.01)")
+    drop_path_rate: float | None = model_knob("stochastic depth rate (ALIGN: 0.2)")
     freeze_bn: bool = opt(
         False, "BatchNorm normalises with and keeps its running statistics (exact with micro-batches)"
     )
     text_tower: str | None = opt(
         None,
-        "hf:PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config says, "
-        "a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
-        metavar="hf:PATH_OR_ID",
+        f"{HF_PREFIX}PATH_OR_ID: a transformers encoder as the text tower ([CLS] or mean pooling as the model config "
+        "says, a new projection); its folder's tokenizer if it has one; needs transformers (align-torch[hf-towers])",
+        metavar=f"{HF_PREFIX}PATH_OR_ID",
     )
     image_tower: str | None = opt(
         None,
-        "hf:PATH_OR_ID: a transformers vision encoder (ConvNeXt, ViT, Dinov2...) as the image tower, a new image "
-        "projection; its folder's preprocessor_config.json if it has one; needs transformers (align-torch[hf-towers])",
-        metavar="hf:PATH_OR_ID",
+        f"{HF_PREFIX}PATH_OR_ID: a transformers vision encoder (ConvNeXt, ViT, Dinov2...) as the image tower, a new "
+        "image projection; its folder's preprocessor_config.json if it has one; needs transformers "
+        "(align-torch[hf-towers])",
+        metavar=f"{HF_PREFIX}PATH_OR_ID",
     )
     image_pooling: str | None = opt(
         None,
@@ -293,8 +293,8 @@ class TrainConfig:
     def _check_towers_and_logits(self) -> None:
         for side in ("text", "image"):
             tower = getattr(self, f"{side}_tower")
-            if tower is not None and not tower.startswith("hf:"):
-                raise ValueError(f"{side}_tower must be hf:PATH_OR_ID (a transformers model), got {tower!r}")
+            if tower is not None and not tower.startswith(HF_PREFIX):
+                raise ValueError(f"{side}_tower must be {HF_PREFIX}PATH_OR_ID (a transformers model), got {tower!r}")
         if self.temperature_init is not None and not 0 < self.temperature_init < math.inf:
             raise ValueError(f"temperature_init must be a finite number > 0, got {self.temperature_init}")
         if self.logit_bias_init is not None and not math.isfinite(self.logit_bias_init):

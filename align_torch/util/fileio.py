@@ -59,6 +59,17 @@ def apply_umask(path: str | os.PathLike) -> None:
         os.chmod(entry, full & ~mask)
 
 
+def check_readable(path: str | os.PathLike, what: str, error: type[Exception]) -> Path:
+    """`path` as a Path if it is a file that can be read; otherwise raise `error`, naming `what` and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist")
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise error(f"cannot read {what} {str(path)!r}: {reason}")
+    return path
+
+
 def unreadable_reason(path: str | os.PathLike) -> str | None:
     """Why `path` cannot be opened for reading ("permission denied", "does not exist", ...), or None if it can.
 

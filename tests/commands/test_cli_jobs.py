@@ -202,14 +202,16 @@ def test_job_commands_fuse_the_model_unless_told_not_to(collection, model_dir, t
     _, files = collection
     photo = sorted(files["good"])[0]
     rows = {}
-    for extra in ([], ["--unfused"]):
-        out = tmp_path / f"one{len(extra)}.safetensors"
+    # --unfused: the flag's first spelling, kept for scripts written before --no-fuse.
+    for extra in ([], ["--no-fuse"], ["--unfused"]):
+        out = tmp_path / f"one{''.join(extra)}.safetensors"
         status, _, _ = run_cli("embed", photo, "--out", out, "--model", model_dir, *extra)
         assert status == 0
-        rows[bool(extra)] = EmbeddingFile.load(out).vectors
-    assert [is_fused(m) for m in loaded] == [True, False]
-    assert not loaded[1].training
-    torch.testing.assert_close(rows[True], rows[False], rtol=0, atol=TOL)
+        rows[tuple(extra)] = EmbeddingFile.load(out).vectors
+    assert [is_fused(m) for m in loaded] == [True, False, False]
+    assert not loaded[1].training and not loaded[2].training
+    torch.testing.assert_close(rows[()], rows[("--no-fuse",)], rtol=0, atol=TOL)
+    torch.testing.assert_close(rows[("--unfused",)], rows[("--no-fuse",)], rtol=0, atol=0)
 
 
 def test_search_images_prints_scores_best_first(embedded, tiny, model_dir):

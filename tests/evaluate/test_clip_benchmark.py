@@ -49,7 +49,7 @@ class FolderDataset(Dataset):
 
 
 def _eval_json(capsys, model_dir: Path, *args: str) -> dict:
-    base = ["eval", "--model", str(model_dir), "--device", "cpu", "--workers", "0", "--quiet", "--json", "--unfused"]
+    base = ["eval", "--model", str(model_dir), "--device", "cpu", "--workers", "0", "--quiet", "--json", "--no-fuse"]
     assert main([*base, *args]) == 0
     return json.loads(capsys.readouterr().out)
 

@@ -301,7 +301,15 @@ def test_eval_command_json(model_dir: Path, tmp_path: Path, capsys):
     karpathy = write_karpathy(tmp_path / "coco", 4)
     args = ["eval", "--model", str(model_dir), "--device", "cpu", "--workers", "0", "--quiet", "--json"]
     args += ["--zero-shot-dir", str(classes), "--templates", "simple", "--retrieval", str(karpathy)]
-    args += ["--train-dir", str(classes), "--val-dir", str(classes), "--linear-probe", "--probe-solver", "torch"]
+    args += [
+        "--train-classes",
+        str(classes),
+        "--val-classes",
+        str(classes),
+        "--linear-probe",
+        "--probe-solver",
+        "torch",
+    ]
     args += ["--probe-l2", "1e-2", "1"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
@@ -318,6 +326,6 @@ def test_eval_command_json(model_dir: Path, tmp_path: Path, capsys):
     assert probe["solver"] == "torch" and probe["num_test"] == 9 and set(probe["val_top1"]) == {"0.01", "1"}
     assert main(["eval", "--model", str(model_dir)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
-    knn_zero = ["--train-dir", str(classes), "--val-dir", str(classes), "--knn-k", "0"]
+    knn_zero = ["--train-classes", str(classes), "--val-classes", str(classes), "--knn-k", "0"]
     assert main(["eval", "--model", str(model_dir), *knn_zero]) == 2
     assert "--knn-k values must be at least 1" in capsys.readouterr().err

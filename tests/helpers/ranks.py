@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, port: int) -> Iterator[None]:
+    """This process as rank `rank` of a `world`-rank gloo group on this machine, with one intra-op thread; the
+    group is destroyed after, however the block ends."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def run_gloo_rank(
     rank: int,
     world: int,
@@ -30,9 +43,7 @@ def run_gloo_rank(
 ) -> None:
     """One rank of a `world`-rank gloo test: its rows of `batch` (`splits[world]` rows per rank), each named result
     of `steps(local rows)` with its "loss" averaged over the ranks; rank 0 saves them to `out`."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         split = splits[world]
         start = sum(split[:rank])
         results = {}
@@ -42,5 +53,3 @@ def run_gloo_rank(
             results[name] = result
         if rank == 0:
             torch.save(results, out)
-    finally:
-        dist.destroy_process_group()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -60,3 +61,14 @@ def write_shapes_classes(folder: Path, per_class: int, seed: int = 1) -> Path:
         for i in range(per_class):
             shape_image(colour, shape, rng).save(sub / f"{i:03d}.png")
     return folder
+
+
+def shapes_run(model_dir: Path, root: Path, manifest: Path | None = None, **options: Any):
+    """A TrainConfig that fine-tunes `model_dir` on `manifest` (by default 8 shapes written under root/data) into
+    root/run, in batches of 4, without a progress bar; `options` add to these or override them."""
+    from align_torch.train import TrainConfig
+
+    if manifest is None:
+        manifest = write_shapes_manifest(root / "data", 8)
+    base = {"model": str(model_dir), "train": str(manifest), "out": str(root / "run"), "batch_size": 4}
+    return TrainConfig(**{**base, "progress": False, **options})

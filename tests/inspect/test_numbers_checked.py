@@ -60,11 +60,11 @@ def test_compare_shows_progress_on_stderr_unless_quiet(model_dir, tmp_path):
 
 def test_probe_shows_progress_on_stderr_unless_quiet(model_dir, tmp_path):
     root = _classes(tmp_path / "data")
-    args = ("--train-dir", root / "train", "--val-dir", root / "val", "--batch-size", "2")
-    status, _, err = run_cli("probe", model_dir, *args, "--out", tmp_path / "a")
+    args = ("--model", model_dir, "--train-classes", root / "train", "--val-classes", root / "val", "--batch-size", "2")
+    status, _, err = run_cli("probe", *args, "--out", tmp_path / "a")
     assert status == 0, err
     assert "probe: train images" in err and "probe: val images" in err and "probe: fitting" in err, err
-    status, _, err = run_cli("probe", model_dir, *args, "--out", tmp_path / "b", "--quiet")
+    status, _, err = run_cli("probe", *args, "--out", tmp_path / "b", "--quiet")
     assert status == 0 and err == "", err
 
 

@@ -35,7 +35,17 @@ def data(tmp_path_factory):
 
 def test_probe_every_image_site(model_dir, data, tmp_path):
     out = tmp_path / "probe"
-    args = ("probe", model_dir, "--train-dir", data / "train", "--val-dir", data / "val", "--out", out)
+    args = (
+        "probe",
+        "--model",
+        model_dir,
+        "--train-classes",
+        data / "train",
+        "--val-classes",
+        data / "val",
+        "--out",
+        out,
+    )
     status, stdout, stderr = run_cli(*args, "--batch-size", "4")
     assert status == 0, stderr
     assert stderr.count("skipped") == 2  # the broken file of each folder, reported
@@ -62,6 +72,7 @@ def test_probe_leaves_out_a_constant_site_naming_it_and_takes_model_class(model_
 
     monkeypatch.setattr(site_probe, "image_site_features", stem_constant)
     out = tmp_path / "probe"
+    # The first spellings, still read from older scripts: the positional MODEL, --train-dir and --val-dir.
     args = ("probe", model_dir, "--train-dir", data / "train", "--val-dir", data / "val", "--out", out)
     status, _, stderr = run_cli(*args, "--model-class", "tests.helpers.variants:CustomBlock")
     assert status == 0, stderr

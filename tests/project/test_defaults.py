@@ -33,7 +33,7 @@ def test_every_command_and_function_defaults_to_the_same_model():
     }
     models = {name: parser.parse_args(argv).model for name, argv in commands.items()}
     assert models == dict.fromkeys(commands, MODEL)
-    assert _default(embed_collection, "model") == _default(load_align, "pretrained") == MODEL
+    assert _default(embed_collection, "source") == _default(load_align, "pretrained") == MODEL
 
 
 def test_every_text_length_default_is_aligns():

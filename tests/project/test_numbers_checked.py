@@ -34,7 +34,9 @@ def test_ci_run_says_when_it_installs_system_packages_and_can_be_told_not_to(tmp
         (bin_dir / tool).chmod(0o755)
     # PATH holds the stand-ins alone: a chromium the machine already has (CI installs it) must not be seen.
     env = {"PATH": str(bin_dir), **({"ALIGN_TORCH_CI_NO_APT": "1"} if skip else {})}
-    done = subprocess.run([shutil.which("bash"), "-euo", "pipefail", "-c", _apt_block()], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [shutil.which("bash"), "-euo", "pipefail", "-c", _apt_block()], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "apt.log").read_text() if (tmp_path / "apt.log").exists() else ""
     if skip:

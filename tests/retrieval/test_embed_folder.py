@@ -224,6 +224,7 @@ def test_a_changed_model_or_argument_is_refused(one_process, images, model_dir, 
         (["--model", tiny_native_dir], "model:"),
         (["--model", model_dir, "--dtype", "float32"], "dtype:"),
         (["--model", model_dir, "--partition-size", 16], "partition_size:"),
+        (["--model", model_dir, "--no-fuse"], "fused:"),  # --no-fuse reaches the folder's record
     ):
         status, _, stderr = run_cli("embed", images, "--out", one_process, "--partition-size", 32, *extra, "--quiet")
         assert status == 2 and f"different model or arguments ({what}" in stderr, stderr

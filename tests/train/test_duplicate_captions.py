@@ -6,7 +6,6 @@ the wrong offset would show."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -18,14 +17,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from align_torch import AlignModel, contrastive_loss, sigmoid_loss
-from align_torch.model.config import align_tiny
 from align_torch.model.loss import duplicate_groups, global_contrastive_loss, global_sigmoid_loss
 from align_torch.train.data import Batch
 from align_torch.train.gradcache import caption_groups, gradcache_backward
-from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
 from tests.helpers.ranks import one_thread, run_gloo_rank
+from tests.helpers.tiny_models import calibrated_tiny
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -91,19 +89,12 @@ def test_groups_compare_the_tokens_the_mask_keeps():
 
 def _model(loss: str) -> AlignModel:
     """Tiny float64 model, calibrated frozen BatchNorm, no dropout or drop-path."""
-    torch.manual_seed(0)
-    cfg = align_tiny()
-    text = dataclasses.replace(cfg.text, hidden_dropout=0.0, attention_dropout=0.0)
-    vision = dataclasses.replace(cfg.vision, image_size=32, drop_path_rate=0.0)
-    model = AlignModel(cfg.replace(text=text, vision=vision, loss=loss)).double().train()
-    prepare_model(model, bn_momentum=1.0, drop_path_rate=0.0)
+    model = calibrated_tiny(loss)
     with torch.no_grad():
-        model.encode_image(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
         model.temperature.fill_(0.2)
         if model.logit_bias is not None:
             model.logit_bias.fill_(-1.0)
-    prepare_model(model, freeze_bn=True, drop_path_rate=0.0)
-    return model.train()
+    return model
 
 
 def _batch() -> Batch:

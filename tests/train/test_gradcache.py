@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
@@ -23,36 +22,23 @@ from align_torch.train.gradcache import chunk_bounds, embed_pairs, gradcache_bac
 from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
+from tests.helpers.ranks import gloo_group, one_thread
+from tests.helpers.tiny_models import calibrated_tiny, grads_of
 
 B, M = 64, 8
 LABEL_SMOOTHING = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine run ~50x faster without OpenMP's second thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions on a shared 2-core machine run ~50x faster without OpenMP's second thread.
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def _model(noise: bool) -> AlignModel:
-    """Tiny float64 model with calibrated, frozen BatchNorm; dropout and drop-path on or off. Float64, so the
-    comparisons measure the method, not float32 rounding of a different summation order (~1e-5 here)."""
-    torch.manual_seed(0)
-    cfg = align_tiny()
-    rate = 0.1 if noise else 0.0
-    text = dataclasses.replace(cfg.text, hidden_dropout=rate, attention_dropout=rate)
-    vision = dataclasses.replace(cfg.vision, image_size=32, drop_path_rate=0.5 if noise else 0.0)
-    model = AlignModel(cfg.replace(text=text, vision=vision)).double().train()
-    prepare_model(model, bn_momentum=1.0, drop_path_rate=vision.drop_path_rate)
-    with torch.no_grad():
-        model.encode_image(torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
-    prepare_model(model, freeze_bn=True, drop_path_rate=vision.drop_path_rate)
+    """Tiny float64 model with calibrated, frozen BatchNorm; dropout and drop-path on or off."""
+    model = calibrated_tiny(noise=noise, calibration_rows=32)
     with torch.no_grad():
         model.temperature.fill_(0.2)
-    return model.train()
+    return model
 
 
 def _batch(rows: int, seed: int) -> Batch:
@@ -60,10 +46,6 @@ def _batch(rows: int, seed: int) -> Batch:
     ids = torch.randint(1, 1000, (rows, 12), generator=g)
     pixels = torch.randn(rows, 3, 32, 32, generator=g, dtype=torch.float64)
     return Batch(pixels, ids, torch.ones_like(ids), torch.zeros_like(ids), [])
-
-
-def _grads(model: AlignModel) -> dict[str, torch.Tensor]:
-    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 def _step(model: AlignModel, batch: Batch, kind: str, wrapped: torch.nn.Module | None = None) -> dict:
@@ -82,7 +64,7 @@ def _step(model: AlignModel, batch: Batch, kind: str, wrapped: torch.nn.Module |
         text, image = torch.cat([t for t, _ in parts]), torch.cat([i for _, i in parts])
         loss = global_contrastive_loss(text, image, model.temperature, LABEL_SMOOTHING)
         loss.backward()
-    return {"loss": float(loss.detach()), "grads": _grads(model), "rng_after": torch.get_rng_state()}
+    return {"loss": float(loss.detach()), "grads": grads_of(model), "rng_after": torch.get_rng_state()}
 
 
 def _worst_relative(a: dict, b: dict) -> float:
@@ -145,15 +127,11 @@ def test_gradcache_updates_running_statistics_once_per_chunk():
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, 2, port):
         batch = _batch(B, seed=10 + rank)  # each rank its own 64 pairs: a global batch of 128
         worst = {noise: _compare(noise, batch, wrap=DistributedDataParallel) for noise in (False, True)}
         if rank == 0:
             torch.save(worst, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_gradcache_with_gradient_checkpointing_and_a_locked_tower():
@@ -186,7 +164,7 @@ def test_gradcache_under_bf16_autocast_follows_the_chunked_reference():
             text, image = torch.cat([t for t, _ in parts]), torch.cat([i for _, i in parts])
             loss = global_contrastive_loss(text, image, model.temperature, LABEL_SMOOTHING)
             loss.backward()
-        results.append({"loss": float(loss.detach()), "grads": _grads(model)})
+        results.append({"loss": float(loss.detach()), "grads": grads_of(model)})
     assert _worst_relative(*results) <= 1e-5
 
 

@@ -14,22 +14,11 @@ from align_torch import AlignModel
 from align_torch.cli import main
 from align_torch.train import TrainConfig, Trainer
 from align_torch.train.lora import ADAPTER_FILE, add_lora, merged_copy
-from tests.helpers.train_data import write_shapes_manifest
+from tests.helpers.train_data import shapes_run, write_shapes_manifest
 
 
 def test_lora_run_trains_adapters_only_and_final_is_merged(tiny_native_dir: Path, tmp_path: Path):
-    manifest = write_shapes_manifest(tmp_path / "data", 8)
-    cfg = TrainConfig(
-        model=str(tiny_native_dir),
-        train=str(manifest),
-        out=str(tmp_path / "run"),
-        batch_size=4,
-        max_steps=3,
-        lr=1e-2,
-        lora_rank=4,
-        freeze_bn=True,
-        progress=False,
-    )
+    cfg = shapes_run(tiny_native_dir, tmp_path, max_steps=3, lr=1e-2, lora_rank=4, freeze_bn=True)
     trainer = Trainer(cfg)
     trainer.fit()
     adapted = trainer.model.eval()

@@ -5,7 +5,6 @@ uneven numbers of rows, so a positive placed at the wrong offset would show."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -21,21 +20,16 @@ from align_torch.model.config import align_tiny
 from align_torch.model.loss import global_sigmoid_loss
 from align_torch.train.data import Batch
 from align_torch.train.gradcache import gradcache_backward
-from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
-from tests.helpers.ranks import run_gloo_rank
+from tests.helpers.ranks import one_thread, run_gloo_rank
+from tests.helpers.tiny_models import calibrated_tiny, grads_of
 
 SPLITS = {2: (5, 3), 3: (3, 1, 4)}  # rows per rank; 8 pairs in all
 MICRO = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def _formula(text: torch.Tensor, image: torch.Tensor, scale: float, bias: float) -> float:
@@ -77,18 +71,11 @@ def test_align_configs_have_no_logit_bias():
 
 def _model() -> AlignModel:
     """Tiny float64 sigmoid-loss model, calibrated frozen BatchNorm, no dropout or drop-path."""
-    torch.manual_seed(0)
-    cfg = align_tiny()
-    text = dataclasses.replace(cfg.text, hidden_dropout=0.0, attention_dropout=0.0)
-    vision = dataclasses.replace(cfg.vision, image_size=32, drop_path_rate=0.0)
-    model = AlignModel(cfg.replace(text=text, vision=vision, loss="sigmoid")).double().train()
-    prepare_model(model, bn_momentum=1.0, drop_path_rate=0.0)
+    model = calibrated_tiny("sigmoid")
     with torch.no_grad():
-        model.encode_image(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
         model.temperature.fill_(0.2)
         model.logit_bias.fill_(-3.0)  # off SigLIP's -10, so both signs of every term matter
-    prepare_model(model, freeze_bn=True, drop_path_rate=0.0)
-    return model.train()
+    return model
 
 
 def _batch() -> Batch:
@@ -107,7 +94,7 @@ def _step(model: AlignModel, net: torch.nn.Module, batch: Batch, exchange: str, 
         loss = gradcache_backward(
             net, batch, model.temperature, 0.0, micro, logit_bias=model.logit_bias, exchange=exchange
         )
-    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads = grads_of(model)
     return {"loss": loss.detach().clone(), "grads": grads}
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from align_torch.train import TrainConfig, Trainer
+from align_torch.train import Trainer
 from align_torch.train import trainer as trainer_module
 from align_torch.util import distributed as distributed_module
 from align_torch.util.distributed import backend_devices, setup_distributed
-from tests.helpers.train_data import write_shapes_manifest
+from tests.helpers.train_data import shapes_run
 
 
 def _cuda_backend() -> str:
@@ -89,16 +89,7 @@ def test_backend_carries_every_tensor_the_trainer_reduces(tiny_native_dir: Path,
     for name in ("all_reduce", "all_gather", "all_gather_object", "barrier"):
         monkeypatch.setattr(dist, name, getattr(fake, name))
     monkeypatch.setattr(trainer_module, "DistributedDataParallel", _NoDDP)
-    manifest = write_shapes_manifest(tmp_path / "data", 8)
-    cfg = TrainConfig(
-        model=str(tiny_native_dir),
-        train=str(manifest),
-        out=str(tmp_path / "run"),
-        batch_size=4,
-        max_steps=1,
-        progress=False,
-    )
-    Trainer(cfg).fit()
+    Trainer(shapes_run(tiny_native_dir, tmp_path, max_steps=1)).fit()
     kinds = {name for name, _ in fake.seen}
     # The batch-size check, loss and pair counts, the NaN check (all_reduce), the loss gather, the RNG states.
     assert {"all_reduce", "all_gather", "all_gather_object"} <= kinds, kinds

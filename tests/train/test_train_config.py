@@ -20,7 +20,7 @@ from tests.helpers.train_data import write_shapes_manifest
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finetune")
-    add_config_arguments(p)
+    add_config_arguments(p, optional=("train",))  # as finetune does: a resume finds --train recorded
     add_recipe_argument(p)
     return p
 
@@ -93,6 +93,9 @@ def test_help_lists_every_field_with_its_default():
         assert actions[f.name].help.startswith(f.metadata["help"].replace("%", "%%")), f.name
         if f.default is not dataclasses.MISSING:
             assert "(default: " in actions[f.name].help, f.name
+        else:  # no default to show, even where a resume frees the option from being required
+            assert "(default: " not in actions[f.name].help, f.name
+    assert "_MISSING_TYPE" not in text
     assert "(default: 0.9 1)" in " ".join(text.split())  # crop scale, open_clip's fine-tuning default
 
 
@@ -200,3 +203,15 @@ def test_a_run_recorded_under_the_old_lora_head_key_resumes_with_its_head_settin
     args = _parser().parse_args(["--train", "t.csv", "--out", "run"])
     config, notes = resumed_config(args, recorded, "run")
     assert config.lora_freeze_head is frozen and notes == []
+
+
+@pytest.mark.parametrize("side", ["text", "image"])
+def test_a_tower_is_named_with_the_one_hf_prefix(side):
+    """TrainConfig checks --text-tower/--image-tower with model/hf_text.HF_PREFIX, the prefix tower_source strips."""
+    from align_torch.model.hf_text import HF_PREFIX, tower_source
+
+    spec = f"{HF_PREFIX}some/encoder"
+    assert getattr(TrainConfig(train="t.csv", out="o", **{f"{side}_tower": spec}), f"{side}_tower") == spec
+    assert tower_source(spec) == "some/encoder"
+    with pytest.raises(ValueError, match=rf"{side}_tower must be {HF_PREFIX}PATH_OR_ID .*'some/encoder'"):
+        TrainConfig(train="t.csv", out="o", **{f"{side}_tower": "some/encoder"})

@@ -13,28 +13,18 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from align_torch import AlignModel
-from align_torch.model.config import align_tiny
 from align_torch.train.data import Batch
-from align_torch.train.modes import prepare_model
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
+from tests.helpers.ranks import gloo_group
+from tests.helpers.tiny_models import calibrated_tiny, grads_of
 
 # Rows per rank: equal halves, and an uneven split (what skipped unreadable images produce).
 SPLITS = ((4, 4), (5, 3))
 
 
 def _model() -> AlignModel:
-    torch.manual_seed(0)
-    cfg = align_tiny()
-    cfg = cfg.replace(text=type(cfg.text)(**{**cfg.text.__dict__, "hidden_dropout": 0.0, "attention_dropout": 0.0}))
-    model = AlignModel(cfg).train()
-    # Calibrate BN statistics on one batch (momentum 1 keeps exactly its statistics), then freeze them:
-    # a fresh model's running statistics (0 and 1) would blow activations and gradients up to ~1e9.
-    prepare_model(model, bn_momentum=1.0, drop_path_rate=0.0)
-    with torch.no_grad():
-        model.encode_image(torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
-    prepare_model(model, freeze_bn=True, drop_path_rate=0.0)
-    return model.train()
+    return calibrated_tiny(dtype=torch.float32, image_size=64)
 
 
 def _global_batch() -> Batch:
@@ -44,39 +34,21 @@ def _global_batch() -> Batch:
     return Batch(torch.randn(8, 3, 64, 64, generator=g), ids, mask, torch.zeros_like(ids), failures=[])
 
 
-def _rows(batch: Batch, start: int, stop: int) -> Batch:
-    return Batch(
-        batch.pixel_values[start:stop],
-        batch.input_ids[start:stop],
-        batch.attention_mask[start:stop],
-        batch.token_type_ids[start:stop],
-        failures=[],
-    )
-
-
-def _grads(model: AlignModel) -> dict[str, torch.Tensor]:
-    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
 def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, 2, port):
         results = []
         for split in SPLITS:
             model = _model()
             ddp = DistributedDataParallel(model)
             start = sum(split[:rank])
-            local = _rows(_global_batch(), start, start + split[rank])
+            local = _global_batch().rows(start, start + split[rank])
             loss = forward_loss(ddp, local, model.temperature, label_smoothing=0.1)
             loss.backward()
             value = loss.detach().clone()
             dist.all_reduce(value)
-            results.append({"loss": float(value) / 2, "grads": _grads(model)})
+            results.append({"loss": float(value) / 2, "grads": grads_of(model)})
         if rank == 0:
             torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_process_ddp_equals_one_process(tmp_path: Path):
@@ -87,7 +59,7 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path):
     model = _model()
     loss = forward_loss(model, _global_batch(), model.temperature, label_smoothing=0.1)
     loss.backward()
-    single = _grads(model)
+    single = grads_of(model)
     for split, result in zip(SPLITS, ddp_results, strict=True):
         assert abs(result["loss"] - loss.item()) <= 1e-6, split
         assert result["grads"].keys() == single.keys()

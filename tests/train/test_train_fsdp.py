@@ -14,7 +14,8 @@ from align_torch.train.fsdp import average_replicated_grads, full_model_state, l
 from align_torch.train.state import CHECKPOINT_FILE, load_checkpoint
 from align_torch.train.trainer import forward_loss
 from tests.helpers.ports import free_port
-from tests.train.test_train_ddp import _global_batch, _model, _rows
+from tests.helpers.ranks import gloo_group
+from tests.train.test_train_ddp import _global_batch, _model
 
 
 def _one_step(rank: int, fsdp: bool) -> tuple[float, dict[str, torch.Tensor], tuple[int, int]]:
@@ -29,7 +30,7 @@ def _one_step(rank: int, fsdp: bool) -> tuple[float, dict[str, torch.Tensor], tu
     # Plain SGD: the update is the gradient itself (Adam's normalisation would hide a gradient off by a factor).
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     start = (0, 5)[rank]
-    local = _rows(_global_batch(), start, start + (5, 3)[rank])
+    local = _global_batch().rows(start, start + (5, 3)[rank])
     loss = forward_loss(net, local, model.temperature, label_smoothing=0.1)
     loss.backward()
     if fsdp:
@@ -42,17 +43,13 @@ def _one_step(rank: int, fsdp: bool) -> tuple[float, dict[str, torch.Tensor], tu
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, 2, port):
         ddp = _one_step(rank, fsdp=False)
         fsdp = _one_step(rank, fsdp=True)
         counts = [None, None]
         dist.all_gather_object(counts, fsdp[2])
         if rank == 0:
             torch.save({"ddp": ddp[:2], "fsdp": fsdp[:2], "counts": counts}, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp_step_equals_ddp_step_and_shards_parameters(tmp_path: Path):
@@ -95,9 +92,7 @@ def _run(model_dir: str, manifest: str, out: str, fsdp: bool, resume: bool = Fal
 def _trainer_worker(rank: int, port: int, model_dir: str, manifest: str, root: str) -> None:
     from align_torch.train.guards import Interrupted
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, 2, port):
         _run(model_dir, manifest, f"{root}/ddp", fsdp=False)
         _run(model_dir, manifest, f"{root}/fsdp", fsdp=True)
         try:
@@ -107,9 +102,9 @@ def _trainer_worker(rank: int, port: int, model_dir: str, manifest: str, root: s
         else:  # without the stop the cut run would finish, and the resume below would train zero steps
             raise AssertionError("the stop after step 1 never fired")
         assert load_checkpoint(Path(root) / "cut" / CHECKPOINT_FILE).progress.step == 1
-        _run(model_dir, manifest, f"{root}/cut", fsdp=True, resume=True)
-    finally:
-        dist.destroy_process_group()
+        resumed = _run(model_dir, manifest, f"{root}/cut", fsdp=True, resume=True)
+        # The resume must train the one step left, not find the run already finished.
+        assert len(resumed.losses) == 1 and resumed.progress.step == 2, (len(resumed.losses), resumed.progress.step)
 
 
 def test_fsdp_trainer_follows_ddp_and_resumes_exactly(tiny_native_dir: Path, tmp_path: Path):
@@ -136,9 +131,7 @@ def _seeded_worker(rank: int, port: int, out: str) -> None:
     from align_torch import AlignModel
     from align_torch.model.config import align_tiny
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, 2, port):
         torch.manual_seed(rank)  # as the trainer seeds each rank: a random init differs between ranks
         model = AlignModel(align_tiny())
         before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -146,8 +139,6 @@ def _seeded_worker(rank: int, port: int, out: str) -> None:
         state = full_model_state(model)
         if rank == 0:
             torch.save({"before": before, "after": state}, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_sharding_starts_every_rank_from_rank_0s_weights(tmp_path: Path):

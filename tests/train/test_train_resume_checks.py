@@ -16,24 +16,14 @@ from safetensors.torch import save_file
 
 from align_torch.train import TrainCheckpointError, TrainConfig, Trainer
 from align_torch.train.state import CHECKPOINT_FILE
-from tests.helpers.train_data import write_shapes_manifest
+from tests.helpers.train_data import shapes_run
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_native_dir: Path, tmp_path_factory) -> tuple[TrainConfig, Path]:
     """A finished 2-step run (one epoch), to be copied and edited by each test."""
     root = tmp_path_factory.mktemp("finished")
-    manifest = write_shapes_manifest(root / "data", 8)
-    cfg = TrainConfig(
-        model=str(tiny_native_dir),
-        train=str(manifest),
-        out=str(root / "run"),
-        batch_size=4,
-        lr=1e-3,
-        progress=False,
-        log_every=1,
-        workers=0,
-    )
+    cfg = shapes_run(tiny_native_dir, root, lr=1e-3, log_every=1, workers=0)
     Trainer(cfg).fit()
     return cfg, root / "run"
 

@@ -23,7 +23,7 @@ from align_torch.train import trainer as trainer_module
 from align_torch.train.lock import LOCK_FILE, acquire_run_lock, release_run_lock
 from align_torch.train.metrics import drop_records_after
 from align_torch.train.state import CHECKPOINT_FILE, load_checkpoint
-from tests.helpers.train_data import write_shapes_manifest
+from tests.helpers.train_data import shapes_run, write_shapes_manifest
 
 
 @pytest.fixture(scope="module")
@@ -171,15 +171,7 @@ def test_non_finite_step_is_never_saved(tiny_native_dir: Path, manifest: Path, t
         else:
             trainer.model.text_projection.weight.register_hook(lambda grad: grad * float("nan"))
 
-    cfg = TrainConfig(
-        model=str(tiny_native_dir),
-        train=str(manifest),
-        out=str(tmp_path / "run"),
-        batch_size=4,
-        save_every=1,
-        clip_grad=None,
-        progress=False,
-    )
+    cfg = shapes_run(tiny_native_dir, tmp_path, manifest, save_every=1, clip_grad=None)
     with pytest.raises(NonFiniteLossError, match=rf"{poison} are not finite at step 3 .* \(step 2\), untouched"):
         Trainer(cfg, callbacks=[break_step_3]).fit()
     checkpoint = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)
