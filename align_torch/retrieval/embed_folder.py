@@ -179,8 +179,7 @@ def embed_to_folder(
     if not todo:
         return summary
     pairs = _PartitionPairs(plan)
-    device = next(model.parameters()).device
-    loader = _image_loader(image_processor, draft_decode, todo, pairs, batch_size, workers, device)
+    loader = _image_loader(image_processor, draft_decode, todo, pairs, batch_size, workers, model)
     batches = summary.stages.timed_batches(loader)
     bar = tqdm(
         total=_images_in(plan, todo),
@@ -247,7 +246,7 @@ def _image_loader(
     pairs: Callable[[int], list[Pair]],
     batch_size: int,
     workers: int,
-    device: torch.device,
+    model: AlignModel,
 ) -> DataLoader:
     """Decoded, preprocessed image batches of the partitions `todo`, in order, never crossing a partition."""
     return DataLoader(
@@ -256,7 +255,7 @@ def _image_loader(
         num_workers=workers,
         collate_fn=collate_images,
         persistent_workers=False,
-        **loader_options(device, workers),
+        **loader_options(next(model.parameters()).device, workers),
     )
 
 
