@@ -17,7 +17,7 @@ from align_torch.inference.loader import load_for_inference
 from align_torch.retrieval.embeddings_file import EmbeddingFile
 from align_torch.retrieval.layout import FolderInfo
 from tests.helpers.cli import run_cli
-from tests.helpers.export_data import photos
+from tests.helpers.export_data import photo_files
 
 # The lowest cosine of draft-decoded rows to exact ones that the tiny test model gives on these photos (0.923
 # measured: it resizes them to 72 pixels, where draft mode decodes at 1/8); align-base's, at 346 pixels, are in
@@ -28,12 +28,7 @@ DRAFT_MIN_COSINE = 0.9
 @pytest.fixture(scope="module")
 def large_jpegs(tmp_path_factory) -> list[Path]:
     """Six real photos enlarged 3x as JPEG: large enough that draft mode decodes them at a smaller scale."""
-    folder = tmp_path_factory.mktemp("large_jpegs")
-    paths = []
-    for i, image in enumerate(photos(6)):
-        paths.append(folder / f"{i}.jpg")
-        image.resize((image.width * 3, image.height * 3), PIL.Image.Resampling.LANCZOS).save(paths[-1], quality=90)
-    return paths
+    return photo_files(tmp_path_factory.mktemp("large_jpegs"), 6, scale=3)
 
 
 def _embed(model_dir, files, out: Path, *extra) -> tuple[int, str]:
