@@ -33,7 +33,7 @@ def image_workers() -> int:
 
 
 def backend() -> str:
-    """--backend of the commands that only infer (inference.backend): "torch", unless the environment variable
-    ALIGN_TORCH_BACKEND names another. Not yet "auto": at align-base size the graph of the fused image tower has
-    not been shown to pass its first-batch check on real photos (random weights there are too unstable to tell)."""
-    return os.environ.get("ALIGN_TORCH_BACKEND") or "torch"
+    """--backend of the commands that only infer (inference.backend): "auto" (on the CPU the image tower in ONNX
+    Runtime when the export extra is installed, else PyTorch), unless the environment variable ALIGN_TORCH_BACKEND
+    names another (the test suite pins "torch"; docs/deploying.md has the figures behind the choice)."""
+    return os.environ.get("ALIGN_TORCH_BACKEND") or "auto"

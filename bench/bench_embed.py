@@ -3,12 +3,16 @@ the same images already preprocessed, and the decode rate of one core; random we
 
     python bench/bench_embed.py [--preset align-base|align-tiny] [--images 64] [--size 640x480]
                                 [--workers 2] [--batch-size 16] [--device cpu|cuda]
-    python bench/bench_embed.py --against-transformers [--images 64] [--batch-size 16]
+    python bench/bench_embed.py --against-transformers [--preset align-base|align-tiny] [--images 64]
+                                [--batch-size 16] [--no-towers]
 
-The second form is what a user sees on the CPU: `align-torch embed PHOTOS --out DIR` with its defaults
-(`--backend auto`), and with each backend, against transformers' `get_image_features` through its own image
-processor on the same real photos (skimage's, as JPEG), at align-base size with random weights, in one process;
-images/s as the command reports it (the model loaded, the ONNX graph already cached by a first run).
+The second form is what a user sees on the CPU: `align-torch embed PHOTOS --out DIR` with its defaults, with
+each backend and with `--draft-decode`, against transformers' `get_image_features` through its own image
+processor on the same real photos (skimage's, as JPEG), at align-base size with random weights (the starter
+model), in one process; images/s as the command reports it (the model loaded, the ONNX graph already cached by a
+first run), and the defaults' seconds per stage (`--profile`). Then, in the same run, bench_export.py's table of
+every backend and precision of both towers (transformers, eager, fused, ONNX Runtime fp32, int8 where it keeps
+0.99 cosine; text padded and packed). `--preset align-tiny` checks the script in a minute.
 
 End to end is `retrieval.embed_folder.embed_to_folder` writing a real embeddings folder (float16, one
 partition per `--batch-size * 4` images), so it includes the npy/parquet writes. On a GPU the model runs
@@ -66,8 +70,9 @@ def write_photos(folder: Path, n: int) -> None:
         image.save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def command_rate(argv: list[str]) -> float:
-    """`align-torch embed ARGV`, in this process: the images/s it reports (model loaded, files to folder)."""
+def command_rate(argv: list[str], show: bool = False) -> float:
+    """`align-torch embed ARGV`, in this process: the images/s it reports (model loaded, files to folder); `show`
+    prints what it said (its --profile lines)."""
     import contextlib
     import io
     import re
@@ -79,6 +84,8 @@ def command_rate(argv: list[str]) -> float:
         status = cli(argv)
     if status != 0:
         raise SystemExit(f"embed failed: {err.getvalue()}")
+    if show:
+        print(f"align-torch {' '.join(argv[:1] + argv[2:])}:\n{err.getvalue()}", file=sys.stderr)
     return float(re.search(r"([0-9.]+) images/s", err.getvalue()).group(1))
 
 
@@ -98,14 +105,14 @@ def transformers_rate(model_dir: Path, files: list[Path], batch_size: int) -> fl
 
 
 def command_against_transformers(args: argparse.Namespace, tmp: Path) -> dict:
-    """`embed` with its defaults (each backend, and auto) against transformers at align-base size, one process."""
+    """`embed` with its defaults (each backend, auto, draft decoding) against transformers, one process."""
     from align_torch.inference.convert import convert
     from align_torch.train.starter import write_starter_checkpoint
 
     # The starter model (the paper's initialisation): tests.helpers' randomised BatchNorm statistics make real
     # photos blow its activations up to 1e4, where any two float paths (fused eager, ONNX Runtime) part by 0.02 in
     # cosine, and the ONNX backend's first-batch check rightly refuses the graph.
-    model_dir = convert(write_starter_checkpoint(tmp / "starter", "align-base"), tmp / "hf", to="hf")
+    model_dir = convert(write_starter_checkpoint(tmp / "starter", args.preset), tmp / "hf", to="hf")
     (tmp / "photos").mkdir()
     write_photos(tmp / "photos", args.images)
     files = list_images(tmp / "photos")
@@ -113,15 +120,17 @@ def command_against_transformers(args: argparse.Namespace, tmp: Path) -> dict:
     common = ["embed", str(tmp / "photos"), "--model", str(model_dir), "--device", "cpu", "--quiet"]
     rates = {"transformers get_image_features": transformers_rate(model_dir, files, args.batch_size)}
     command_rate([*common, "--out", str(tmp / "warm"), "--backend", "onnxruntime"])  # exports and caches the graph
+    rates["embed (defaults)"] = command_rate([*common, "--out", str(tmp / "defaults"), "--profile"], show=True)
     for backend in ("auto", "torch", "onnxruntime"):
         rates[f"embed --backend {backend}"] = command_rate([*common, "--out", str(tmp / backend), "--backend", backend])
+    rates["embed --draft-decode"] = command_rate([*common, "--out", str(tmp / "draft"), "--draft-decode"])
     base = rates["transformers get_image_features"]
     return {name: {"images_per_s": round(r, 2), "over_transformers": round(r / base, 2)} for name, r in rates.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="align-base")
+    p.add_argument("--preset", default="align-base", help="align-base, or align-tiny to check the script quickly")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--size", default="640x480", help="generated JPEG size WxH")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -131,14 +140,21 @@ def main() -> None:
         "--against-transformers",
         action="store_true",
         help="instead: `embed` as a user runs it (defaults, each backend) against transformers' get_image_features "
-        "on the same real photos, at align-base size on the CPU",
+        "on the same real photos, on the CPU; then bench_export.py's table of both towers",
+    )
+    p.add_argument(
+        "--towers", action=argparse.BooleanOptionalAction, default=True, help="with --against-transformers: the table"
     )
     args = p.parse_args()
     if args.against_transformers:
         with tempfile.TemporaryDirectory() as tmp:
             figures = command_against_transformers(args, Path(tmp))
         machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        print(json.dumps({"machine": machine, "load_average": os.getloadavg()[0], **figures}, indent=2))
+        print(json.dumps({"machine": machine, "load_average": os.getloadavg()[0], **figures}, indent=2), flush=True)
+        if args.towers:
+            from bench_export import main as towers
+
+            towers(["--preset", "tiny" if args.preset == "align-tiny" else "align-base", "--no-compile"])
         return
     device = torch.device(args.device)
     size = tuple(int(v) for v in args.size.split("x"))

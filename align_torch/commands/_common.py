@@ -53,7 +53,7 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
         "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
         "ONNX Runtime for images and torch for text when the export extra is installed (default: "
-        "$ALIGN_TORCH_BACKEND, else torch)",
+        "$ALIGN_TORCH_BACKEND, else auto)",
     )
 
 
@@ -173,6 +173,7 @@ def embed_image_files(
     paths: list[Path],
     args: argparse.Namespace,
     progress: bool,
+    draft_decode: bool = False,
 ) -> ImageEmbeddings:
     """`embed_images` with the command's --batch-size, --workers and --strict, reporting each skipped file."""
     from ..inference.embed import embed_images
@@ -186,4 +187,5 @@ def embed_image_files(
         strict=args.strict,
         on_failure=lambda path, reason: report_skipped(command, path, reason),
         progress=progress,
+        draft_decode=draft_decode,
     )

@@ -61,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", metavar="DIR", help="print how far the embeddings folder DIR is, and exit")
     add_model_arguments(p)
     add_batch_arguments(p, batch_size=IMAGE_BATCH, images=True)
+    p.add_argument(
+        "--draft-decode",
+        action="store_true",
+        help="decode JPEGs at the smallest 1/2, 1/4 or 1/8 scale that still covers the model's input (PIL's draft "
+        "mode): faster to read, other pixels (docs/fast-inference.md); recorded with the embeddings (default: off, "
+        "exact)",
+    )
+    p.add_argument("--profile", action="store_true", help="print the seconds each stage took at the end")
 
 
 def _positive_int(text: str) -> int:
@@ -95,7 +103,7 @@ def _run_file(args: argparse.Namespace) -> int:
     source = resolve_model_option(args)
     model, processor = load_model_and_processor(source, args.device, args.fuse, args.model_class, args.backend)
     try:
-        result = embed_image_files("embed", model, processor, paths, args, progress=not args.quiet)
+        result = embed_image_files("embed", model, processor, paths, args, not args.quiet, args.draft_decode)
     except ImageLoadError as e:
         print(f"align-torch embed: error: {e} (--strict: nothing written)", file=sys.stderr)
         return 1
@@ -114,9 +122,12 @@ def _run_file(args: argparse.Namespace) -> int:
         backend=backend_of(model),
         model_class=class_record(type(model)),
     )
-    index.save(out)
+    with result.stages.time("write"):
+        index.save(out)
     skipped = f", skipped {len(result.failures)} unreadable" if result.failures else ""
     print(f"embedded {len(result.paths)} images{skipped} -> {out}", file=sys.stderr)
+    if args.profile:
+        print(result.stages.describe(len(paths), args.workers), file=sys.stderr)
     return 0
 
 
@@ -142,6 +153,7 @@ def _run_folder(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         on_failure=lambda path, reason: report_skipped("embed", path, reason),
+        draft_decode=args.draft_decode,
     )
     env = torchrun_env()
     who = f"rank {env.rank}/{env.world}: " if env.distributed else ""
@@ -158,4 +170,6 @@ def _run_folder(args: argparse.Namespace) -> int:
         f"embedded {len(summary.embedded)} ({summary.rows} rows, {summary.skipped} unreadable skipped{rate}) -> {args.out}",
         file=sys.stderr,
     )
+    if args.profile:
+        print(summary.stages.describe(summary.rows + summary.skipped, args.workers), file=sys.stderr)
     return 0

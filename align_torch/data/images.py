@@ -8,9 +8,10 @@ import errno
 import glob
 import io
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,31 +39,36 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
-def load_image(path: str | os.PathLike) -> PIL.Image.Image:
+def load_image(path: str | os.PathLike, draft: tuple[int, int] | None = None) -> PIL.Image.Image:
     """Read an image file fully, apply its EXIF orientation, and return it as RGB (transparency on white).
 
     Raises ImageLoadError for a missing, empty, truncated or non-image file. The whole file is decoded here
-    (PIL otherwise decodes lazily), so a truncated JPEG fails now rather than as grey pixels later.
+    (PIL otherwise decodes lazily), so a truncated JPEG fails now rather than as grey pixels later. `draft`
+    (width, height): a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size that still covers it
+    (PIL's draft mode: faster, other pixels; see docs/fast-inference.md); other formats are decoded in full.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(path, _missing_reason(path))
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
-    return _decode(path, path)
+    return _decode(path, path, draft)
 
 
-def decode_image(data: bytes, where: str) -> PIL.Image.Image:
+def decode_image(data: bytes, where: str, draft: tuple[int, int] | None = None) -> PIL.Image.Image:
     """Encoded image bytes (from a tar member or a Parquet cell) -> RGB as load_image gives it; ImageLoadError
     naming `where` when they do not decode."""
     if not data:
         raise ImageLoadError(where, "empty image (0 bytes)")
-    return _decode(io.BytesIO(data), where)
+    return _decode(io.BytesIO(data), where, draft)
 
 
-def _decode(source: Path | io.BytesIO, where: str | os.PathLike) -> PIL.Image.Image:
+def _decode(source: Path | io.BytesIO, where: str | os.PathLike, draft: tuple[int, int] | None) -> PIL.Image.Image:
     try:
         with PIL.Image.open(source) as image:
+            if draft is not None and image.format == "JPEG":
+                # Square (the larger side twice): the EXIF rotation applied after may swap width and height.
+                image.draft(image.mode, (max(draft),) * 2)
             image.load()
             rgb = to_rgb_image(PIL.ImageOps.exif_transpose(image))
     except PIL.UnidentifiedImageError:
@@ -181,6 +187,7 @@ class ImageItem:
     index: int
     pixels: torch.Tensor | None  # (3, H, W)
     error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds spent on this item (read_item)
 
 
 @dataclass
@@ -190,6 +197,7 @@ class ImageBatch:
     indices: list[int]
     pixel_values: torch.Tensor | None  # (B, 3, H, W); None when every image of the batch was bad
     failures: list[tuple[int, str]]
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds its items took, and collating
 
     def pin_memory(self) -> ImageBatch:
         """Called by DataLoader(pin_memory=True), which pins no dataclass by itself: page-locked pixels let the
@@ -222,24 +230,51 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> ImageItem:
-        try:
-            image = self.load(self.paths[index])
-        except ImageLoadError as e:
-            return ImageItem(index, None, e.reason)
-        try:
-            pixels = self.transform(image)
-            # np.array copies: a read-only array would give a tensor PyTorch warns about.
-            pixels = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.array(pixels))
-        except Exception as e:  # a failure on one file is reported for that file, never fatal to the run
-            return ImageItem(index, None, f"preprocessing failed ({type(e).__name__}: {e})")
-        return ImageItem(index, pixels)
+        return read_item(index, self.paths[index], self.load, self.transform)
+
+
+Transform = Callable[[PIL.Image.Image], "np.ndarray | torch.Tensor"]
+
+
+def read_item(
+    index: int, ref: object, load: Callable, transform: Transform | Sequence[tuple[str, Transform]]
+) -> ImageItem:
+    """`load(ref)` then `transform` (one callable, or named steps run in turn) -> ImageItem, timing each stage
+    ("decode", then "preprocess" or each step's name); a file that cannot be used becomes ImageItem(index, None,
+    reason), so a DataLoader worker never dies on a bad file."""
+    steps = [("preprocess", transform)] if callable(transform) else list(transform)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        x = load(ref)
+    except ImageLoadError as e:
+        return ImageItem(index, None, e.reason)
+    seconds["decode"] = time.perf_counter() - start
+    try:
+        for name, step in steps:
+            start = time.perf_counter()
+            x = step(x)
+            seconds[name] = time.perf_counter() - start
+        # np.array copies: a read-only array would give a tensor PyTorch warns about.
+        pixels = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+    except Exception as e:  # a failure on one file is reported for that file, never fatal to the run
+        return ImageItem(index, None, f"preprocessing failed ({type(e).__name__}: {e})")
+    return ImageItem(index, pixels, seconds=seconds)
 
 
 def collate_images(items: list[ImageItem]) -> ImageBatch:
     """DataLoader collate_fn for ImageFileDataset: stack the good images, keep the bad ones' reasons."""
+    start = time.perf_counter()
     good = [item for item in items if item.pixels is not None]
-    return ImageBatch(
+    seconds: dict[str, float] = {}
+    for item in items:
+        for stage, t in item.seconds.items():
+            seconds[stage] = seconds.get(stage, 0.0) + t
+    batch = ImageBatch(
         indices=[item.index for item in good],
         pixel_values=torch.stack([item.pixels for item in good]) if good else None,
         failures=[(item.index, item.error or "unreadable") for item in items if item.pixels is None],
+        seconds=seconds,
     )
+    seconds["collate"] = time.perf_counter() - start
+    return batch

@@ -66,15 +66,16 @@ def read_pairs(
     return read_shards(shards, require_caption=require_caption)
 
 
-def load_pair_image(image: ImageRef) -> PIL.Image.Image:
-    """The RGB image of a pair (EXIF orientation applied); ImageLoadError when it cannot be read."""
+def load_pair_image(image: ImageRef, draft: tuple[int, int] | None = None) -> PIL.Image.Image:
+    """The RGB image of a pair (EXIF orientation applied; `draft`: load_image's); ImageLoadError when it cannot be
+    read."""
     if isinstance(image, TarMember):
-        return load_tar_image(image)
+        return load_tar_image(image, draft)
     if isinstance(image, ParquetImage):
-        return load_parquet_image(image)
+        return load_parquet_image(image, draft)
     if isinstance(image, MemoryImage):
-        return load_memory_image(image)
-    return load_image(image)
+        return load_memory_image(image, draft)
+    return load_image(image, draft)
 
 
 def image_name(image: ImageRef) -> str:

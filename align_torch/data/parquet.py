@@ -229,7 +229,7 @@ class _RowGroupCache:
 _CACHE = _RowGroupCache()
 
 
-def load_parquet_image(image: ParquetImage) -> PIL.Image.Image:
+def load_parquet_image(image: ParquetImage, draft: tuple[int, int] | None = None) -> PIL.Image.Image:
     """The RGB image of one Parquet cell: a struct's `bytes` (else its `path`, relative to the shard) or the raw
     bytes; ImageLoadError naming shard, row and column when it cannot be read."""
     where = f"{image.shard}: row {image.index}, column {image.column!r}"
@@ -239,11 +239,11 @@ def load_parquet_image(image: ParquetImage) -> PIL.Image.Image:
         raise ImageLoadError(where, f"unreadable Parquet row group ({type(e).__name__}: {e})") from None
     if isinstance(value, dict):
         if value.get("bytes"):
-            return decode_image(value["bytes"], where)
+            return decode_image(value["bytes"], where, draft)
         if value.get("path"):
             path = Path(value["path"])
-            return load_image(path if path.is_absolute() else Path(image.shard).parent / path)
+            return load_image(path if path.is_absolute() else Path(image.shard).parent / path, draft)
         raise ImageLoadError(where, "neither bytes nor a path")
     if value is None:
         raise ImageLoadError(where, "no image (null)")
-    return decode_image(value, where)
+    return decode_image(value, where, draft)

@@ -78,11 +78,12 @@ def read_rows(
     return PairList(pairs, empty)
 
 
-def load_memory_image(image: MemoryImage) -> PIL.Image.Image:
-    """The RGB image of a row: decoded bytes, or the PIL image converted as a file's would be."""
+def load_memory_image(image: MemoryImage, draft: tuple[int, int] | None = None) -> PIL.Image.Image:
+    """The RGB image of a row: decoded bytes (`draft`: load_image's), or the PIL image converted as a file's would
+    be."""
     where = f"row {image.index}"
     if isinstance(image.data, (bytes, bytearray)):
-        return decode_image(bytes(image.data), where)
+        return decode_image(bytes(image.data), where, draft)
     try:
         return to_rgb_image(PIL.ImageOps.exif_transpose(image.data))
     except Exception as e:  # as for a file: one bad image is reported, never fatal

@@ -151,7 +151,7 @@ def read_shards(shards: Sequence[Path], require_caption: bool = True, metadata: 
     return PairList(pairs, empty, damaged)
 
 
-def load_tar_image(image: TarMember) -> PIL.Image.Image:
+def load_tar_image(image: TarMember, draft: tuple[int, int] | None = None) -> PIL.Image.Image:
     """The RGB image stored in a shard (EXIF orientation applied); ImageLoadError when it cannot be read."""
     where = f"{image.shard}:{image.name}"
     try:
@@ -160,4 +160,4 @@ def load_tar_image(image: TarMember) -> PIL.Image.Image:
             data = f.read(image.size)
     except OSError as e:
         raise ImageLoadError(where, f"unreadable image ({type(e).__name__}: {e})") from None
-    return decode_image(data, where)
+    return decode_image(data, where, draft)

@@ -5,9 +5,10 @@ graph in ONNX Runtime (`--backend torch|onnxruntime|auto`).
 that holds the PyTorch module it replaces. On its first input of a new shape the tower exports that module, as it
 is (a `--model-class` variant, an edited layer, the fused path), with torch's dynamo exporter, caches the graph
 under a cache folder keyed by the tower's fingerprint (its weights and the code of every module class in it),
-and checks the graph against the PyTorch module on that first batch: a graph that disagrees is exported again
-once, then refused. Everything around the tower (`encode_image`, the projection, pooling, normalising) stays
-the model's own code, so an override of `encode_text` is still followed.
+and checks the graph against the PyTorch module on that first batch (inference.graph_check: to 1e-4, or, where
+the model itself is ill-conditioned, as near a float64 run as PyTorch's own float32): a graph that disagrees is
+exported again once, then refused. Everything around the tower (`encode_image`, the projection, pooling,
+normalising) stays the model's own code, so an override of `encode_text` is still followed.
 
 `auto` picks per tower what measured fastest on this kind of device (bench/bench_export.py): on the CPU ONNX
 Runtime for the image tower and the packed PyTorch path for text (which ONNX Runtime's padded graph does not
@@ -23,20 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..model.align import AlignModel
 from ..model.bert import TextOutput, trim_padding
 from ..model.efficientnet import VisionOutput
 from ..util.fileio import atomic_file
+from .graph_check import check_graph
 
 BACKENDS = ("torch", "onnxruntime", "auto")
 ONNX = "onnxruntime"
 CACHE_ENV = "ALIGN_TORCH_CACHE"
-# The first batch through the graph against the PyTorch module: the embeddings must agree this closely.
-CHECK_MIN_COSINE = 0.99999
-CHECK_MAX_ABS = 1e-4  # relative to the largest value of the PyTorch output (and at least this, absolute)
 
 
 def onnxruntime_ready() -> bool:
@@ -209,19 +207,13 @@ class OnnxTower(nn.Module):
             export_onnx(module.eval(), _example(inputs), tmp, names, output, dims)
 
     def _disagreement(self, session: Any, inputs: tuple[torch.Tensor, ...]) -> str | None:
-        """None when the graph's output on `inputs` matches the PyTorch module's, else what differs."""
+        """None when the graph's output on `inputs` agrees with the PyTorch module's (inference.graph_check),
+        else what differs."""
         feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=False)}
         got = torch.from_numpy(session.run(None, feeds)[0]).float()
-        with torch.no_grad():
-            ref = _Pooled(self.eager)(*inputs) if self.which == "image" else _States(self.eager)(*inputs)
-        ref = ref.float()
-        max_abs = float((got - ref).abs().max())
-        cosine = float(F.cosine_similarity(got.flatten(1), ref.flatten(1), dim=-1).min())
-        if cosine >= CHECK_MIN_COSINE and max_abs <= CHECK_MAX_ABS * max(1.0, float(ref.abs().max())):
-            return None
-        return (
-            f"disagrees with the PyTorch model on the first batch (max abs {max_abs:.2e}, lowest cosine {cosine:.6f})"
-        )
+        module = _Pooled(self.eager) if self.which == "image" else _States(self.eager)
+        agreement = check_graph(got, module.eval(), inputs)
+        return None if agreement.ok else f"disagrees with the PyTorch model on the first batch ({agreement.describe()})"
 
     def fingerprint(self) -> str:
         """sha256 of the tower's weights (names, dtypes, shapes, bytes), the code of each module class in it (and

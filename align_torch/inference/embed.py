@@ -15,11 +15,13 @@ and skipped rather than ending the run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
 from .backend import backend_of
+from .stages import StageClock
 
 
 @contextlib.contextmanager
@@ -133,6 +136,36 @@ class ImageEmbeddings:
     vectors: torch.Tensor  # (N_good, projection_dim) float32, L2-normalised, on the CPU
     paths: list[Path]  # the N_good embedded files, in input order
     failures: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason), in input order
+    stages: StageClock = field(default_factory=StageClock)  # seconds per stage (inference.stages)
+
+
+LOADER_NICENESS = 10
+
+
+def _yield_to_model(_worker: int) -> None:
+    # On the CPU the loading workers and the model's threads share the cores; decoding is a tenth of the model's
+    # time at align-base, so under contention the model should win: a worker lowered by 10 gets about a tenth
+    # of a contended core, and every idle one (the model waiting for images) in full.
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(LOADER_NICENESS)
+
+
+def loader_options(device: torch.device, workers: int) -> dict[str, Any]:
+    """DataLoader options of the embedding jobs: pinned memory for CUDA; on the CPU, workers that yield to the
+    model's threads (lower priority)."""
+    options: dict[str, Any] = {"pin_memory": device.type == "cuda"}
+    if device.type == "cpu" and workers > 0:
+        options["worker_init_fn"] = _yield_to_model
+    return options
+
+
+def image_reader(image_processor: AlignImageProcessor, draft_decode: bool = False) -> Callable[..., Any]:
+    """How the embedding jobs read an image reference: load_pair_image, with `draft_decode` a JPEG decoded at the
+    smallest 1/1, 1/2, 1/4 or 1/8 scale that still covers the processor's resize (PIL's draft mode)."""
+    if not draft_decode:
+        return load_pair_image
+    size = image_processor.size if image_processor.do_resize else image_processor.crop_size  # (H, W)
+    return functools.partial(load_pair_image, draft=(size[1], size[0]))
 
 
 @torch.no_grad()
@@ -146,31 +179,34 @@ def embed_images(
     strict: bool = False,
     on_failure: Callable[[Path, str], None] | None = None,
     progress: bool = False,
+    draft_decode: bool = False,
 ) -> ImageEmbeddings:
     """Embed image files in batches, loading them in `workers` DataLoader processes (0: in this process).
 
     A file that cannot be read (missing, empty, truncated, not an image) is passed to `on_failure(path,
     reason)` as soon as it is found and left out of the result; with `strict=True` the first such file
-    raises ImageLoadError instead. Images are loaded with their EXIF orientation applied (load_image).
+    raises ImageLoadError instead. Images are loaded with their EXIF orientation applied (load_image);
+    `draft_decode`: see image_reader. The result's `stages` says where the time went.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
-    dataset = ImageFileDataset(paths, image_processor.preprocess_one, load=load_pair_image)
+    dataset = ImageFileDataset(paths, image_processor.steps(), load=image_reader(image_processor, draft_decode))
     device, _ = _model_device_dtype(model)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_images,
-        pin_memory=device.type == "cuda",
+        **loader_options(device, workers),
     )
     chunks: list[torch.Tensor] = []
     good: list[Path] = []
     failures: list[tuple[Path, str]] = []
+    clock = StageClock()
     with eval_mode(model), tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=not progress) as bar:
-        for batch in loader:
+        for batch in clock.timed_batches(loader):
             for index, reason in batch.failures:
                 path = dataset.paths[index]
                 if strict:
@@ -179,9 +215,10 @@ def embed_images(
                 if on_failure is not None:
                     on_failure(path, reason)
             if batch.pixel_values is not None:
-                chunks.append(encode_image_batch(model, batch.pixel_values))  # (b, P)
+                with clock.time("model"):
+                    chunks.append(encode_image_batch(model, batch.pixel_values))  # (b, P)
                 good.extend(dataset.paths[i] for i in batch.indices)
             bar.update(len(batch.indices) + len(batch.failures))
     dim = model.config.projection_dim
     vectors = torch.cat(chunks) if chunks else torch.empty(0, dim)
-    return ImageEmbeddings(vectors=vectors, paths=good, failures=failures)
+    return ImageEmbeddings(vectors=vectors, paths=good, failures=failures, stages=clock)

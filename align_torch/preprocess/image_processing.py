@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -182,12 +182,25 @@ class AlignImageProcessor:
 
     def preprocess_one(self, image: ImageInput) -> np.ndarray:
         """One image → (3, H, W) array, in the order transformers applies the steps."""
+        return self.normalize_one(self.resize_one(image))
+
+    def steps(self) -> list[tuple[str, Callable[[Any], np.ndarray]]]:
+        """preprocess_one as named steps, for the embedding jobs' per-stage timing: resize (RGB, resize, crop),
+        then normalise (rescale, normalise)."""
+        return [("resize", self.resize_one), ("normalise", self.normalize_one)]
+
+    def resize_one(self, image: ImageInput) -> np.ndarray:
+        """preprocess_one's first part: to RGB, resized and cropped, still in the image's dtype (uint8 for PIL)."""
         # Without rescaling, float pixels are used as given (transformers' meaning of do_rescale=False).
         x = to_rgb_chw(image, scaled_floats=self.do_rescale)  # (3, h, w), dtype as given (uint8 for PIL)
         if self.do_resize:
             x = _pil_resize(x, self.size, self.resample)
         if self.do_center_crop:
             x = center_crop(x, self.crop_size)
+        return x
+
+    def normalize_one(self, x: np.ndarray) -> np.ndarray:
+        """preprocess_one's second part: (3, H, W) resized pixels -> rescaled and normalised."""
         if self.do_rescale:
             # float64 product then float32, as transformers does, so the result matches it bit for bit.
             x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)

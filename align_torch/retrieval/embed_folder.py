@@ -25,12 +25,13 @@ from tqdm import tqdm
 from .. import __name__ as _package
 from .. import defaults
 from ..checkpoint.hub import ModelSource, resolve_model
-from ..data import ImageLoadError, ImageRef, Pair, load_pair_image
-from ..data.images import ImageBatch, ImageItem, collate_images
+from ..data import ImageRef, Pair, load_pair_image
+from ..data.images import ImageBatch, ImageItem, collate_images, read_item
 from ..data.pairs import image_name
 from ..data.parquet import row_group_sizes
 from ..defaults import IMAGE_BATCH, PARTITION_SIZE, TEXT_BATCH
-from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode
+from ..inference.embed import compute_mode, embed_texts, encode_image_batch, eval_mode, image_reader, loader_options
+from ..inference.stages import StageClock
 from ..model.align import AlignModel
 from ..preprocess.image_processing import AlignImageProcessor
 from ..preprocess.tokenizer import AlignTokenizer
@@ -96,21 +97,16 @@ class _PairImages(Dataset):
     """Key (row, image) -> ImageItem(row, pixels) or ImageItem(row, None, reason); stateless, so the keys
     carry everything a worker needs."""
 
-    def __init__(self, transform: Callable) -> None:
+    def __init__(self, transform: Callable | Sequence[tuple[str, Callable]], load: Callable = load_pair_image) -> None:
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         raise TypeError("indexed by (row, image) keys from _PartitionBatches")
 
     def __getitem__(self, key: tuple[int, ImageRef]) -> ImageItem:
         row, image = key
-        try:
-            pixels = self.transform(load_pair_image(image))
-        except ImageLoadError as e:
-            return ImageItem(row, None, e.reason)
-        except Exception as e:  # one bad file is reported for that file, never fatal to the run
-            return ImageItem(row, None, f"preprocessing failed ({type(e).__name__}: {e})")
-        return ImageItem(row, torch.from_numpy(np.array(pixels)))
+        return read_item(row, image, self.load, self.transform)
 
 
 class _PartitionBatches(Sampler):
@@ -142,6 +138,7 @@ class EmbedSummary:
     rows: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    stages: StageClock = field(default_factory=StageClock)  # seconds per stage (inference.stages)
 
 
 @torch.no_grad()
@@ -164,6 +161,7 @@ def embed_to_folder(
     progress: bool = False,
     bar_position: int | None = None,
     on_failure: Callable[[str, str], None] | None = None,
+    draft_decode: bool = False,
 ) -> EmbedSummary:
     """Embed `plan`'s unfinished partitions that belong to `rank` into the folder `out` (created, or checked to
     have been made with the same model and arguments). `model` is the loaded model; `source` the folder or Hub
@@ -171,19 +169,18 @@ def embed_to_folder(
     folder). Rows are L2-normalised and stored as `dtype`.
 
     The steps: describe the run (folder_info) and prepare the folder; find this rank's unfinished partitions;
-    then for each, embed its images and captions (_embed_partition) and write it (write_partition)."""
-    if batch_size < 1 or text_batch_size < 1:
-        raise ValueError(f"batch sizes must be at least 1, got {batch_size} and {text_batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {workers}")
-    info = folder_info(plan, source, model, dtype, fuse, compute_mode(model))
+    then for each, embed its images and captions (_embed_partition) and write it (write_partition).
+    `draft_decode` (inference.embed.image_reader) is recorded with the compute mode: a rerun cannot mix them."""
+    _check_sizes(batch_size, text_batch_size, workers)
+    compute = compute_mode(model) + (", draft JPEG decode" if draft_decode else "")
+    info = folder_info(plan, source, model, dtype, fuse, compute)
     prepare_folder(out, info)
     summary, todo = _unfinished_partitions(out, info, rank, world)
     if not todo:
         return summary
     pairs = _PartitionPairs(plan)
-    device = next(model.parameters()).device
-    batches = iter(_image_loader(image_processor, todo, pairs, batch_size, workers, pin_memory=device.type == "cuda"))
+    loader = _image_loader(image_processor, draft_decode, todo, pairs, batch_size, workers, model)
+    batches = summary.stages.timed_batches(loader)
     bar = tqdm(
         total=_images_in(plan, todo),
         unit="img",
@@ -195,17 +192,24 @@ def embed_to_folder(
     start = time.perf_counter()
     with eval_mode(model), bar:
         for p in todo:
-            step = _PartitionStep(
-                p, pairs(p), pairs.damaged.get(p, []), batches, batches_in(len(pairs(p)), batch_size), bar, on_failure
-            )
+            n = batches_in(len(pairs(p)), batch_size)
+            step = _PartitionStep(p, pairs(p), pairs.damaged.get(p, []), batches, n, bar, on_failure, summary.stages)
             result = _embed_partition(model, tokenizer, plan.kind, info, step, text_batch_size, rank)
-            write_partition(out, info, result)
+            with summary.stages.time("write"):
+                write_partition(out, info, result)
             pairs.forget(p)
             summary.embedded.append(p)
             summary.rows += len(result.image_embeddings)
             summary.skipped += len(result.skipped)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _check_sizes(batch_size: int, text_batch_size: int, workers: int) -> None:
+    if batch_size < 1 or text_batch_size < 1:
+        raise ValueError(f"batch sizes must be at least 1, got {batch_size} and {text_batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
 
 
 def _unfinished_partitions(out: str | Path, info: FolderInfo, rank: int, world: int) -> tuple[EmbedSummary, list[int]]:
@@ -237,20 +241,21 @@ class _PartitionPairs:
 
 def _image_loader(
     image_processor: AlignImageProcessor,
+    draft_decode: bool,
     todo: list[int],
     pairs: Callable[[int], list[Pair]],
     batch_size: int,
     workers: int,
-    pin_memory: bool,
+    model: AlignModel,
 ) -> DataLoader:
     """Decoded, preprocessed image batches of the partitions `todo`, in order, never crossing a partition."""
     return DataLoader(
-        _PairImages(image_processor.preprocess_one),
+        _PairImages(image_processor.steps(), image_reader(image_processor, draft_decode)),
         batch_sampler=_PartitionBatches(todo, pairs, batch_size),
         num_workers=workers,
         collate_fn=collate_images,
-        pin_memory=pin_memory,
         persistent_workers=False,
+        **loader_options(next(model.parameters()).device, workers),
     )
 
 
@@ -278,6 +283,7 @@ class _PartitionStep:
     batches: int
     bar: tqdm
     on_failure: Callable[[str, str], None] | None
+    clock: StageClock
 
 
 def _embed_partition(
@@ -324,7 +330,8 @@ def _embed_partition_images(
             if step.on_failure is not None:
                 step.on_failure(path, reason)
         if batch.pixel_values is not None:
-            chunks.append(encode_image_batch(model, batch.pixel_values))  # (b, P)
+            with step.clock.time("model"):
+                chunks.append(encode_image_batch(model, batch.pixel_values))  # (b, P)
             good.extend(step.pairs[row] for row in batch.indices)
         step.bar.update(len(batch.indices) + len(batch.failures))
     return (torch.cat(chunks) if chunks else torch.empty(0, dim)), good, skipped
@@ -377,6 +384,7 @@ def embed_collection(
     workers: int = 0,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
+    draft_decode: bool = False,
 ) -> EmbedSummary:
     """`align-torch embed INPUT --out DIR` from Python: list and partition `inputs` (paths, or a sequence of
     mappings such as a `datasets.Dataset`; Parquet and rows columns found by name or named), load the model that
@@ -413,4 +421,5 @@ def embed_collection(
         progress=progress,
         bar_position=env.local_rank,
         on_failure=on_failure,
+        draft_decode=draft_decode,
     )

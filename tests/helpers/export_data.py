@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -29,6 +30,18 @@ def photos(n: int = 17) -> list[PIL.Image.Image]:
         out.append(PIL.Image.fromarray(array).convert("RGB"))
     out.append(out[0].transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT))
     return out[:n]
+
+
+def photo_files(folder: Path, n: int = 17, suffixes: tuple[str, ...] = ("jpg",), scale: int = 1) -> list[Path]:
+    """The first `n` photos written to `folder` as 00.<suffix>, 01.<suffix>, ... (the suffixes taken in turn; JPEG
+    at quality 90), enlarged `scale` times (a camera's photo is larger than skimage's 300-600 pixels)."""
+    paths = []
+    for i, image in enumerate(photos(n)):
+        if scale > 1:
+            image = image.resize((image.width * scale, image.height * scale), PIL.Image.Resampling.LANCZOS)
+        paths.append(folder / f"{i:02d}.{suffixes[i % len(suffixes)]}")
+        image.save(paths[-1], **({"quality": 90} if paths[-1].suffix == ".jpg" else {}))
+    return paths
 
 
 def captions(n: int, seed: int = 0) -> list[str]:

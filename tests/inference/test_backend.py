@@ -14,8 +14,8 @@ from align_torch.inference.backend import OnnxTower, backend_of, choose_backends
 from align_torch.inference.loader import load_for_inference
 from align_torch.retrieval.embeddings_file import EmbeddingFile
 from align_torch.retrieval.layout import FolderInfo
+from tests.helpers import export_data
 from tests.helpers.cli import run_cli
-from tests.helpers.export_data import photos
 
 pytest.importorskip("onnxruntime")
 
@@ -25,12 +25,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def photo_files(tmp_path_factory) -> list[Path]:
     """The 17 real photos (skimage.data) as files: JPEG and PNG, at their own sizes."""
-    folder = tmp_path_factory.mktemp("backend_photos")
-    paths = []
-    for i, image in enumerate(photos(17)):
-        paths.append(folder / f"{i:02d}.{'jpg' if i % 2 else 'png'}")
-        image.save(paths[-1])
-    return paths
+    return export_data.photo_files(tmp_path_factory.mktemp("backend_photos"), 17, suffixes=("png", "jpg"))
 
 
 def _embed(model_dir, files, out: Path, backend: str, *extra) -> EmbeddingFile:
