@@ -7,7 +7,8 @@ is (a `--model-class` variant, an edited layer, the fused path), with torch's dy
 under a cache folder keyed by the tower's fingerprint (its weights and the code of every module class in it),
 and checks the graph against the PyTorch module on that first batch (inference.graph_check: to 1e-4, or, where
 the model itself is ill-conditioned, as near a float64 run as PyTorch's own float32): a graph that disagrees is
-exported again once, then refused. Everything around the tower (`encode_image`, the projection, pooling,
+exported again once, then refused. A graph that passed is recorded beside it by the sha256 of its bytes, so a
+later process opening the same file does not check it again. Everything around the tower (`encode_image`, the projection, pooling,
 normalising) stays the model's own code, so an override of `encode_text` is still followed.
 
 `auto` picks per tower what measured fastest on this kind of device (bench/bench_export.py): on the CPU ONNX
@@ -174,27 +175,34 @@ class OnnxTower(nn.Module):
     def _run(self, name: str, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         session = self._sessions.get(name)
         if session is None:
-            session = self._sessions[name] = self._open(name, inputs)
-        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=False)}
-        return torch.from_numpy(session.run(None, feeds)[0])
+            session, checked = self._open(name, inputs)
+            self._sessions[name] = session
+            if checked is not None:  # the first batch's output, already computed by the check
+                return checked
+        return _session_run(session, inputs)
 
-    def _open(self, name: str, inputs: tuple[torch.Tensor, ...]) -> Any:
-        """The graph for `name`, from the cache or exported now, checked against the PyTorch module on `inputs`
-        (the first batch); a cached graph that disagrees is exported again once."""
+    def _open(self, name: str, inputs: tuple[torch.Tensor, ...]) -> tuple[Any, torch.Tensor | None]:
+        """The graph for `name`, from the cache or exported now, and its output on `inputs` (the first batch)
+        when it was checked against the PyTorch module on them. A cached graph that disagrees is exported again
+        once. A graph whose bytes passed the check before (its record beside it names their sha256) is not checked
+        again: the check costs a PyTorch forward of the batch, and float64 rows where the tower is ill-conditioned."""
         path = self.cache_dir / self.fingerprint() / f"{name}.onnx"
         fresh = not path.is_file()
         if fresh:
             self._export(path, inputs)
         session = _session(path)
-        problem = self._disagreement(session, inputs)
+        self.graphs[name] = path
+        if not fresh and _passed_before(path):
+            return session, None
+        got, problem = self._disagreement(session, inputs)
         if problem and not fresh:
             self._export(path, inputs)
             session = _session(path)
-            problem = self._disagreement(session, inputs)
+            got, problem = self._disagreement(session, inputs)
         if problem:
             raise RuntimeError(f"the ONNX graph of the {self.which} tower ({path}) {problem}; use --backend torch")
-        self.graphs[name] = path
-        return session
+        _record_passed(path)
+        return session, got
 
     def _export(self, path: Path, inputs: tuple[torch.Tensor, ...]) -> None:
         from .export import export_onnx
@@ -206,14 +214,15 @@ class OnnxTower(nn.Module):
             dims = _dynamic_dims(self.which, names, self.max_tokens)
             export_onnx(module.eval(), _example(inputs), tmp, names, output, dims)
 
-    def _disagreement(self, session: Any, inputs: tuple[torch.Tensor, ...]) -> str | None:
-        """None when the graph's output on `inputs` agrees with the PyTorch module's (inference.graph_check),
-        else what differs."""
-        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=False)}
-        got = torch.from_numpy(session.run(None, feeds)[0]).float()
+    def _disagreement(self, session: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, str | None]:
+        """The graph's output on `inputs`, and None when it agrees with the PyTorch module's
+        (inference.graph_check), else what differs."""
+        got = _session_run(session, inputs)
         module = _Pooled(self.eager) if self.which == "image" else _States(self.eager)
-        agreement = check_graph(got, module.eval(), inputs)
-        return None if agreement.ok else f"disagrees with the PyTorch model on the first batch ({agreement.describe()})"
+        agreement = check_graph(got.float(), module.eval(), inputs)
+        if agreement.ok:
+            return got, None
+        return got, f"disagrees with the PyTorch model on the first batch ({agreement.describe()})"
 
     def fingerprint(self) -> str:
         """sha256 of the tower's weights (names, dtypes, shapes, bytes), the code of each module class in it (and
@@ -254,6 +263,37 @@ def _dynamic_dims(which: str, names: list[str], max_tokens: int) -> dict[str, di
         return {"pixel_values": {0: batch}}
     tokens = torch.export.Dim("tokens", min=1, max=max_tokens)
     return {n: {0: batch, 1: tokens} for n in names}
+
+
+def _session_run(session: Any, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=False)}
+    return torch.from_numpy(session.run(None, feeds)[0])
+
+
+def _check_record(path: Path) -> Path:
+    return path.with_name(path.name + ".checked")
+
+
+def _graph_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _passed_before(path: Path) -> bool:
+    """Whether the graph file holds the very bytes that passed the first-batch check (a replaced or damaged
+    graph does not, and is checked again)."""
+    try:
+        return _check_record(path).read_text().strip() == _graph_sha256(path)
+    except OSError:
+        return False
+
+
+def _record_passed(path: Path) -> None:
+    with atomic_file(_check_record(path)) as tmp:
+        tmp.write_text(_graph_sha256(path) + "\n")
 
 
 def _session(path: Path) -> Any:

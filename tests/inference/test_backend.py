@@ -115,6 +115,39 @@ def test_graph_is_cached_by_fingerprint_and_a_wrong_one_is_exported_again(model_
     assert stale.read_bytes() != graph.read_bytes()
 
 
+def test_a_graph_checked_once_is_not_checked_again_unless_its_bytes_change(model_dir, tmp_path, monkeypatch):
+    """The first-batch check runs once per graph file: a later process opening the same bytes skips it (and the
+    first batch's output is the check's own, not a second run); a graph whose bytes differ from the record's is
+    checked again."""
+    import align_torch.inference.backend as backend
+
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1
+    calls = []
+    real_check = backend.check_graph
+    monkeypatch.setattr(backend, "check_graph", lambda *a: calls.append(1) or real_check(*a))
+    runs = []
+    real_run = backend._session_run
+    monkeypatch.setattr(backend, "_session_run", lambda *a: runs.append(1) or real_run(*a))
+
+    def tower():
+        model, _ = load_for_inference(model_dir, "cpu", backend="onnxruntime")
+        model.vision_model.cache_dir = tmp_path
+        return model.vision_model
+
+    first = tower()
+    expected = first.eager(pixels).pooler_output
+    _close(first(pixels).pooler_output, expected)
+    assert (len(calls), len(runs)) == (1, 1)  # exported, checked, and the check's output returned
+    (graph,) = first.graphs.values()
+    record = graph.with_name(graph.name + ".checked")
+    assert record.is_file()
+    _close(tower()(pixels).pooler_output, expected)
+    assert (len(calls), len(runs)) == (1, 2)  # the same bytes: not checked again
+    record.write_text("0" * 64 + "\n")  # as if the graph had been replaced after its check
+    _close(tower()(pixels).pooler_output, expected)
+    assert (len(calls), len(runs)) == (2, 3)
+
+
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ALIGN_TORCH_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "onnx"
