@@ -33,7 +33,8 @@ def image_workers() -> int:
 
 
 def backend() -> str:
-    """--backend of the commands that only infer (inference.backend): "auto" (on the CPU the image tower in ONNX
-    Runtime when the export extra is installed, else PyTorch), unless the environment variable ALIGN_TORCH_BACKEND
-    names another (the test suite pins "torch"; docs/deploying.md has the figures behind the choice)."""
-    return os.environ.get("ALIGN_TORCH_BACKEND") or "auto"
+    """--backend of the commands that only infer (inference.backend): "torch", unless the environment variable
+    ALIGN_TORCH_BACKEND names another. Measured in `embed` on a 2-core CPU at align-base, ONNX Runtime's image
+    tower is no faster than the fused PyTorch path once files are decoded beside it (and costs a one-minute export
+    and a first-batch check on first use); docs/deploying.md has the figures."""
+    return os.environ.get("ALIGN_TORCH_BACKEND") or "torch"

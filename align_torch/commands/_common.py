@@ -51,9 +51,9 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = 
         choices=BACKENDS,
         default=defaults.backend(),
         help="what runs each tower: torch, onnxruntime (the model as loaded exported to ONNX once, cached, "
-        "checked on the first batch; CPU, float32) or auto: what measured fastest on this device, on the CPU "
-        "ONNX Runtime for images and torch for text when the export extra is installed (default: "
-        "$ALIGN_TORCH_BACKEND, else auto)",
+        "checked on the first graph's first batch; CPU, float32) or auto: on the CPU ONNX Runtime for images "
+        "(the faster tower alone, not faster end to end on 2 cores: docs/deploying.md) and torch for text when "
+        "the export extra is installed (default: $ALIGN_TORCH_BACKEND, else torch)",
     )
 
 

@@ -92,10 +92,13 @@ def test_loading_workers_yield_to_the_model_on_the_cpu_only():
     assert "worker_init_fn" not in loader_options(torch.device("cuda"), 1)
 
 
-def test_commands_default_to_auto_unless_the_environment_names_a_backend(monkeypatch):
+def test_commands_default_to_torch_unless_the_environment_names_a_backend(monkeypatch):
     from align_torch import defaults
+    from align_torch.cli import build_parser
 
     monkeypatch.delenv("ALIGN_TORCH_BACKEND")
-    assert defaults.backend() == "auto"
-    monkeypatch.setenv("ALIGN_TORCH_BACKEND", "torch")
     assert defaults.backend() == "torch"
+    assert build_parser().parse_args(["embed", "x.jpg", "--out", "o"]).backend == "torch"
+    monkeypatch.setenv("ALIGN_TORCH_BACKEND", "auto")
+    assert defaults.backend() == "auto"
+    assert build_parser().parse_args(["embed", "x.jpg", "--out", "o"]).backend == "auto"
