@@ -275,11 +275,8 @@ def _check_record(path: Path) -> Path:
 
 
 def _graph_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _passed_before(path: Path) -> bool:
